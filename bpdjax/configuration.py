@@ -1,0 +1,53 @@
+"""Config validation: bad values become clear errors before anything is compiled."""
+from __future__ import annotations
+
+import ml_collections
+
+from bpdjax import model as model_lib
+
+_TASKS = ("wiki", "tiny_shakespeare", "c4")
+_DTYPES = ("float32", "bfloat16")
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(f"Invalid config: {message}")
+
+
+def validate_model(m) -> model_lib.TransformerConfig:
+  """Checks the `model` section and returns it as a TransformerConfig."""
+  _check(m.num_heads_bpd >= 1, f"model.num_heads_bpd (h) must be >= 1, got {m.num_heads_bpd}")
+  _check(m.head_type in model_lib._HEAD_TYPES,  # pylint: disable=protected-access
+         f"model.head_type must be one of {model_lib._HEAD_TYPES}, got {m.head_type!r}")  # pylint: disable=protected-access
+  _check(m.mlp_activation in model_lib._ACTIVATIONS,  # pylint: disable=protected-access
+         f"model.mlp_activation must be one of {model_lib._ACTIVATIONS}, got {m.mlp_activation!r}")  # pylint: disable=protected-access
+  _check(m.dtype in _DTYPES, f"model.dtype must be one of {_DTYPES}, got {m.dtype!r}")
+  for key in ("vocab_size", "num_layers", "emb_dim", "num_heads", "num_kv_heads", "head_dim",
+              "mlp_dim", "max_len", "head_hidden_dim"):
+    _check(m[key] >= 1, f"model.{key} must be >= 1, got {m[key]}")
+  _check(m.head_dim % 2 == 0, f"model.head_dim must be even for rotary embeddings, got {m.head_dim}")
+  _check(m.num_heads % m.num_kv_heads == 0,
+         f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads "
+         f"({m.num_kv_heads})")
+  return model_lib.TransformerConfig.from_config(m)
+
+
+def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
+  """Checks a training config; returns the model config. Raises ValueError on bad values."""
+  model_config = validate_model(config.model)
+  d = config.data
+  _check(d.task in _TASKS, f"data.task must be one of {_TASKS}, got {d.task!r}")
+  _check(1 <= d.seq_len <= config.model.max_len,
+         f"data.seq_len ({d.seq_len}) must be in [1, model.max_len={config.model.max_len}]")
+  _check(0.0 < d.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {d.eval_fraction}")
+  _check(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
+  _check(config.num_train_steps >= 1, f"num_train_steps must be >= 1, got {config.num_train_steps}")
+  _check(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
+  _check(0 <= config.warmup_steps <= config.num_train_steps,
+         f"warmup_steps ({config.warmup_steps}) must be in [0, num_train_steps="
+         f"{config.num_train_steps}]")
+  _check(config.head_loss_decay > 0, f"head_loss_decay must be > 0, got {config.head_loss_decay}")
+  for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+              "max_checkpoints_to_keep"):
+    _check(config[key] >= 1, f"{key} must be >= 1, got {config[key]}")
+  return model_config

@@ -1,0 +1,289 @@
+"""seqio Tasks for language-model pretraining: "wiki", "tiny_shakespeare" and "c4".
+
+Every task has splits "train" and "validation" and one output feature, "targets" (int32 token
+ids of a SentencePiece vocabulary, EOS appended). Preprocessing of each raw text example:
+
+  {"text": str} -> rekey -> {"targets": str} -> tokenize -> [n] int32 -> append EOS -> [n + 1]
+    -> split into pieces of at most sequence_length["targets"] tokens
+
+The last step keeps long documents whole (T5's `split_tokens` idea) instead of truncating every
+Wikipedia article to its first `seq_len` tokens; only the last piece of a document ends in EOS.
+
+Local corpora (wiki, tiny_shakespeare) are split deterministically into train/validation with
+`config.data.eval_fraction`, and their sources honour `seqio.ShardInfo`, so input shard s of S
+reads only its own files (wiki, when there are at least S files) or its own examples.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import zlib
+from typing import Iterator, Mapping, Optional, Sequence
+
+import ml_collections
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from bpdjax.data import hide_accelerators
+from bpdjax.data import vocab as vocab_lib
+
+hide_accelerators()
+
+TASKS = ("wiki", "tiny_shakespeare", "c4")
+SPLITS = ("train", "validation")
+C4_TFDS_NAME = "c4/en:3.1.0"
+# tiny_shakespeare: consecutive speeches are grouped into examples of at least this many chars.
+SHAKESPEARE_CHUNK_CHARS = 1500
+# Default corpus locations under config.data_dir.
+_CORPUS_SUBPATH = {"wiki": "wikipedia_en_2015", "tiny_shakespeare": "tiny_shakespeare/input.txt"}
+_DOC_START = re.compile(r'^<doc\s[^>]*?id="([^"]*)"')
+_HASH_BUCKETS = 1_000_000
+
+
+def task_name(config: ml_collections.ConfigDict) -> str:
+  """Name under which `register_task` registers `config.data.task`."""
+  return f"bpdjax_{config.data.task}"
+
+
+def corpus_path(config: ml_collections.ConfigDict) -> str:
+  """The local corpus of a wiki/tiny_shakespeare config: data.corpus_dir, else its data_dir default.
+
+  For tiny_shakespeare a corpus_dir may name the text file itself or a folder holding input.txt.
+  """
+  task = config.data.task
+  if task not in _CORPUS_SUBPATH:
+    raise ValueError(f"config.data.task={task!r} has no local corpus; local tasks: "
+                     f"{sorted(_CORPUS_SUBPATH)}.")
+  if config.data.corpus_dir:
+    path = config.data.corpus_dir
+    if task == "tiny_shakespeare" and os.path.isdir(path):
+      path = os.path.join(path, "input.txt")
+    return path
+  return os.path.join(config.data_dir, _CORPUS_SUBPATH[task])
+
+
+# ------------------------------------------------------------------------------------ wiki --
+
+
+def list_wiki_files(corpus_dir: str) -> list[str]:
+  """All files under `corpus_dir`, recursively, sorted; ValueError if the folder has no docs.
+
+  Only the first file holding a `<doc` line is read, so this is cheap on the real corpus.
+  """
+  if not os.path.isdir(corpus_dir):
+    raise ValueError(f"wiki corpus folder {corpus_dir!r} does not exist (set config.data_dir or "
+                     "config.data.corpus_dir).")
+  files = sorted(
+      os.path.join(root, name)
+      for root, _, names in os.walk(corpus_dir) for name in names if not name.startswith("."))
+  for path in files:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      if any(_DOC_START.match(line) for line in f):
+        return files
+  raise ValueError(f"wiki corpus folder {corpus_dir!r} holds no documents: none of its "
+                   f"{len(files)} files has a '<doc id=...>' line (WikiExtractor format).")
+
+
+def read_wiki_docs(path: str) -> Iterator[tuple[str, str]]:
+  """Yields (doc id, text) per `<doc>` article of one WikiExtractor file; tag lines are dropped.
+
+  The text is the title line, a blank line and the paragraphs, joined with "\\n" and stripped.
+  """
+  doc_id, lines = None, []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      match = _DOC_START.match(line)
+      if match:
+        doc_id, lines = match.group(1), []
+      elif line.startswith("</doc>"):
+        if doc_id is not None:
+          text = "".join(lines).strip()
+          if text:
+            yield doc_id, text
+        doc_id = None
+      elif doc_id is not None:
+        lines.append(line)
+
+
+def is_eval_doc(doc_id: str, eval_fraction: float) -> bool:
+  """Stable split: a doc is held out iff a CRC32 hash of its id falls in the first fraction."""
+  return zlib.crc32(doc_id.encode("utf-8")) % _HASH_BUCKETS < eval_fraction * _HASH_BUCKETS
+
+
+class WikiDataSource(seqio.DataSource):
+  """WikiExtractor files -> {"text": tf.string} per article; one seqio shard per file."""
+
+  def __init__(self, files: Sequence[str], eval_fraction: float):
+    super().__init__(splits=SPLITS)
+    self._files = tuple(files)
+    self._eval_fraction = eval_fraction
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False  # With fewer files than shards, seqio shards the examples instead.
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return self._files
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs  # Unused, as in seqio's own sources.
+    files = list(self._files)
+    if shard_info is not None:
+      files = files[shard_info.index::shard_info.num_shards]
+    if shuffle:  # File order only; the Task's shuffle buffer mixes the articles.
+      files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+    want_eval = split == "validation"
+    frac = self._eval_fraction
+
+    def generate():
+      for path in files:
+        for doc_id, text in read_wiki_docs(path):
+          if is_eval_doc(doc_id, frac) == want_eval:
+            yield {"text": text}
+
+    return tf.data.Dataset.from_generator(
+        generate, output_signature={"text": tf.TensorSpec([], tf.string)})
+
+
+# ------------------------------------------------------------------------ tiny_shakespeare --
+
+
+def shakespeare_chunks(path: str, eval_fraction: float) -> dict[str, list[str]]:
+  """Splits the text into blank-line-separated speeches, grouped into ~1.5k-char examples.
+
+  Returns {"train": [...], "validation": [...]}; validation is the last `eval_fraction` of the
+  chunks (at least one when eval_fraction > 0).
+  """
+  if not os.path.isfile(path):
+    raise ValueError(f"tiny_shakespeare corpus file {path!r} does not exist (set "
+                     "config.data_dir or config.data.corpus_dir).")
+  with open(path, encoding="utf-8") as f:
+    speeches = [s.strip() for s in re.split(r"\n\s*\n", f.read()) if s.strip()]
+  if not speeches:
+    raise ValueError(f"tiny_shakespeare corpus file {path!r} holds no text.")
+  chunks, current, size = [], [], 0
+  for speech in speeches:
+    current.append(speech)
+    size += len(speech)
+    if size >= SHAKESPEARE_CHUNK_CHARS:
+      chunks.append("\n\n".join(current))
+      current, size = [], 0
+  if current:
+    chunks.append("\n\n".join(current))
+  num_eval = int(np.ceil(eval_fraction * len(chunks))) if eval_fraction > 0 else 0
+  num_eval = min(num_eval, len(chunks) - 1)
+  return {"train": chunks[:len(chunks) - num_eval], "validation": chunks[len(chunks) - num_eval:]}
+
+
+class InMemoryTextSource(seqio.DataSource):
+  """A small in-memory corpus {split: [text, ...]} -> {"text": tf.string}; shards by example."""
+
+  def __init__(self, texts: Mapping[str, Sequence[str]]):
+    super().__init__(splits=tuple(texts), num_input_examples={k: len(v) for k, v in texts.items()})
+    self._texts = {k: list(v) for k, v in texts.items()}
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs
+    texts = self._texts[split]
+    if shard_info is not None:
+      texts = texts[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+    return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, dtype=tf.string)})
+
+
+# ------------------------------------------------------------------------------- registry --
+
+
+def iter_training_text(config: ml_collections.ConfigDict) -> Iterator[str]:
+  """Yields the non-empty lines of a local task's train split, in corpus order (vocab training)."""
+  task = config.data.task
+  if task == "wiki":
+    for path in list_wiki_files(corpus_path(config)):
+      for doc_id, text in read_wiki_docs(path):
+        if not is_eval_doc(doc_id, config.data.eval_fraction):
+          yield from (line for line in text.split("\n") if line.strip())
+  elif task == "tiny_shakespeare":
+    for chunk in shakespeare_chunks(corpus_path(config), config.data.eval_fraction)["train"]:
+      yield from (line for line in chunk.split("\n") if line.strip())
+  else:
+    raise ValueError(f"config.data.task={task!r}: no local training text (tasks with local "
+                     f"corpora: {sorted(_CORPUS_SUBPATH)}).")
+
+
+def split_tokens(dataset: tf.data.Dataset,
+                 sequence_length: Optional[Mapping[str, int]] = None) -> tf.data.Dataset:
+  """Cuts each "targets" [n] into consecutive pieces [<= sequence_length["targets"]].
+
+  A no-op when `sequence_length` is None (seqio passes it to post-cache preprocessors).
+  """
+  if not sequence_length or not sequence_length.get("targets"):
+    return dataset
+  length = int(sequence_length["targets"])
+
+  def _split(example):
+    tokens = example["targets"]
+    n = tf.size(tokens, out_type=tf.int64)
+    starts = tf.range(0, n, length, dtype=tf.int64)
+    row_lengths = tf.minimum(tf.constant(length, tf.int64), n - starts)
+    return {"targets": tf.RaggedTensor.from_row_lengths(tokens, row_lengths)}
+
+  return dataset.map(_split, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def _source(config: ml_collections.ConfigDict) -> seqio.DataSource:
+  task = config.data.task
+  if task == "wiki":
+    return WikiDataSource(list_wiki_files(corpus_path(config)), config.data.eval_fraction)
+  if task == "tiny_shakespeare":
+    return InMemoryTextSource(shakespeare_chunks(corpus_path(config), config.data.eval_fraction))
+  return seqio.TfdsDataSource(
+      tfds_name=C4_TFDS_NAME, tfds_data_dir=config.data.tfds_data_dir or None,
+      splits={"train": "train", "validation": "validation"})
+
+
+def register_task(config: ml_collections.ConfigDict, vocab_path: str) -> str:
+  """Registers the seqio Task of `config.data.task` (replacing an earlier one); returns its name.
+
+  Args:
+    config: the run config (reads data.task, data.corpus_dir, data_dir, data.eval_fraction,
+      data.tfds_data_dir, data.shuffle_buffer).
+    vocab_path: the SentencePiece model file (see `vocab.ensure_vocabulary`).
+
+  Raises:
+    ValueError: unknown task, or a missing/empty local corpus (raised here, not at first batch).
+  """
+  task = config.data.task
+  if task not in TASKS:
+    raise ValueError(f"config.data.task={task!r} is not one of {TASKS}.")
+  if not 0.0 <= config.data.eval_fraction < 1.0:
+    raise ValueError(f"config.data.eval_fraction={config.data.eval_fraction} must be in [0, 1).")
+  vocabulary = vocab_lib.load_vocabulary(vocab_path)
+  source = _source(config)
+  name = task_name(config)
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=source,
+      preprocessors=[
+          functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+          functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+          seqio.preprocessors.append_eos,
+          split_tokens,
+      ],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)},
+      shuffle_buffer_size=config.data.shuffle_buffer)
+  return name

@@ -1,0 +1,92 @@
+"""Base configuration: every key a run may set. Other configs start from this one.
+
+Override any key on the command line, e.g. `--config.num_train_steps=20` or
+`--config.model.num_heads_bpd=4`. Unknown keys are rejected by ml_collections.
+"""
+import os
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # Where ../shared/data lives; BPDJAX_DATA_DIR overrides the default.
+  c.data_dir = os.environ.get(
+      "BPDJAX_DATA_DIR",
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
+
+  c.model = ml_collections.ConfigDict()
+  m = c.model
+  m.vocab_size = 8192           # Must equal the SentencePiece vocabulary's size.
+  m.num_layers = 4
+  m.emb_dim = 256
+  m.num_heads = 4
+  m.num_kv_heads = 4            # < num_heads gives grouped-query attention.
+  m.head_dim = 64
+  m.mlp_dim = 768
+  m.mlp_activation = "swiglu"   # "swiglu" | "gelu"
+  m.max_len = 512               # Longest sequence the model is trained or decoded at.
+  m.rope_theta = 10000.0
+  m.norm_eps = 1e-6
+  m.tie_embeddings = True       # Output softmax tied to the input embedding (paper).
+  m.num_heads_bpd = 9           # h: block heads; head 1 predicts t+1, head i predicts t+i.
+  m.head_type = "ffn"           # "ffn" (paper: FFN + residual, tied softmax) | "medusa".
+  m.head_hidden_dim = 1024      # Hidden width of each "ffn" head.
+  m.dtype = "float32"           # Activation dtype: "float32" | "bfloat16".
+
+  c.data = ml_collections.ConfigDict()
+  d = c.data
+  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4"
+  d.corpus_dir = ""             # Local corpus; "" means the task's folder under data_dir.
+  d.vocab_path = ""             # SentencePiece model; "" means data.vocab_dir/<task>_<vocab_size>.model.
+  d.vocab_dir = "vocab"         # Trained-vocab cache (bpdjax.data.vocab), relative to cwd.
+  d.tfds_data_dir = ""          # TFDS data_dir for c4 ("" = TFDS default).
+  d.seq_len = 256               # Packed training sequence length (<= model.max_len).
+  d.eval_fraction = 0.01        # Share of a local corpus's documents held out for evaluation.
+  d.shuffle_buffer = 1000
+  # Input shards S (0 = jax.process_count()). Each process reads S / process_count of them; the
+  # global batch depends on S only, so a run keeps its data order when the process count changes.
+  d.num_input_shards = 0
+
+  c.seed = 0
+  c.batch_size = 16             # Global batch (sequences), split over processes and devices.
+  c.num_train_steps = 1000
+  # Steps the learning-rate schedule spans; <= 0 means num_train_steps. Set it to stop a run
+  # early and continue it later on the same schedule.
+  c.schedule_steps = -1
+  c.learning_rate = 3e-3
+  c.warmup_steps = 100
+  c.end_learning_rate_fraction = 0.1   # Cosine decays to this fraction of the peak.
+  c.weight_decay = 0.1
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.95
+  c.grad_clip_norm = 1.0
+  # Loss weight of head i is head_loss_decay**(i-1); 1.0 weights every head equally.
+  c.head_loss_decay = 1.0
+
+  c.log_every_steps = 10
+  c.eval_every_steps = 200
+  c.num_eval_batches = 8
+  c.checkpoint_every_steps = 200
+  c.max_checkpoints_to_keep = 3
+
+  # Mesh axes (data, fsdp, tensor); -1 in data takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  # Logical axis name -> mesh axes. Parameters and activations name logical axes only.
+  c.logical_axis_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("vocab", "tensor"),
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("mlp", "tensor"),
+      ("head_mlp", "tensor"),
+      ("head_dim", None),
+      ("length", None),
+      ("act_embed", None),
+  )
+  return c
