@@ -4,6 +4,7 @@ from __future__ import annotations
 import ml_collections
 
 from bpdjax import model as model_lib
+from bpdjax import partitioning
 
 _TASKS = ("wiki", "tiny_shakespeare", "c4")
 _DTYPES = ("float32", "bfloat16")
@@ -50,4 +51,24 @@ def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
   for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
               "max_checkpoints_to_keep"):
     _check(config[key] >= 1, f"{key} must be >= 1, got {config[key]}")
+  validate_mesh(config)
   return model_config
+
+
+def validate_mesh(config: ml_collections.ConfigDict) -> None:
+  """Checks mesh sizes and that logical_axis_rules name only mesh axes (the device count is
+  checked later, by partitioning.mesh_shape)."""
+  axes = partitioning.MESH_AXES
+  for axis in axes:
+    size = config.mesh[axis]
+    _check(size == -1 or size >= 1, f"mesh.{axis} must be >= 1 or -1, got {size}")
+  _check(sum(config.mesh[a] == -1 for a in axes) <= 1,
+         f"at most one mesh axis may be -1, got {dict(config.mesh)}")
+  for rule in config.logical_axis_rules:
+    _check(len(rule) == 2 and isinstance(rule[0], str),
+           f"logical_axis_rules entries must be (logical_name, mesh_axes), got {rule!r}")
+    targets = rule[1]
+    targets = () if targets is None else (targets,) if isinstance(targets, str) else targets
+    for target in targets:
+      _check(target in axes, f"logical_axis_rules maps {rule[0]!r} to {target!r}, which is not "
+             f"a mesh axis {axes}")

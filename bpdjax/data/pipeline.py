@@ -66,14 +66,16 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                      f"{config.model.max_len}.")
 
 
-def _shard_dataset(config: ml_collections.ConfigDict, name: str, split: str, shard_index: int,
-                   num_shards: int, shuffle: bool) -> tf.data.Dataset:
-  """Shard `shard_index` of `num_shards` of a registered task: batches [batch_size // S, L]."""
+def _shard_batches(config: ml_collections.ConfigDict, name: str, split: str, shard_index: int,
+                   num_shards: int, shuffle: bool, start_step: int = 0) -> Iterator[Batch]:
+  """Batches start_step, start_step + 1, ... [batch_size // S, L] of one shard of a task."""
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index={shard_index} is outside [0, {num_shards}).")
   if config.batch_size % num_shards:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by the number of input "
                      f"shards {num_shards} (data.num_input_shards, 0 = process count).")
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step} must be >= 0.")
   ds = seqio.get_dataset(
       name,
       task_feature_lengths={"targets": config.data.seq_len},
@@ -87,7 +89,8 @@ def _shard_dataset(config: ml_collections.ConfigDict, name: str, split: str, sha
       verbose=False)
   options = tf.data.Options()
   options.deterministic = True
-  return ds.with_options(options)
+  ds = ds.with_options(options).skip(start_step)
+  return _numpy_batches(ds, f"{split} shard {shard_index}/{num_shards} of task {name!r}")
 
 
 def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[Batch]:
@@ -95,6 +98,13 @@ def _numpy_batches(ds: tf.data.Dataset, what: str) -> Iterator[Batch]:
     yield {k: batch[k].astype(np.int32) for k in FEATURES}
   raise ValueError(f"{what} produced no (more) batches: the split is empty or too small for "
                    "one batch.")
+
+
+def _stack(iterators: list[Iterator[Batch]]) -> Iterator[Batch]:
+  """Row-wise concatenation of one batch from each iterator, in order."""
+  while True:
+    batches = [next(it) for it in iterators]
+    yield {k: np.concatenate([b[k] for b in batches], axis=0) for k in FEATURES}
 
 
 def make_shard_iterator(config: ml_collections.ConfigDict, vocab_path: str, shard_index: int,
@@ -105,15 +115,7 @@ def make_shard_iterator(config: ml_collections.ConfigDict, vocab_path: str, shar
   """
   _check_config(config)
   name = tasks.register_task(config, vocab_path)
-  ds = _shard_dataset(config, name, "train", shard_index, num_shards, shuffle=True)
-  return _numpy_batches(ds.skip(start_step),
-                        f"train shard {shard_index}/{num_shards} of task {name!r}")
-
-
-def _stack(iterators: list[Iterator[Batch]]) -> Iterator[Batch]:
-  while True:
-    batches = [next(it) for it in iterators]
-    yield {k: np.concatenate([b[k] for b in batches], axis=0) for k in FEATURES}
+  return _shard_batches(config, name, "train", shard_index, num_shards, True, start_step)
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, vocab_path: str,
@@ -130,17 +132,11 @@ def make_train_iterator(config: ml_collections.ConfigDict, vocab_path: str,
     ValueError (at call time, not at the first batch): bad sharding/batch sizes, seq_len >
       model.max_len, unknown task, missing or empty corpus.
   """
-  if start_step < 0:
-    raise ValueError(f"start_step={start_step} must be >= 0.")
   _check_config(config)
   shards = process_shards(config)
-  num_shards = num_input_shards(config)
   name = tasks.register_task(config, vocab_path)
-  iterators = [
-      _numpy_batches(
-          _shard_dataset(config, name, "train", s, num_shards, shuffle=True).skip(start_step),
-          f"train shard {s}/{num_shards} of task {name!r}") for s in shards]
-  return _stack(iterators)
+  return _stack([_shard_batches(config, name, "train", s, num_input_shards(config), True,
+                                start_step) for s in shards])
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict, vocab_path: str,
@@ -156,11 +152,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict, vocab_path: str,
   """
   _check_config(config)
   shards = process_shards(config)
-  num_shards = num_input_shards(config)
   name = tasks.register_task(config, vocab_path)
-  iterators = [
-      _numpy_batches(
-          _shard_dataset(config, name, "validation", s, num_shards, shuffle=False),
-          f"validation shard {s}/{num_shards} of task {name!r}") for s in shards]
-  stacked = _stack(iterators)
+  stacked = _stack([_shard_batches(config, name, "validation", s, num_input_shards(config), False)
+                    for s in shards])
   return [next(stacked) for _ in range(num_batches)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import zlib
 from typing import Iterator, Mapping, Optional, Sequence
 
 import ml_collections
@@ -38,7 +37,7 @@ C4_TFDS_NAME = "c4/en:3.1.0"
 SHAKESPEARE_CHUNK_CHARS = 1500
 # Default corpus locations under config.data_dir.
 _CORPUS_SUBPATH = {"wiki": "wikipedia_en_2015", "tiny_shakespeare": "tiny_shakespeare/input.txt"}
-_DOC_START = re.compile(r'^<doc\s[^>]*?id="([^"]*)"')
+_DOC_START = re.compile(r"^\s*<doc[ >]")
 _HASH_BUCKETS = 1_000_000
 
 
@@ -86,30 +85,37 @@ def list_wiki_files(corpus_dir: str) -> list[str]:
                    f"{len(files)} files has a '<doc id=...>' line (WikiExtractor format).")
 
 
-def read_wiki_docs(path: str) -> Iterator[tuple[str, str]]:
-  """Yields (doc id, text) per `<doc>` article of one WikiExtractor file; tag lines are dropped.
-
-  The text is the title line, a blank line and the paragraphs, joined with "\\n" and stripped.
-  """
-  doc_id, lines = None, []
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for line in f:
-      match = _DOC_START.match(line)
-      if match:
-        doc_id, lines = match.group(1), []
-      elif line.startswith("</doc>"):
-        if doc_id is not None:
-          text = "".join(lines).strip()
-          if text:
-            yield doc_id, text
-        doc_id = None
-      elif doc_id is not None:
-        lines.append(line)
+def _file_docs(path: tf.Tensor) -> tf.data.Dataset:
+  """One WikiExtractor file -> its raw `<doc ...>` header + body strings (before `</doc>`)."""
+  parts = tf.strings.split(tf.io.read_file(path), "</doc>")
+  return tf.data.Dataset.from_tensor_slices(parts).filter(
+      lambda part: tf.strings.regex_full_match(part, r"(?s)\s*<doc[ >][^\n]*\n.*"))
 
 
-def is_eval_doc(doc_id: str, eval_fraction: float) -> bool:
-  """Stable split: a doc is held out iff a CRC32 hash of its id falls in the first fraction."""
-  return zlib.crc32(doc_id.encode("utf-8")) % _HASH_BUCKETS < eval_fraction * _HASH_BUCKETS
+def _parse_doc(part: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Raw doc -> {"id": doc id (or "" if absent), "text": title + paragraphs, tag lines gone}."""
+  header = tf.strings.regex_replace(part, r"(?s)^\s*(<doc[^\n]*)\n.*$", r"\1")
+  doc_id = tf.strings.regex_replace(header, r'^.*?\bid="([^"]*)".*$|^.*$', r"\1")
+  text = tf.strings.strip(tf.strings.regex_replace(part, r"^\s*<doc[^\n]*\n", ""))
+  return {"id": doc_id, "text": text}
+
+
+def is_eval_doc(doc_id: tf.Tensor, eval_fraction: float) -> tf.Tensor:
+  """Stable split: a doc is held out iff a FarmHash bucket of its id is in the first fraction."""
+  bucket = tf.strings.to_hash_bucket_fast(doc_id, _HASH_BUCKETS)
+  return bucket < int(round(eval_fraction * _HASH_BUCKETS))
+
+
+def wiki_dataset(files: Sequence[str], split: str, eval_fraction: float) -> tf.data.Dataset:
+  """{"text": tf.string} per article of `split` in `files`, in file order (pure tf.data)."""
+  want_eval = split == "validation"
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(files), tf.string))
+  ds = ds.interleave(_file_docs, cycle_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
+  ds = ds.map(_parse_doc, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.filter(lambda d: tf.logical_and(tf.strings.length(d["text"]) > 0,
+                                          is_eval_doc(d["id"], eval_fraction) == want_eval))
+  return ds.map(lambda d: {"text": d["text"]})
 
 
 class WikiDataSource(seqio.DataSource):
@@ -136,17 +142,7 @@ class WikiDataSource(seqio.DataSource):
       files = files[shard_info.index::shard_info.num_shards]
     if shuffle:  # File order only; the Task's shuffle buffer mixes the articles.
       files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
-    want_eval = split == "validation"
-    frac = self._eval_fraction
-
-    def generate():
-      for path in files:
-        for doc_id, text in read_wiki_docs(path):
-          if is_eval_doc(doc_id, frac) == want_eval:
-            yield {"text": text}
-
-    return tf.data.Dataset.from_generator(
-        generate, output_signature={"text": tf.TensorSpec([], tf.string)})
+    return wiki_dataset(files, split, self._eval_fraction)
 
 
 # ------------------------------------------------------------------------ tiny_shakespeare --
@@ -183,7 +179,9 @@ class InMemoryTextSource(seqio.DataSource):
   """A small in-memory corpus {split: [text, ...]} -> {"text": tf.string}; shards by example."""
 
   def __init__(self, texts: Mapping[str, Sequence[str]]):
-    super().__init__(splits=tuple(texts), num_input_examples={k: len(v) for k, v in texts.items()})
+    # No num_input_examples: seqio would then .cache() the (cheap) source and warn on every
+    # iterator that stops early.
+    super().__init__(splits=tuple(texts))
     self._texts = {k: list(v) for k, v in texts.items()}
 
   @property
@@ -212,10 +210,10 @@ def iter_training_text(config: ml_collections.ConfigDict) -> Iterator[str]:
   """Yields the non-empty lines of a local task's train split, in corpus order (vocab training)."""
   task = config.data.task
   if task == "wiki":
-    for path in list_wiki_files(corpus_path(config)):
-      for doc_id, text in read_wiki_docs(path):
-        if not is_eval_doc(doc_id, config.data.eval_fraction):
-          yield from (line for line in text.split("\n") if line.strip())
+    ds = wiki_dataset(list_wiki_files(corpus_path(config)), "train", config.data.eval_fraction)
+    for example in ds.as_numpy_iterator():
+      lines = example["text"].decode("utf-8", errors="replace").split("\n")
+      yield from (line for line in lines if line.strip())
   elif task == "tiny_shakespeare":
     for chunk in shakespeare_chunks(corpus_path(config), config.data.eval_fraction)["train"]:
       yield from (line for line in chunk.split("\n") if line.strip())

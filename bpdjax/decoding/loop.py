@@ -1,0 +1,234 @@
+"""The one decode loop: prefill, then draft -> verify -> accept -> commit under lax.while_loop.
+
+Autoregressive decoding is this loop with a one-token draft; blockwise parallel decoding uses the
+heads' draft. One model call per iteration both verifies the current block and, from the heads
+at the last kept position, proposes the next one (Stern et al. 2018, combined scoring and
+proposal). The loop sees only a logits callback and a cache pytree:
+
+  logits_fn(params, tokens [B, L], positions [B, L], cache) -> (logits [B, L, h, V], cache)
+
+where the callback writes the L tokens after each row's committed `cache.lengths` and leaves
+`lengths` alone; the loop commits the kept prefix per row, so rejected tokens are rolled back.
+
+Token accounting: a call that keeps n draft tokens also reveals the model's next token, so each
+call yields n tokens beyond the ones known before it, and plain decoding gets exactly 1.0
+tokens per call (prefill included as a call, since it yields the first token).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from bpdjax import cache as cache_lib
+from bpdjax.decoding import drafters as drafters_lib
+from bpdjax.decoding import sampling
+from bpdjax.decoding import verify
+
+LogitsFn = Callable[[Any, jax.Array, jax.Array, cache_lib.KVCache],
+                    tuple[jax.Array, cache_lib.KVCache]]
+
+
+@flax.struct.dataclass
+class Records:
+  """What the analyses read (B rows, I = max iterations, L = draft length, S = M + L slots).
+
+  kept: [I, B] int32 tokens yielded per iteration (0 once a row is done).
+  drafts: [I, B, L] int32 the block verified at each iteration.
+  topk: [B, S, h, K] int32 each head's K best tokens at output slot s, computed on the
+    correct context (slot s's head i predicts output token s + i - 1).
+  entropy: [B, S, h] float32 entropy (nats) of each head's distribution at slot s.
+  """
+  kept: jax.Array
+  drafts: jax.Array
+  topk: jax.Array
+  entropy: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Loop carry (B rows, M = max_new_tokens, L = draft length).
+
+  cache: the KV cache; lengths = prompt + tokens committed so far.
+  draft: [B, L] int32 the next block to verify; draft[:, 0] is the model's own next token.
+  tokens: [B, M + L] int32 output buffer; tokens[:, :num_tokens] are decided.
+  num_tokens: [B] int32 decided tokens (the last of them is draft[:, 0], not yet in the cache).
+  done: [B] bool rows that hit EOS or M tokens.
+  calls: [B] int32 model calls that served each row (prefill included).
+  step: [] int32 loop iterations so far.
+  """
+  cache: cache_lib.KVCache
+  drafter_state: Any
+  draft: jax.Array
+  tokens: jax.Array
+  num_tokens: jax.Array
+  done: jax.Array
+  calls: jax.Array
+  step: jax.Array
+  rng: jax.Array
+  records: Optional[Records]
+
+
+@flax.struct.dataclass
+class DecodeResult:
+  """tokens: [B, M] int32 (pad_id after each row's end); lengths: [B]; calls: [B];
+  iterations: [] loop iterations after prefill; records: see Records (None if not recorded)."""
+  tokens: jax.Array
+  lengths: jax.Array
+  calls: jax.Array
+  iterations: jax.Array
+  records: Optional[Records]
+
+
+def _entropy(logits: jax.Array) -> jax.Array:
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def _first_token(logits: jax.Array, config: sampling.SamplingConfig, rng) -> jax.Array:
+  """[B, V] -> [B] the model's first generated token."""
+  if config.greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, sampling.processed_logits(logits, config)).astype(jnp.int32)
+
+
+def _write_rows(buffer: jax.Array, start: jax.Array, values: jax.Array, valid: jax.Array):
+  """buffer[b, start[b] + j] = values[b, j] where valid[b, j]; out-of-range writes are dropped."""
+  b, n = values.shape
+  idx = start[:, None] + jnp.arange(n)[None, :]
+  idx = jnp.where(valid, idx, buffer.shape[1])                                   # Dropped.
+  return buffer.at[jnp.arange(b)[:, None], idx].set(values.astype(buffer.dtype), mode="drop")
+
+
+def _record_slots(records: Records, head_logits: jax.Array, first_slot: jax.Array,
+                  valid: jax.Array, k: int) -> Records:
+  """Stores top-k and entropy of head_logits [B, n, h, V] at slots first_slot + j where valid."""
+  b, n, h = head_logits.shape[:3]
+  topk = drafters_lib.head_topk(head_logits.reshape(b * n, h, -1), k).reshape(b, n, h, k)
+  idx = jnp.where(valid, first_slot[:, None] + jnp.arange(n)[None, :], records.topk.shape[1])
+  rows = jnp.arange(b)[:, None]
+  return records.replace(
+      topk=records.topk.at[rows, idx].set(topk, mode="drop"),
+      entropy=records.entropy.at[rows, idx].set(_entropy(head_logits), mode="drop"))
+
+
+def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
+           cache: cache_lib.KVCache, drafter, *, max_new_tokens: int, eos_id: Optional[int],
+           sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
+           rng: Optional[jax.Array] = None, record_topk: int = 0) -> DecodeResult:
+  """Decodes every row of a batch; jit-compatible (wrap it in jax.jit with static settings).
+
+  Args:
+    logits_fn: the model callback (see module docstring).
+    params: model parameters, passed through to logits_fn.
+    prompts: [B, P] int32, right-padded.
+    prompt_lengths: [B] int32 in [1, P].
+    cache: an empty KVCache with at least P + max_new_tokens + drafter.draft_len slots.
+    drafter: see drafters.py; draft_len 1 is plain autoregressive decoding.
+    max_new_tokens: M, tokens to generate per row (fewer if EOS comes first).
+    eos_id: token that ends a row (kept in the output), or None.
+    sampling_config: greedy (temperature 0) or the sampling distribution.
+    rng: PRNG key for sampling.
+    record_topk: K > 0 records each head's top-K and entropy at every output slot, plus drafts
+      and kept lengths per iteration, for the analyses; 0 records nothing.
+  Returns:
+    DecodeResult.
+  """
+  b, p = prompts.shape
+  l = drafter.draft_len
+  m = max_new_tokens
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+  logits, cache = logits_fn(params, prompts, positions, cache)
+  cache = cache_lib.set_lengths(cache, prompt_lengths)
+  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None, None], axis=1)[:, 0]
+  rng, sub = jax.random.split(rng)
+  first = _first_token(last[:, 0], sampling_config, sub)                         # [B]
+  drafter_state = drafter.init(b)
+  draft, drafter_state = drafter.propose(drafter_state, last, first)
+  h = logits.shape[2]
+
+  records = None
+  if record_topk:
+    records = Records(kept=jnp.zeros((m, b), jnp.int32), drafts=jnp.zeros((m, b, l), jnp.int32),
+                      topk=jnp.zeros((b, m + l, h, record_topk), jnp.int32),
+                      entropy=jnp.zeros((b, m + l, h), jnp.float32))
+    records = _record_slots(records, last[:, None], jnp.zeros((b,), jnp.int32),
+                            jnp.ones((b, 1), bool), record_topk)
+  done = jnp.full((b,), m <= 1) if eos_id is None else (first == eos_id) | (m <= 1)
+  state = DecodeState(
+      cache=cache, drafter_state=drafter_state, draft=draft,
+      tokens=jnp.zeros((b, m + l), jnp.int32).at[:, 0].set(first),
+      num_tokens=jnp.ones((b,), jnp.int32), done=done, calls=jnp.ones((b,), jnp.int32),
+      step=jnp.zeros((), jnp.int32), rng=rng, records=records)
+
+  def cond(state: DecodeState):
+    return jnp.any(~state.done) & (state.step < m)
+
+  def body(state: DecodeState) -> DecodeState:
+    active = ~state.done
+    positions = state.cache.lengths[:, None] + jnp.arange(l, dtype=jnp.int32)[None, :]
+    logits, cache = logits_fn(params, state.draft, positions, state.cache)       # [B, L, h, V]
+    rng, sub = jax.random.split(state.rng)
+    num_kept, next_token = verify.accept(state.draft, logits[:, :, 0], sampling_config, sub)
+    num_kept = jnp.where(active, num_kept, 0)
+    j = jnp.arange(l + 1)[None, :]
+    # The kept block followed by the model's next token: tokens[num_tokens - 1 + j], j <= kept.
+    appended = jnp.where(j < num_kept[:, None], jnp.pad(state.draft, ((0, 0), (0, 1))),
+                         next_token[:, None])
+    valid = (j <= num_kept[:, None]) & active[:, None]
+    tokens = _write_rows(state.tokens, state.num_tokens - 1, appended, valid)
+    num_tokens = state.num_tokens + num_kept
+    done = state.done | (num_tokens >= m)
+    if eos_id is not None:
+      done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
+    cache = cache_lib.commit(cache, num_kept)
+    drafter_state = drafter.commit(state.drafter_state, appended, num_kept)
+    last = jnp.take_along_axis(logits, jnp.maximum(num_kept - 1, 0)[:, None, None, None],
+                               axis=1)[:, 0]                                     # [B, h, V]
+    draft, drafter_state = drafter.propose(drafter_state, last, next_token)
+    draft = jnp.where(active[:, None], draft, state.draft)
+    records = state.records
+    if records is not None:
+      records = records.replace(kept=records.kept.at[state.step].set(num_kept),
+                                drafts=records.drafts.at[state.step].set(state.draft))
+      records = _record_slots(records, logits, state.num_tokens,
+                              jnp.arange(l)[None, :] < num_kept[:, None], record_topk)
+    return state.replace(cache=cache, drafter_state=drafter_state, draft=draft, tokens=tokens,
+                         num_tokens=num_tokens, done=done, calls=state.calls + active,
+                         step=state.step + 1, rng=rng, records=records)
+
+  state = jax.lax.while_loop(cond, body, state)
+  lengths = jnp.minimum(state.num_tokens, m)
+  out = state.tokens[:, :m]
+  if eos_id is not None:
+    is_eos = (out == eos_id) & (jnp.arange(m)[None, :] < lengths[:, None])
+    first_eos = jnp.argmax(is_eos, axis=1)
+    lengths = jnp.where(jnp.any(is_eos, axis=1), first_eos + 1, lengths)
+  out = jnp.where(jnp.arange(m)[None, :] < lengths[:, None], out, 0)
+  return DecodeResult(tokens=out, lengths=lengths, calls=state.calls, iterations=state.step,
+                      records=state.records)
+
+
+def model_logits_fn(model) -> LogitsFn:
+  """The callback for a bpdjax Transformer (flax module)."""
+
+  def logits_fn(params, tokens, positions, cache):
+    return model.apply({"params": params}, tokens, positions, cache=cache)
+
+  return logits_fn
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "drafter", "max_new_tokens", "eos_id",
+                                             "sampling_config", "record_topk", "cache_len",
+                                             "cache_init"))
+def jit_decode(logits_fn, params, prompts, prompt_lengths, rng, *, drafter, max_new_tokens,
+               eos_id, sampling_config, record_topk, cache_len, cache_init):
+  """decode() under jit, with the cache allocated inside (cache_init(batch, cache_len))."""
+  cache = cache_init(prompts.shape[0], cache_len)
+  return decode(logits_fn, params, prompts, prompt_lengths, cache, drafter,
+                max_new_tokens=max_new_tokens, eos_id=eos_id, sampling_config=sampling_config,
+                rng=rng, record_topk=record_topk)

@@ -1,0 +1,61 @@
+"""Acceptance rules: how many tokens of a verified block to keep, and the token that follows.
+
+A block d[0..L-1] was fed to the model; d[0] is already the model's own token. `logits[:, j]` is
+the model's next-token prediction after d[0..j]. Draft token d[j+1] is checked against it.
+
+Greedy: keep d[j+1] while it equals argmax(logits[:, j]); the next token is the argmax at the
+last kept position. Output equals greedy decoding.
+
+Sampling (lossless for a deterministic draft, i.e. speculative sampling with a point-mass
+proposal): keep d[j+1] with probability p_j(d[j+1]); at the first rejection draw the next token
+from p_j with d[j+1] removed and renormalised; if all are kept, draw it from p_{L-1}. The
+distribution of the output equals that of plain sampling from p.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from bpdjax.decoding import sampling
+
+
+def _leading_true(matches: jax.Array) -> jax.Array:
+  """[B, n] bool -> [B] number of leading True entries."""
+  return jnp.sum(jnp.cumprod(matches.astype(jnp.int32), axis=1), axis=1)
+
+
+def accept(draft: jax.Array, logits: jax.Array, config: sampling.SamplingConfig,
+           rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Applies the acceptance rule.
+
+  Args:
+    draft: [B, L] int32 tokens fed to the model (draft[:, 0] already decided).
+    logits: [B, L, V] next-token logits of the model (head 1) at the fed positions.
+    config: greedy when temperature == 0, else the sampling distribution.
+    rng: PRNG key (unused when greedy).
+  Returns:
+    (num_kept [B] in [1, L]: d[0..num_kept-1] are kept, next_token [B]: the model's token after
+    them).
+  """
+  b, l, _ = logits.shape
+  if config.greedy:
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)                      # [B, L]
+    num_kept = 1 + _leading_true(draft[:, 1:] == greedy[:, :-1])
+    next_token = jnp.take_along_axis(greedy, (num_kept - 1)[:, None], axis=1)[:, 0]
+    return num_kept, next_token
+
+  rng_accept, rng_next = jax.random.split(rng)
+  logp = jax.nn.log_softmax(sampling.processed_logits(logits, config), axis=-1)  # [B, L, V]
+  p_draft = jnp.exp(jnp.take_along_axis(logp[:, :-1], draft[:, 1:, None], axis=-1)[..., 0])
+  u = jax.random.uniform(rng_accept, (b, l - 1))
+  num_kept = 1 + _leading_true(u < p_draft)
+  last = num_kept - 1                                                            # [B]
+  logp_last = jnp.take_along_axis(logp, last[:, None, None], axis=1)[:, 0]      # [B, V]
+  rejected = num_kept < l
+  rejected_token = jnp.take_along_axis(draft, jnp.minimum(num_kept, l - 1)[:, None], axis=1)[:, 0]
+  # After a rejection the rejected token is removed from the distribution (residual p - q with
+  # q a point mass, renormalised); otherwise the full distribution is used.
+  remove = rejected[:, None] & (jnp.arange(logp.shape[-1])[None, :] == rejected_token[:, None])
+  next_logits = jnp.where(remove, sampling.NEG_INF, logp_last)
+  next_token = jax.random.categorical(rng_next, next_logits, axis=-1).astype(jnp.int32)
+  return num_kept, next_token

@@ -1,0 +1,12 @@
+"""Shared pytest fixtures."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab_path(tmp_path_factory) -> str:
+  """The 512-piece tiny_shakespeare SentencePiece model (configs/tiny.py), trained once (~5 s)."""
+  from bpdjax.data import vocab  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data.vocab_dir = str(tmp_path_factory.mktemp("vocab_cache"))
+  return vocab.ensure_vocabulary(config, str(tmp_path_factory.mktemp("tiny_workdir")))
