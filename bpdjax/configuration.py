@@ -44,9 +44,10 @@ def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
   _check(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
   _check(config.num_train_steps >= 1, f"num_train_steps must be >= 1, got {config.num_train_steps}")
   _check(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
-  _check(0 <= config.warmup_steps <= config.num_train_steps,
-         f"warmup_steps ({config.warmup_steps}) must be in [0, num_train_steps="
-         f"{config.num_train_steps}]")
+  horizon = config.num_train_steps if config.schedule_steps <= 0 else config.schedule_steps
+  _check(0 <= config.warmup_steps <= horizon,
+         f"warmup_steps ({config.warmup_steps}) must be in [0, {horizon}] (schedule_steps, or "
+         f"num_train_steps when schedule_steps <= 0)")
   _check(config.head_loss_decay > 0, f"head_loss_decay must be > 0, got {config.head_loss_decay}")
   for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
               "max_checkpoints_to_keep"):

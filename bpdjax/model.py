@@ -266,8 +266,8 @@ class Transformer(nn.Module):
       return self.embedding.attend(x)
     return self.lm_head(x)
 
-  def __call__(self, tokens, positions, segment_ids=None, cache=None, block_mask=None):
-    cfg = self.config
+  def hidden_states(self, tokens, positions, segment_ids=None, cache=None, block_mask=None):
+    """The final (normalised) hidden states [B, L, D] that feed the heads, and the cache."""
     x = self.embedding(tokens)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     b, l = tokens.shape
@@ -285,12 +285,22 @@ class Transformer(nn.Module):
       layer_cache = None if cache is None else cache.layer(i)
       x, layer_cache = layer(x, positions, mask, layer_cache)
       new_layers.append(layer_cache)
-    x = self.final_norm(x)
-
-    if cfg.head_type == "ffn":
-      logits = [self._vocab_logits(head(x)) for head in self.heads]
-    else:
-      logits = [self._vocab_logits(x)] + [head(x) for head in self.heads]
-    logits = jnp.stack(logits, axis=2).astype(jnp.float32)                      # [B, L, h, V]
     new_cache = None if cache is None else cache.replace_layers(new_layers)
-    return logits, new_cache
+    return self.final_norm(x), new_cache
+
+  def head_logits(self, x, start: int = 0, stop: Optional[int] = None):
+    """Logits [B, L, stop - start, V] float32 of heads start..stop-1 (0-based) for x [B, L, D]."""
+    stop = self.config.num_heads_bpd if stop is None else stop
+    logits = []
+    for i in range(start, stop):
+      if self.config.head_type == "ffn":
+        logits.append(self._vocab_logits(self.heads[i](x)))
+      elif i == 0:
+        logits.append(self._vocab_logits(x))
+      else:
+        logits.append(self.heads[i - 1](x))
+    return jnp.stack(logits, axis=2).astype(jnp.float32)
+
+  def __call__(self, tokens, positions, segment_ids=None, cache=None, block_mask=None):
+    x, new_cache = self.hidden_states(tokens, positions, segment_ids, cache, block_mask)
+    return self.head_logits(x), new_cache

@@ -125,6 +125,28 @@ class _StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def check_batch_size(batch_size: int, mesh, rules) -> None:
+  """ValueError unless the global batch splits evenly over the batch mesh axes and processes."""
+  spec = partitioning.batch_sharding(mesh, rules).spec
+  axes = spec[0] if spec else None
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  num_batch_shards = math.prod(mesh.shape[a] for a in axes)
+  if batch_size % num_batch_shards:
+    raise ValueError(f"batch_size={batch_size} is not divisible by the size {num_batch_shards} of "
+                     f"the batch mesh axes {axes} (mesh {dict(mesh.shape)}).")
+  if batch_size % jax.process_count():
+    raise ValueError(f"batch_size={batch_size} is not divisible by the process count "
+                     f"{jax.process_count()}.")
+
+
+def _stop_agreed(requested: bool) -> bool:
+  """Whether any process got SIGTERM; all processes agree, so they stop at the same step."""
+  if jax.process_count() == 1:
+    return requested
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
+
+
 def _progress_line(step, total, summary, tokens_per_s, seconds_left) -> str:
   acc = " ".join(f"{a:.3f}" for a in summary["accuracy"])
   eta = time.strftime("%H:%M:%S", time.gmtime(max(seconds_left, 0)))
@@ -186,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model_config = configuration.validate(config)
   mesh = partitioning.make_mesh(config.mesh)
   rules = tuple(tuple(r) for r in config.logical_axis_rules)
+  check_batch_size(config.batch_size, mesh, rules)
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoints.make_manager(workdir, config.checkpoint_every_steps,
                                      config.max_checkpoints_to_keep)
@@ -232,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, metrics = p_train_step(state, _to_global(next(train_iter), data_sharding))
         pending.append(metrics)
         done = step + 1
-        last_step = done == total or stop.requested
+        stopping = _stop_agreed(stop.requested)
+        last_step = done == total or stopping
         if done % config.log_every_steps == 0 or last_step:
           host = jax.device_get(pending)
           sums = {k: sum(m[k] for m in host) for k in ("loss_sum", "correct", "count")}
@@ -246,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           log.write(done, record)
           logging.info(_progress_line(done, total, summary, tokens_per_s, seconds_left))
           pending, last = [], {"time": now, "step": done}
-        if done % config.eval_every_steps == 0 or last_step:
+        if done % config.eval_every_steps == 0 or done == total:  # No eval when preempted.
           eval_summary = evaluate(state.params, eval_batches, p_eval_step, data_sharding,
                                   head_weights)
           log.write(done, {f"eval_{k}": v for k, v in eval_summary.items()})
@@ -255,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           summary = dict(summary, **{f"eval_{k}": v for k, v in eval_summary.items()})
           last["time"] = time.time()
         checkpoints.save(manager, done, state, force=last_step)
-        if stop.requested:
+        if stopping:
           logging.warning("Stopped at step %d after SIGTERM; checkpoint saved.", done)
           break
     manager.wait_until_finished()

@@ -10,3 +10,9 @@ def tiny_vocab_path(tmp_path_factory) -> str:
   config = tiny.get_config()
   config.data.vocab_dir = str(tmp_path_factory.mktemp("vocab_cache"))
   return vocab.ensure_vocabulary(config, str(tmp_path_factory.mktemp("tiny_workdir")))
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: subprocess runs of train.py (tens of seconds each); part of the default "
+      "suite, deselect with -m 'not slow' for a quick pass")

@@ -55,7 +55,7 @@ def _naive_greedy(model, params, prompt, n, eos_id):
 def _decode(model, cfg, params, prompts, lengths, drafter, max_new, eos_id=None,
             config=sampling.SamplingConfig(), rng=jax.random.PRNGKey(0), record_topk=0):
   return jax.device_get(loop.jit_decode(
-      loop.model_logits_fn(model), params, jnp.asarray(prompts, jnp.int32),
+      loop.model_fns(model), params, jnp.asarray(prompts, jnp.int32),
       jnp.asarray(lengths, jnp.int32), rng, drafter=drafter, max_new_tokens=max_new,
       eos_id=eos_id, sampling_config=config, record_topk=record_topk,
       cache_len=prompts.shape[1] + max_new + drafter.draft_len,
@@ -200,7 +200,7 @@ def test_lossless_sampling_chi_square():
     verify.accept = broken_accept
     try:
       return jax.jit(lambda p, l: loop.decode(
-          loop.model_logits_fn(model), params, p, l,
+          loop.model_fns(model), params, p, l,
           cache_lib.init_for_model(cfg, p.shape[0], p.shape[1] + 6), bpd_drafter,
           max_new_tokens=3, eos_id=None, sampling_config=config,
           rng=jax.random.PRNGKey(42)))(jnp.asarray(prompts), jnp.asarray(lengths))

@@ -3,8 +3,10 @@
 A drafter is a small object with static settings and pure methods, so the decode loop can run it
 under jit:
   draft_len                         L, the number of tokens verified per call (1 = plain decoding)
+  uses_heads                        False: propose gets head 1 only (h' = 1), so plain decoding
+                                    costs what a plain LM costs
   init(batch_size) -> state         per-row drafter state (a pytree; () when stateless)
-  propose(state, head_logits [B, h, V], next_token [B]) -> (draft [B, L] int32, state)
+  propose(state, head_logits [B, h', V], next_token [B]) -> (draft [B, L] int32, state)
       draft[:, 0] must be next_token, the model's own next token.
   commit(state, tokens [B, L + 1], num_kept [B]) -> state
       tokens[:, :num_kept + 1] are the tokens just appended to each row (the kept block and the
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 class NoDraft:
   """Autoregressive decoding on the same loop: verify only the model's own next token."""
   draft_len: int = 1
+  uses_heads: bool = False
 
   def init(self, batch_size):
     del batch_size
@@ -40,6 +43,7 @@ class NoDraft:
 class TopOneDrafter:
   """Blockwise parallel decoding (Stern et al. 2018): head i's argmax for position t+i."""
   draft_len: int
+  uses_heads: bool = True
 
   def init(self, batch_size):
     del batch_size

@@ -3,12 +3,15 @@
 Autoregressive decoding is this loop with a one-token draft; blockwise parallel decoding uses the
 heads' draft. One model call per iteration both verifies the current block and, from the heads
 at the last kept position, proposes the next one (Stern et al. 2018, combined scoring and
-proposal). The loop sees only a logits callback and a cache pytree:
+proposal). The loop sees the model only through `ModelFns` and a cache pytree:
 
-  logits_fn(params, tokens [B, L], positions [B, L], cache) -> (logits [B, L, h, V], cache)
+  forward(params, tokens [B, L], positions [B, L], cache) -> (hidden [B, L, D], cache)
+  heads(params, hidden [B, n, D], start, stop) -> logits [B, n, stop - start, V]
 
-where the callback writes the L tokens after each row's committed `cache.lengths` and leaves
-`lengths` alone; the loop commits the kept prefix per row, so rejected tokens are rolled back.
+The forward writes the L tokens after each row's committed `cache.lengths` and leaves `lengths`
+alone; the loop commits the kept prefix per row, so rejected tokens are rolled back. The logits
+callback is split in two because the h vocabulary projections cost more than the layers of a
+small model: verification needs head 1 at every fed position, drafting needs all heads at one.
 
 Token accounting: a call that keeps n draft tokens also reveals the model's next token, so each
 call yields n tokens beyond the ones known before it, and plain decoding gets exactly 1.0
@@ -16,8 +19,9 @@ tokens per call (prefill included as a call, since it yields the first token).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Optional
+
+import dataclasses
 
 import flax.struct
 import jax
@@ -28,8 +32,18 @@ from bpdjax.decoding import drafters as drafters_lib
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
 
-LogitsFn = Callable[[Any, jax.Array, jax.Array, cache_lib.KVCache],
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFns:
+  """The model as the loop sees it (see module docstring). Hashable, so it can be static."""
+  forward: Callable[[Any, jax.Array, jax.Array, cache_lib.KVCache],
                     tuple[jax.Array, cache_lib.KVCache]]
+  heads: Callable[[Any, jax.Array, int, int], jax.Array]
+  num_heads: int
+
+  def logits(self, params, hidden, start=0, stop=None):
+    return self.heads(params, hidden, start, self.num_heads if stop is None else stop)
 
 
 @flax.struct.dataclass
@@ -115,17 +129,18 @@ def _record_slots(records: Records, head_logits: jax.Array, first_slot: jax.Arra
       entropy=records.entropy.at[rows, idx].set(_entropy(head_logits), mode="drop"))
 
 
-def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
+def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
            cache: cache_lib.KVCache, drafter, *, max_new_tokens: int, eos_id: Optional[int],
            sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
            rng: Optional[jax.Array] = None, record_topk: int = 0) -> DecodeResult:
   """Decodes every row of a batch; jit-compatible (wrap it in jax.jit with static settings).
 
   Args:
-    logits_fn: the model callback (see module docstring).
-    params: model parameters, passed through to logits_fn.
+    fns: the model callbacks (see module docstring).
+    params: model parameters, passed through to the callbacks.
     prompts: [B, P] int32, right-padded.
-    prompt_lengths: [B] int32 in [1, P].
+    prompt_lengths: [B] int32 in [1, P]; 0 marks a filler row (batch padding), which is done
+      from the start and yields nothing.
     cache: an empty KVCache with at least P + max_new_tokens + drafter.draft_len slots.
     drafter: see drafters.py; draft_len 1 is plain autoregressive decoding.
     max_new_tokens: M, tokens to generate per row (fewer if EOS comes first).
@@ -141,15 +156,20 @@ def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths:
   l = drafter.draft_len
   m = max_new_tokens
   rng = jax.random.PRNGKey(0) if rng is None else rng
+  h = fns.num_heads
+  # Drafters that ignore the heads (plain decoding) get head 1 only, like a plain LM.
+  draft_heads = h if drafter.uses_heads else 1
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-  logits, cache = logits_fn(params, prompts, positions, cache)
+  hidden, cache = fns.forward(params, prompts, positions, cache)
   cache = cache_lib.set_lengths(cache, prompt_lengths)
-  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None, None], axis=1)[:, 0]
+  filler = prompt_lengths == 0
+  last_hidden = jnp.take_along_axis(
+      hidden, jnp.maximum(prompt_lengths - 1, 0)[:, None, None], axis=1)        # [B, 1, D]
+  last = fns.logits(params, last_hidden, 0, max(draft_heads, h if record_topk else 1))[:, 0]
   rng, sub = jax.random.split(rng)
   first = _first_token(last[:, 0], sampling_config, sub)                         # [B]
   drafter_state = drafter.init(b)
-  draft, drafter_state = drafter.propose(drafter_state, last, first)
-  h = logits.shape[2]
+  draft, drafter_state = drafter.propose(drafter_state, last[:, :draft_heads], first)
 
   records = None
   if record_topk:
@@ -158,11 +178,13 @@ def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths:
                       entropy=jnp.zeros((b, m + l, h), jnp.float32))
     records = _record_slots(records, last[:, None], jnp.zeros((b,), jnp.int32),
                             jnp.ones((b, 1), bool), record_topk)
-  done = jnp.full((b,), m <= 1) if eos_id is None else (first == eos_id) | (m <= 1)
+  done = filler | (m <= 1)
+  if eos_id is not None:
+    done |= first == eos_id
   state = DecodeState(
       cache=cache, drafter_state=drafter_state, draft=draft,
       tokens=jnp.zeros((b, m + l), jnp.int32).at[:, 0].set(first),
-      num_tokens=jnp.ones((b,), jnp.int32), done=done, calls=jnp.ones((b,), jnp.int32),
+      num_tokens=jnp.where(filler, 0, 1), done=done, calls=jnp.where(filler, 0, 1),
       step=jnp.zeros((), jnp.int32), rng=rng, records=records)
 
   def cond(state: DecodeState):
@@ -171,7 +193,9 @@ def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths:
   def body(state: DecodeState) -> DecodeState:
     active = ~state.done
     positions = state.cache.lengths[:, None] + jnp.arange(l, dtype=jnp.int32)[None, :]
-    logits, cache = logits_fn(params, state.draft, positions, state.cache)       # [B, L, h, V]
+    hidden, cache = fns.forward(params, state.draft, positions, state.cache)     # [B, L, D]
+    # With records every head is needed at every position; otherwise head 1 only.
+    logits = fns.logits(params, hidden, 0, h if record_topk else 1)              # [B, L, h|1, V]
     rng, sub = jax.random.split(state.rng)
     num_kept, next_token = verify.accept(state.draft, logits[:, :, 0], sampling_config, sub)
     num_kept = jnp.where(active, num_kept, 0)
@@ -187,9 +211,13 @@ def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths:
       done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
     cache = cache_lib.commit(cache, num_kept)
     drafter_state = drafter.commit(state.drafter_state, appended, num_kept)
-    last = jnp.take_along_axis(logits, jnp.maximum(num_kept - 1, 0)[:, None, None, None],
-                               axis=1)[:, 0]                                     # [B, h, V]
-    draft, drafter_state = drafter.propose(drafter_state, last, next_token)
+    last_index = jnp.maximum(num_kept - 1, 0)
+    if record_topk or draft_heads == 1:
+      last = jnp.take_along_axis(logits, last_index[:, None, None, None], axis=1)[:, 0]
+    else:
+      last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)
+      last = fns.logits(params, last_hidden, 0, draft_heads)[:, 0]               # [B, h, V]
+    draft, drafter_state = drafter.propose(drafter_state, last[:, :draft_heads], next_token)
     draft = jnp.where(active[:, None], draft, state.draft)
     records = state.records
     if records is not None:
@@ -213,22 +241,35 @@ def decode(logits_fn: LogitsFn, params: Any, prompts: jax.Array, prompt_lengths:
                       records=state.records)
 
 
-def model_logits_fn(model) -> LogitsFn:
-  """The callback for a bpdjax Transformer (flax module)."""
+@dataclasses.dataclass(frozen=True)
+class _TransformerFns:
+  model: Any
 
-  def logits_fn(params, tokens, positions, cache):
-    return model.apply({"params": params}, tokens, positions, cache=cache)
+  def forward(self, params, tokens, positions, cache):
+    return self.model.apply({"params": params}, tokens, positions, cache=cache,
+                            method=self.model.hidden_states)
 
-  return logits_fn
+  def heads(self, params, hidden, start, stop):
+    return self.model.apply({"params": params}, hidden, start, stop,
+                            method=self.model.head_logits)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "drafter", "max_new_tokens", "eos_id",
-                                             "sampling_config", "record_topk", "cache_len",
-                                             "cache_init"))
-def jit_decode(logits_fn, params, prompts, prompt_lengths, rng, *, drafter, max_new_tokens,
-               eos_id, sampling_config, record_topk, cache_len, cache_init):
-  """decode() under jit, with the cache allocated inside (cache_init(batch, cache_len))."""
+def model_fns(model) -> ModelFns:
+  """The callbacks for a bpdjax Transformer (flax module); equal models give equal ModelFns."""
+  fns = _TransformerFns(model)
+  return ModelFns(forward=fns.forward, heads=fns.heads, num_heads=model.config.num_heads_bpd)
+
+
+def decode_with_new_cache(fns, params, prompts, prompt_lengths, rng, *, drafter,
+                          max_new_tokens, eos_id, sampling_config, record_topk, cache_len,
+                          cache_init):
+  """decode() with the cache allocated inside (cache_init(batch, cache_len)), for jit."""
   cache = cache_init(prompts.shape[0], cache_len)
-  return decode(logits_fn, params, prompts, prompt_lengths, cache, drafter,
+  return decode(fns, params, prompts, prompt_lengths, cache, drafter,
                 max_new_tokens=max_new_tokens, eos_id=eos_id, sampling_config=sampling_config,
                 rng=rng, record_topk=record_topk)
+
+
+jit_decode = jax.jit(decode_with_new_cache, static_argnames=(
+    "fns", "drafter", "max_new_tokens", "eos_id", "sampling_config", "record_topk",
+    "cache_len", "cache_init"))

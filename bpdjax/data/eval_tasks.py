@@ -1,0 +1,346 @@
+"""Evaluation prompts as seqio Tasks, for decode.py (decoding-speed measurement).
+
+Every task has one split, "test" (SQuAD's official dev set is exposed under this name too), and
+yields, per example:
+
+  inputs                int32 [n], n >= 1: the SentencePiece ids of the prompt (no EOS appended);
+  inputs_pretokenized   str: the formatted prompt text (before any truncation);
+  reference             str: a reference continuation, "" where the file has none;
+  id                    str: a stable example id;
+  num_truncated         int32: tokens cut from the START of the prompt (0 unless truncated).
+
+Pipeline: local files, parsed in Python at registration (so a missing/bad file fails there), ->
+`from_tensor_slices` of raw string fields -> `format_prompt` (fill `PROMPT_FORMATS[name]` with
+tf.strings ops) -> tokenize -> drop examples whose prompt has no tokens (built-in sets only; a
+JSONL file with an empty prompt is an error at registration) -> `truncate_left` (keeps the last
+sequence_length["inputs"] tokens: the end of a prompt sits next to the generation point).
+
+Prompt formats (`PROMPT_FORMATS`; "{field}" is a raw field of the source):
+
+  lambada        "{context}": the passage without its last whitespace-separated word (and without
+                 the whitespace before it); reference = that word.
+  squad          "{context}\\n\\nQuestion: {question}\\nAnswer:"; reference = first answer. One
+                 example per question (10,570), in file order (part 1 then part 2).
+  xsum           "{document}\\n\\nSummary:"; reference = the summary.
+  cnn_dailymail  "{document}\\n\\nSummary:"; the file's prompts are 1-shot (one fixed demo
+                 article + highlights, then "Article: <article>\\n\\nSummarize the above
+                 article in 3 sentences."): document = the last article only (no demo, no
+                 instruction); reference = "" (the file has no highlights).
+  samsum         "{document}\\n\\nSummary:"; document = the dialogue (CRLF -> LF); reference = the
+                 summary.
+  gsm8k          "Question: {question}\\nAnswer:" (test split); reference = the full answer (the
+                 final number follows "#### ").
+  mt_bench       "{question}": the first turn; reference = "".
+  jsonl          "{prompt}": the `prompt` field verbatim. Optional fields: `id` (str or int;
+                 default "<file name>:<line>") and `reference` (str; default ""). Blank lines are
+                 skipped.
+
+Documents are stripped of surrounding whitespace. Long documents are not cut here; `load_prompts`
+(via sequence_length) truncates from the left.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import string
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from bpdjax.data import hide_accelerators
+from bpdjax.data import vocab as vocab_lib
+
+hide_accelerators()
+
+EVAL_TASKS = ("lambada", "squad", "xsum", "cnn_dailymail", "samsum", "gsm8k", "mt_bench", "jsonl")
+SPLIT = "test"
+PROMPT_FORMATS = {
+    "lambada": "{context}",
+    "squad": "{context}\n\nQuestion: {question}\nAnswer:",
+    "xsum": "{document}\n\nSummary:",
+    "cnn_dailymail": "{document}\n\nSummary:",
+    "samsum": "{document}\n\nSummary:",
+    "gsm8k": "Question: {question}\nAnswer:",
+    "mt_bench": "{question}",
+    "jsonl": "{prompt}",
+}
+# Data files of each built-in set, relative to data_dir.
+DATA_FILES = {
+    "lambada": ("lambada/lambada_test.jsonl",),
+    "squad": ("squad_v1.1/dev-v1.1_part1_of_2.json", "squad_v1.1/dev-v1.1_part2_of_2.json"),
+    "xsum": ("xsum/test_1000.jsonl",),
+    "cnn_dailymail": ("cnn_dailymail/llama2_input_1000.jsonl",),
+    "samsum": ("samsum/test.jsonl",),
+    "gsm8k": ("gsm8k/test.jsonl",),
+    "mt_bench": ("mt_bench/question.jsonl",),
+}
+_CNN_PREFIX = "Article:"
+_CNN_SUFFIX = "Summarize the above article in 3 sentences."
+
+
+def task_name(name: str) -> str:
+  """Name under which `register_eval_task` registers eval set `name`."""
+  return f"bpdjax_eval_{name}"
+
+
+# ------------------------------------------------------------------------------ readers --
+
+
+def _read_jsonl(path: str) -> list[tuple[int, dict]]:
+  """(1-based line number, object) of each non-blank line; ValueError naming file and line."""
+  if not os.path.isfile(path):
+    raise ValueError(f"eval data file {path!r} does not exist.")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from e
+      if not isinstance(obj, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
+      rows.append((lineno, obj))
+  return rows
+
+
+def _lambada(paths):
+  records = []
+  for i, (_, obj) in enumerate(_read_jsonl(paths[0])):
+    words = obj["text"].strip().rsplit(None, 1)
+    context, target = (words[0].rstrip(), words[1]) if len(words) == 2 else ("", obj["text"])
+    records.append({"id": f"lambada-{i}", "context": context, "reference": target})
+  return records
+
+
+def _squad(paths):
+  records = []
+  for path in paths:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)["data"]
+    for article in data:
+      for paragraph in article["paragraphs"]:
+        for qa in paragraph["qas"]:
+          answers = qa.get("answers") or [{"text": ""}]
+          records.append({"id": qa["id"], "context": paragraph["context"].strip(),
+                          "question": qa["question"].strip(), "reference": answers[0]["text"]})
+  return records
+
+
+def _xsum(paths):
+  return [{"id": str(o.get("id", f"xsum-{i}")), "document": o["document"].strip(),
+           "reference": o.get("summary", "")} for i, (_, o) in enumerate(_read_jsonl(paths[0]))]
+
+
+def _cnn_dailymail(paths):
+  records = []
+  for i, (_, obj) in enumerate(_read_jsonl(paths[0])):
+    text = obj["instructions"].strip()
+    # Every prompt is 1-shot: the same demonstration (article, instruction, its 3 highlights),
+    # then "Article: <article>" and the instruction. Keep only the last article.
+    text = text[text.rfind(_CNN_PREFIX) + len(_CNN_PREFIX):] if _CNN_PREFIX in text else text
+    text = text[:-len(_CNN_SUFFIX)] if text.endswith(_CNN_SUFFIX) else text
+    records.append({"id": f"cnn_dailymail-{i}", "document": text.strip(), "reference": ""})
+  return records
+
+
+def _samsum(paths):
+  return [{"id": f"samsum-{i}", "document": o["context"].replace("\r\n", "\n").strip(),
+           "reference": o.get("response", "").replace("\r\n", "\n")}
+          for i, (_, o) in enumerate(_read_jsonl(paths[0]))]
+
+
+def _gsm8k(paths):
+  return [{"id": f"gsm8k-{i}", "question": o["question"].strip(), "reference": o["answer"]}
+          for i, (_, o) in enumerate(_read_jsonl(paths[0]))]
+
+
+def _mt_bench(paths):
+  return [{"id": f"mt_bench-{o['question_id']}", "question": o["turns"][0].strip(),
+           "reference": ""} for _, o in _read_jsonl(paths[0])]
+
+
+def read_jsonl_prompts(path: str) -> list[dict]:
+  """Records {"id", "prompt", "reference"} of a user JSONL file (see the module docstring).
+
+  ValueError naming the file (and line) for: a missing file, bad JSON, a line that is not an
+  object, a missing/non-string/empty (or whitespace-only) `prompt`, a non-string `reference`, a
+  file without any prompt.
+  """
+  records = []
+  name = os.path.basename(path)
+  for lineno, obj in _read_jsonl(path):
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str):
+      raise ValueError(f"{path}:{lineno}: needs a string field 'prompt' (got {prompt!r}).")
+    if not prompt.strip():
+      raise ValueError(f"{path}:{lineno}: the 'prompt' field is empty.")
+    reference = obj.get("reference", "")
+    if not isinstance(reference, str):
+      raise ValueError(f"{path}:{lineno}: the 'reference' field must be a string.")
+    records.append({"id": str(obj.get("id", f"{name}:{lineno}")), "prompt": prompt,
+                    "reference": reference})
+  if not records:
+    raise ValueError(f"{path}: holds no prompts.")
+  return records
+
+
+_READERS: Mapping[str, Callable[[Sequence[str]], list[dict]]] = {
+    "lambada": _lambada, "squad": _squad, "xsum": _xsum, "cnn_dailymail": _cnn_dailymail,
+    "samsum": _samsum, "gsm8k": _gsm8k, "mt_bench": _mt_bench,
+}
+
+
+# --------------------------------------------------------------------- source + task --
+
+
+class RecordSource(seqio.DataSource):
+  """In-memory records (equal str fields) -> tf.data of tf.string scalars; split "test".
+
+  shuffle=True is a permutation of the records by np.random.default_rng(seed) (the Task itself
+  does no shuffling), so a seeded order is deterministic and a shorter sample is a prefix of a
+  longer one.
+  """
+
+  def __init__(self, records: Sequence[dict]):
+    # No num_input_examples: seqio would .cache() and warn on iterators that stop early.
+    super().__init__(splits=(SPLIT,), performs_internal_shuffling=True)
+    keys = sorted(records[0])
+    self._columns = {k: [r[k] for r in records] for k in keys}
+    self._size = len(records)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def get_dataset(self, split: str = SPLIT, shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs
+    if split != SPLIT:
+      raise ValueError(f"eval tasks have only split {SPLIT!r}, not {split!r}.")
+    order = np.arange(self._size)
+    if shuffle:
+      order = np.random.default_rng(seed).permutation(self._size)
+    if shard_info is not None:
+      order = order[shard_info.index::shard_info.num_shards]
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.constant([v[i] for i in order], dtype=tf.string) for k, v in self._columns.items()})
+
+
+def format_prompt(dataset: tf.data.Dataset, template: str) -> tf.data.Dataset:
+  """Adds "inputs" = `template` filled with the example's fields; keeps "id" and "reference"."""
+  parts = []
+  for literal, field, _, _ in string.Formatter().parse(template):
+    parts.append(("lit", literal))
+    if field is not None:
+      parts.append(("field", field))
+
+  def _format(ex):
+    pieces = [ex[v] if kind == "field" else tf.constant(v) for kind, v in parts if v]
+    return {"inputs": tf.strings.join(pieces), "id": ex["id"], "reference": ex["reference"]}
+
+  return dataset.map(_format, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def drop_empty(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Drops examples whose "inputs" has no tokens."""
+  return dataset.filter(lambda ex: tf.size(ex["inputs"]) > 0)
+
+
+def truncate_left(dataset: tf.data.Dataset,
+                  sequence_length: Optional[Mapping[str, int]] = None) -> tf.data.Dataset:
+  """Keeps the last sequence_length["inputs"] tokens of "inputs"; adds "num_truncated"."""
+  length = (sequence_length or {}).get("inputs")
+
+  def _truncate(ex):
+    n = tf.size(ex["inputs"])
+    keep = n if not length else tf.minimum(n, int(length))
+    return {**ex, "inputs": ex["inputs"][n - keep:], "num_truncated": n - keep}
+
+  return dataset.map(_truncate, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def register_eval_task(name: str, data_dir: str, vocab_path: str,
+                       jsonl_path: Optional[str] = None) -> str:
+  """Registers (replacing an earlier one) the seqio Task of eval set `name`; returns its name.
+
+  Args:
+    name: one of EVAL_TASKS.
+    data_dir: the shared data folder (config.data_dir); its files are listed in DATA_FILES.
+    vocab_path: the SentencePiece model file.
+    jsonl_path: the user's JSONL file; required for "jsonl", must be None otherwise.
+
+  Raises:
+    ValueError: unknown name, a missing data file (named), or a bad JSONL file (file and line).
+  """
+  if name not in EVAL_TASKS:
+    raise ValueError(f"unknown eval task {name!r}; known: {', '.join(EVAL_TASKS)}.")
+  if name == "jsonl":
+    if not jsonl_path:
+      raise ValueError("eval task 'jsonl' needs jsonl_path (the user's JSONL file).")
+    records = read_jsonl_prompts(jsonl_path)
+  else:
+    if jsonl_path:
+      raise ValueError(f"jsonl_path is only used by eval task 'jsonl', not {name!r}.")
+    paths = [os.path.join(data_dir, p) for p in DATA_FILES[name]]
+    for path in paths:
+      if not os.path.isfile(path):
+        raise ValueError(f"eval data file {path!r} of task {name!r} does not exist (set "
+                         "config.data_dir).")
+    records = _READERS[name](paths)
+    if not records:
+      raise ValueError(f"eval data files {paths} of task {name!r} hold no examples.")
+  vocabulary = vocab_lib.load_vocabulary(vocab_path)
+  registered = task_name(name)
+  seqio.TaskRegistry.remove(registered)
+  seqio.TaskRegistry.add(
+      registered,
+      source=RecordSource(records),
+      preprocessors=[
+          functools.partial(format_prompt, template=PROMPT_FORMATS[name]),
+          functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=True),
+          drop_empty,
+          truncate_left,
+      ],
+      output_features={"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
+      shuffle_buffer_size=None)
+  return registered
+
+
+def load_prompts(name: str, data_dir: str, vocab_path: str, num_examples: Optional[int],
+                 max_prompt_tokens: int, jsonl_path: Optional[str] = None,
+                 seed: Optional[int] = None) -> list[dict]:
+  """Up to `num_examples` (None: all) prompts of eval set `name`, read through its seqio Task.
+
+  Order: file order when seed is None; else the permutation np.random.default_rng(seed) of the
+  file's examples, so the result for n examples is a prefix of the result for m > n (take
+  [:k] for tuning and [k:] for reporting: disjoint). Built-in examples whose prompt tokenizes
+  to nothing are skipped (none in the shipped files); an empty JSONL prompt is a ValueError.
+
+  Returns:
+    dicts {"id": str, "prompt_tokens": np.ndarray int32 [1 <= n <= max_prompt_tokens] (the LAST
+    tokens of the prompt), "prompt_text": str (the full formatted prompt, before truncation),
+    "reference": str ("" if none), "num_truncated": int (tokens cut from the start)}.
+  """
+  if max_prompt_tokens < 1:
+    raise ValueError(f"max_prompt_tokens={max_prompt_tokens} must be >= 1.")
+  if num_examples is not None and num_examples < 0:
+    raise ValueError(f"num_examples={num_examples} must be >= 0.")
+  task = seqio.get_mixture_or_task(register_eval_task(name, data_dir, vocab_path, jsonl_path))
+  ds = task.get_dataset(sequence_length={"inputs": max_prompt_tokens}, split=SPLIT,
+                        shuffle=seed is not None, seed=seed, num_epochs=1)
+  if num_examples is not None:
+    ds = ds.take(num_examples)
+  return [{"id": ex["id"].decode("utf-8"),
+           "prompt_tokens": np.asarray(ex["inputs"], dtype=np.int32),
+           "prompt_text": ex["inputs_pretokenized"].decode("utf-8"),
+           "reference": ex["reference"].decode("utf-8"),
+           "num_truncated": int(ex["num_truncated"])} for ex in ds.as_numpy_iterator()]
