@@ -81,8 +81,8 @@ def test_rescorer_sizes(name):
   if model_config.vocab_size == 32000:  # Rescores the C4 model: same task and vocabulary.
     big = load("c4_1p5b")
     assert config.data.task == big.data.task and config.data.vocab_path == big.data.vocab_path
-  else:  # CPU rescorers: default.py's (and small.py's) wiki task and 8192 vocabulary.
-    base = load("default")
+  else:  # CPU rescorers: small.py's wiki task and vocabulary.
+    base = load("small")
     assert (config.data.task, model_config.vocab_size, config.data.vocab_dir) == (
         "wiki", base.model.vocab_size, base.data.vocab_dir)
 

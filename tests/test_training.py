@@ -203,13 +203,14 @@ def _free_port():
 
 @pytest.mark.slow
 def test_losses_do_not_depend_on_the_process_count(tiny_vocab_path, tmp_path):
-  """2 processes x 2 CPU devices (mesh data=2 x tensor=2) vs 1 process and 1 device, both with
-  2 input shards (the same global batches). Then SIGTERM to process 1 alone stops both processes
-  at the same step, with a checkpoint."""
+  """2 processes x 2 CPU devices vs 1 process with 4 devices, the same mesh (data=2 x tensor=2)
+  and 2 input shards (the same global batches). Then SIGTERM to process 1 alone stops both
+  processes at the same step, with a checkpoint."""
   steps = 3
   data = dict(num_input_shards=2)
   single = str(tmp_path / "single")
-  trainer.train_and_evaluate(_config(tiny_vocab_path, data=data, num_train_steps=steps), single)
+  _run_train_py(_flags(single, tiny_vocab_path, data=data, num_train_steps=steps,
+                       mesh=dict(data=2, tensor=2)), num_devices=4)
 
   multi = str(tmp_path / "multi")
   args = _flags(multi, tiny_vocab_path, data=data, num_train_steps=400,
