@@ -10,9 +10,13 @@ from absl import app
 from absl import flags
 from absl import logging
 import logging as std_logging
+import os
+import runpy
+import sys
 import jax
 from ml_collections import config_flags
 
+from bpdjax import configuration
 from bpdjax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -43,5 +47,13 @@ def main(argv):
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def _check_overrides(argv):
+  """Rejects unknown --config.KEY overrides with a message that names them."""
+  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_file and os.path.isfile(config_file):
+    configuration.check_override_keys(argv, runpy.run_path(config_file)["get_config"]())
+
+
 if __name__ == "__main__":
+  _check_overrides(sys.argv)
   app.run(main)

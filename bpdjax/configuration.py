@@ -73,3 +73,24 @@ def validate_mesh(config: ml_collections.ConfigDict) -> None:
     for target in targets:
       _check(target in axes, f"logical_axis_rules maps {rule[0]!r} to {target!r}, which is not "
              f"a mesh axis {axes}")
+
+
+def check_override_keys(argv, config) -> None:
+  """Raises ValueError naming any `--config.KEY=...` argument whose KEY the config lacks.
+
+  ml_collections would fail on it too, but with a bare AttributeError; this names the flag and
+  the keys that do exist at that level.
+  """
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node = config
+    parts = path.split(".")
+    for depth, key in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        where = ".".join(parts[:depth]) or "the top level"
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ValueError(f"Unknown config key {path!r} in {arg!r}: no {key!r} at {where}; "
+                         f"known keys there: {known}")
+      node = node[key]

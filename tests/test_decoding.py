@@ -58,7 +58,7 @@ def _decode(model, cfg, params, prompts, lengths, drafter, max_new, eos_id=None,
       loop.model_fns(model), params, jnp.asarray(prompts, jnp.int32),
       jnp.asarray(lengths, jnp.int32), rng, drafter=drafter, max_new_tokens=max_new,
       eos_id=eos_id, sampling_config=config, record_topk=record_topk,
-      cache_len=prompts.shape[1] + max_new + drafter.draft_len,
+      cache_len=prompts.shape[1] + max_new + loop.block_size(drafter),
       cache_init=functools.partial(cache_lib.init_for_model, cfg)))
 
 
@@ -85,7 +85,8 @@ def test_bpd_and_ar_equal_naive_greedy(random_model, uneven_prompts, eos_id, max
   prompts, lengths = uneven_prompts
   expected = [_naive_greedy(model, params, prompts[b, :lengths[b]], max_new, eos_id)
               for b in range(len(lengths))]
-  for drafter in (drafters.NoDraft(), drafters.TopOneDrafter(4), drafters.TopOneDrafter(2)):
+  for drafter in (drafters.NoDraft(), drafters.TopOneDrafter(4), drafters.TopOneDrafter(2),
+                  drafters.PBestDrafter(4, k=3, p=5)):
     result = _decode(model, cfg, params, prompts, lengths, drafter, max_new, eos_id)
     assert _rows(result) == expected, drafter
     assert np.all(result.calls <= result.lengths)
@@ -219,3 +220,31 @@ def test_top_k_top_p_filters():
   np.testing.assert_allclose(nucleus[0], [0.625, 0.375, 0, 0], atol=1e-6)
   nucleus = jax.nn.softmax(sampling.processed_logits(logits, sampling.SamplingConfig(1.0, top_p=0.81)))
   np.testing.assert_allclose(nucleus[0], [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0], atol=1e-6)
+
+
+def test_pbest_paths_equal_brute_force():
+  import itertools  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  logp = rng.randn(2, 3, 4).astype(np.float32)   # Continuous scores: no ties.
+  ranks, scores = jax.device_get(drafters.pbest_paths(jnp.asarray(logp), 7))
+  for b in range(2):
+    paths = sorted(itertools.product(range(4), repeat=3),
+                   key=lambda r: (-sum(logp[b, i, j] for i, j in enumerate(r)), r))[:7]
+    assert [tuple(r) for r in ranks[b]] == paths
+    np.testing.assert_allclose(scores[b], [sum(logp[b, i, j] for i, j in enumerate(r))
+                                           for r in paths], rtol=1e-6)
+  with pytest.raises(ValueError, match="exceeds"):
+    drafters.pbest_paths(jnp.asarray(logp), 65)
+
+
+def test_pbest_drafts_accept_at_least_bpd(random_model, uneven_prompts):
+  """The p chains include BPD's top-1 chain, so from the same position (the first call after
+  prefill) they keep at least as many tokens; outputs are identical."""
+  model, cfg, params = random_model
+  prompts, lengths = uneven_prompts
+  bpd = _decode(model, cfg, params, prompts, lengths, drafters.TopOneDrafter(4), 20,
+                record_topk=1)
+  pbest = _decode(model, cfg, params, prompts, lengths, drafters.PBestDrafter(4, k=4, p=8), 20,
+                  record_topk=1)
+  assert _rows(pbest) == _rows(bpd)
+  assert np.all(pbest.records.kept[0] >= bpd.records.kept[0])

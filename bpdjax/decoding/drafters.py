@@ -19,6 +19,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from bpdjax.decoding import tree as tree_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class NoDraft:
@@ -63,3 +65,74 @@ class TopOneDrafter:
 def head_topk(head_logits: jax.Array, k: int) -> jax.Array:
   """[B, h, V] -> [B, h, k] int32: each head's k most likely tokens, best first (the lattice)."""
   return jax.lax.top_k(head_logits, k)[1].astype(jnp.int32)
+
+
+def pbest_paths(cand_logp: jax.Array, p: int) -> tuple[jax.Array, jax.Array]:
+  """Exact p best paths through a sausage lattice under additive scores.
+
+  Args:
+    cand_logp: [B, n, k] score of candidate j at position i (best first within a position).
+    p: paths to return; must not exceed k**n.
+  Returns:
+    (ranks [B, p, n] int32 candidate index per position, scores [B, p]) best first. Exactly
+    equal scores are ordered by lax.top_k's lower-index rule at each merge (deterministic, but
+    not a global lexicographic order).
+  """
+  b, n, k = cand_logp.shape
+  if p > k ** n:
+    raise ValueError(f"p={p} exceeds the {k}^{n} = {k ** n} paths of the lattice")
+  scores = cand_logp[:, 0]                                                       # [B, k]
+  ranks = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32)[None, :, None], (b, k, 1))
+  for i in range(1, n):
+    width = scores.shape[1]
+    total = (scores[:, :, None] + cand_logp[:, i, None, :]).reshape(b, width * k)
+    keep = min(p, width * k)
+    scores, flat = jax.lax.top_k(total, keep)
+    parent, choice = flat // k, flat % k
+    ranks = jnp.concatenate([jnp.take_along_axis(ranks, parent[:, :, None], axis=1),
+                             choice[:, :, None].astype(jnp.int32)], axis=2)
+  scores, order = jax.lax.top_k(scores, p)
+  return jnp.take_along_axis(ranks, order[:, :, None], axis=1), scores
+
+
+@dataclasses.dataclass(frozen=True)
+class PBestDrafter:
+  """The p best paths through the heads' top-k lattice, verified together as p chains sharing
+  the model's own next token ("p-best 0-gram" in Kim et al. 2024: head scores alone).
+
+  draft_len: L (heads used, including head 1); k: candidates per head; p: drafts per call.
+  """
+  draft_len: int
+  k: int
+  p: int
+  uses_heads: bool = True
+
+  def __post_init__(self):
+    if self.p > self.k ** (self.draft_len - 1):
+      raise ValueError(f"p={self.p} exceeds the k^(h-1) = {self.k}^{self.draft_len - 1} "
+                       "distinct drafts of the lattice")
+
+  @property
+  def tree(self) -> tree_lib.Tree:
+    return tree_lib.chains(self.p, self.draft_len)
+
+  def init(self, batch_size):
+    del batch_size
+    return ()
+
+  def lattice(self, head_logits):
+    """[B, h, V] -> (ids [B, L-1, k], log-probs [B, L-1, k]) of heads 2..L."""
+    logp = jax.nn.log_softmax(head_logits[:, 1:self.draft_len].astype(jnp.float32), axis=-1)
+    values, ids = jax.lax.top_k(logp, self.k)
+    return ids.astype(jnp.int32), values
+
+  def propose(self, state, head_logits, next_token):
+    ids, logp = self.lattice(head_logits)
+    ranks, _ = pbest_paths(logp, self.p)                                         # [B, p, L-1]
+    tokens = jnp.take_along_axis(ids[:, None], ranks[..., None], axis=3)[..., 0]  # [B, p, L-1]
+    b = tokens.shape[0]
+    return jnp.concatenate([next_token[:, None], tokens.reshape(b, -1)], axis=1), state
+
+  def commit(self, state, tokens, num_kept):
+    del tokens, num_kept
+    return state

@@ -88,7 +88,7 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
           rng=jax.random.PRNGKey(settings.seed), record_topk=settings.record_topk,
           progress=progress.update)
       entry.update(report_lib.draft_analyses(
-          recorded, generate.METHODS[method](config).draft_len, config.num_heads_bpd))
+          recorded, generator.drafter(method).draft_len, config.num_heads_bpd))
       if sampling_config.greedy and not all(
           np.array_equal(a.tokens, b.tokens) for a, b in zip(timed, recorded)):
         raise RuntimeError(f"{task}/{method}: recorded and timed runs differ (a decoding bug)")

@@ -21,10 +21,20 @@ from bpdjax.decoding import drafters
 from bpdjax.decoding import loop
 from bpdjax.decoding import sampling
 
-# Method name -> drafter factory(model_config) ; grows with the refinement drafters.
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodOptions:
+  """Settings of the drafting methods: k candidates per head, p drafts verified per call."""
+  k: int = 16
+  p: int = 16
+
+
+# Method name -> drafter factory(model_config, MethodOptions).
 METHODS: dict[str, Callable[..., Any]] = {
-    "ar": lambda model_config: drafters.NoDraft(),
-    "bpd": lambda model_config: drafters.TopOneDrafter(model_config.num_heads_bpd),
+    "ar": lambda cfg, opts: drafters.NoDraft(),
+    "bpd": lambda cfg, opts: drafters.TopOneDrafter(cfg.num_heads_bpd),
+    "pbest_0gram": lambda cfg, opts: drafters.PBestDrafter(cfg.num_heads_bpd, opts.k, opts.p),
 }
 _PROMPT_BUCKET = 32
 
@@ -60,12 +70,15 @@ class Generator:
     model: the flax module (its config gives h and max_len).
     params: parameters (host or device arrays).
     eos_id: end-of-sequence id (kept in the output), or None.
+    options: k and p of the lattice-based methods.
     mesh, rules: optional Mesh and logical axis rules; parameters are then sharded by the rules
       and the batch over the data axes, as in training.
   """
 
-  def __init__(self, model, params, eos_id: Optional[int], mesh=None, rules=None):
+  def __init__(self, model, params, eos_id: Optional[int], mesh=None, rules=None,
+               options: MethodOptions = MethodOptions()):
     self.model = model
+    self.options = options
     self.config = model.config
     self.eos_id = eos_id
     self.mesh = mesh
@@ -94,9 +107,15 @@ class Generator:
       if np.any((np.asarray(p) < 0) | (np.asarray(p) >= self.config.vocab_size)):
         raise ValueError(f"Prompt {i} has token ids outside [0, {self.config.vocab_size})")
 
+  def drafter(self, method: str):
+    check_method(method)
+    if self.options.k > self.config.vocab_size:
+      raise ValueError(f"k={self.options.k} exceeds the vocabulary size {self.config.vocab_size}")
+    return METHODS[method](self.config, self.options)
+
   def _decode_fn(self, method, max_new_tokens, sampling_config, record_topk, batch, width):
-    drafter = METHODS[method](self.config)
-    cache_len = width + max_new_tokens + drafter.draft_len
+    drafter = self.drafter(method)
+    cache_len = width + max_new_tokens + loop.block_size(drafter)
     fn = functools.partial(
         loop.decode_with_new_cache, loop.model_fns(self.model), drafter=drafter,
         max_new_tokens=max_new_tokens, eos_id=self.eos_id, sampling_config=sampling_config,
@@ -126,6 +145,7 @@ class Generator:
     """Decodes every prompt (lists of ids). Returns generations in prompt order and the timing
     of each batch (execution only; compilation happens before the clock starts)."""
     self._check(prompts, max_new_tokens, method)
+    self.drafter(method)  # Bad method options fail here, before compiling.
     sampling_config.validate(self.config.vocab_size)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     results: list[Generation] = []

@@ -5,8 +5,13 @@ heads' draft. One model call per iteration both verifies the current block and, 
 at the last kept position, proposes the next one (Stern et al. 2018, combined scoring and
 proposal). The loop sees the model only through `ModelFns` and a cache pytree:
 
-  forward(params, tokens [B, L], positions [B, L], cache) -> (hidden [B, L, D], cache)
+  forward(params, tokens [B, L], positions [B, L], cache, block_mask [B, L, L] | None)
+      -> (hidden [B, L, D], cache)
   heads(params, hidden [B, n, D], start, stop) -> logits [B, n, stop - start, V]
+
+A drafter with a `tree` (tree.py) proposes T tokens arranged as a tree instead of a chain; they
+are verified in the same one call under a tree attention mask, and the cache keeps only the
+accepted path (moved into place by cache.gather_block).
 
 The forward writes the L tokens after each row's committed `cache.lengths` and leaves `lengths`
 alone; the loop commits the kept prefix per row, so rejected tokens are rolled back. The logits
@@ -37,8 +42,7 @@ from bpdjax.decoding import verify
 @dataclasses.dataclass(frozen=True)
 class ModelFns:
   """The model as the loop sees it (see module docstring). Hashable, so it can be static."""
-  forward: Callable[[Any, jax.Array, jax.Array, cache_lib.KVCache],
-                    tuple[jax.Array, cache_lib.KVCache]]
+  forward: Callable[..., tuple[jax.Array, cache_lib.KVCache]]
   heads: Callable[[Any, jax.Array, int, int], jax.Array]
   num_heads: int
 
@@ -129,6 +133,12 @@ def _record_slots(records: Records, head_logits: jax.Array, first_slot: jax.Arra
       entropy=records.entropy.at[rows, idx].set(_entropy(head_logits), mode="drop"))
 
 
+def block_size(drafter) -> int:
+  """Tokens one verify call writes into the cache: the tree's size, or the chain's length."""
+  topology = getattr(drafter, "tree", None)
+  return drafter.draft_len if topology is None else topology.size
+
+
 def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
            cache: cache_lib.KVCache, drafter, *, max_new_tokens: int, eos_id: Optional[int],
            sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
@@ -141,7 +151,7 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
     prompts: [B, P] int32, right-padded.
     prompt_lengths: [B] int32 in [1, P]; 0 marks a filler row (batch padding), which is done
       from the start and yields nothing.
-    cache: an empty KVCache with at least P + max_new_tokens + drafter.draft_len slots.
+    cache: an empty KVCache with at least P + max_new_tokens + block_size(drafter) slots.
     drafter: see drafters.py; draft_len 1 is plain autoregressive decoding.
     max_new_tokens: M, tokens to generate per row (fewer if EOS comes first).
     eos_id: token that ends a row (kept in the output), or None.
@@ -153,8 +163,21 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
     DecodeResult.
   """
   b, p = prompts.shape
-  l = drafter.draft_len
+  topology = getattr(drafter, "tree", None)
+  l = drafter.draft_len                       # Longest path a call can keep.
+  if topology is not None:
+    if not sampling_config.greedy:
+      raise ValueError("Tree drafts are verified greedily only; use temperature 0")
+    if topology.max_depth + 1 != l:
+      raise ValueError(f"Drafter tree depth {topology.max_depth + 1} != draft_len {l}")
+    tree_depth = jnp.asarray(topology.depth)
+    tree_mask = jnp.asarray(topology.ancestor_mask)
+  primary = topology.primary if topology is not None else tuple(range(l))
   m = max_new_tokens
+  if cache.max_len < p + m + block_size(drafter):
+    raise ValueError(f"Cache of {cache.max_len} slots is too small: prompts of {p} + "
+                     f"{m} new tokens + a block of {block_size(drafter)} need "
+                     f"{p + m + block_size(drafter)}")
   rng = jax.random.PRNGKey(0) if rng is None else rng
   h = fns.num_heads
   # Drafters that ignore the heads (plain decoding) get head 1 only, like a plain LM.
@@ -173,7 +196,8 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
 
   records = None
   if record_topk:
-    records = Records(kept=jnp.zeros((m, b), jnp.int32), drafts=jnp.zeros((m, b, l), jnp.int32),
+    records = Records(kept=jnp.zeros((m, b), jnp.int32),
+                      drafts=jnp.zeros((m, b, len(primary)), jnp.int32),
                       topk=jnp.zeros((b, m + l, h, record_topk), jnp.int32),
                       entropy=jnp.zeros((b, m + l, h), jnp.float32))
     records = _record_slots(records, last[:, None], jnp.zeros((b,), jnp.int32),
@@ -192,16 +216,30 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
 
   def body(state: DecodeState) -> DecodeState:
     active = ~state.done
-    positions = state.cache.lengths[:, None] + jnp.arange(l, dtype=jnp.int32)[None, :]
-    hidden, cache = fns.forward(params, state.draft, positions, state.cache)     # [B, L, D]
-    # With records every head is needed at every position; otherwise head 1 only.
-    logits = fns.logits(params, hidden, 0, h if record_topk else 1)              # [B, L, h|1, V]
     rng, sub = jax.random.split(state.rng)
-    num_kept, next_token = verify.accept(state.draft, logits[:, :, 0], sampling_config, sub)
+    if topology is None:
+      positions = state.cache.lengths[:, None] + jnp.arange(l, dtype=jnp.int32)[None, :]
+      hidden, cache = fns.forward(params, state.draft, positions, state.cache)   # [B, L, D]
+    else:
+      positions = state.cache.lengths[:, None] + tree_depth[None, :]
+      hidden, cache = fns.forward(params, state.draft, positions, state.cache,
+                                  jnp.broadcast_to(tree_mask, (b,) + tree_mask.shape))
+    # With records every head is needed at every position; otherwise head 1 only.
+    logits = fns.logits(params, hidden, 0, h if record_topk else 1)              # [B, T, h|1, V]
+    if topology is None:
+      num_kept, next_token = verify.accept(state.draft, logits[:, :, 0], sampling_config, sub)
+      path = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+      path_tokens = state.draft
+    else:
+      num_kept, next_token, path = verify.accept_tree(state.draft, logits[:, :, 0], topology)
+      path_tokens = jnp.take_along_axis(state.draft, path, axis=1)               # [B, L]
+      cache = cache_lib.gather_block(cache, path)
+      hidden = jnp.take_along_axis(hidden, path[:, :, None], axis=1)
+      logits = jnp.take_along_axis(logits, path[:, :, None, None], axis=1)
     num_kept = jnp.where(active, num_kept, 0)
     j = jnp.arange(l + 1)[None, :]
     # The kept block followed by the model's next token: tokens[num_tokens - 1 + j], j <= kept.
-    appended = jnp.where(j < num_kept[:, None], jnp.pad(state.draft, ((0, 0), (0, 1))),
+    appended = jnp.where(j < num_kept[:, None], jnp.pad(path_tokens, ((0, 0), (0, 1))),
                          next_token[:, None])
     valid = (j <= num_kept[:, None]) & active[:, None]
     tokens = _write_rows(state.tokens, state.num_tokens - 1, appended, valid)
@@ -222,7 +260,8 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
     records = state.records
     if records is not None:
       records = records.replace(kept=records.kept.at[state.step].set(num_kept),
-                                drafts=records.drafts.at[state.step].set(state.draft))
+                                drafts=records.drafts.at[state.step].set(
+                                    state.draft[:, jnp.asarray(primary)]))
       records = _record_slots(records, logits, state.num_tokens,
                               jnp.arange(l)[None, :] < num_kept[:, None], record_topk)
     return state.replace(cache=cache, drafter_state=drafter_state, draft=draft, tokens=tokens,
@@ -245,9 +284,9 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
 class _TransformerFns:
   model: Any
 
-  def forward(self, params, tokens, positions, cache):
+  def forward(self, params, tokens, positions, cache, block_mask=None):
     return self.model.apply({"params": params}, tokens, positions, cache=cache,
-                            method=self.model.hidden_states)
+                            block_mask=block_mask, method=self.model.hidden_states)
 
   def heads(self, params, hidden, start, stop):
     return self.model.apply({"params": params}, hidden, start, stop,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bpdjax.decoding import sampling
 
@@ -59,3 +60,30 @@ def accept(draft: jax.Array, logits: jax.Array, config: sampling.SamplingConfig,
   next_logits = jnp.where(remove, sampling.NEG_INF, logp_last)
   next_token = jax.random.categorical(rng_next, next_logits, axis=-1).astype(jnp.int32)
   return num_kept, next_token
+
+
+def accept_tree(nodes: jax.Array, logits: jax.Array, topology) -> tuple[jax.Array, ...]:
+  """Greedy acceptance for a token tree (p chains, or a Medusa-style tree) verified in one call.
+
+  Node v is kept when every node on its root path matches the model's greedy token after its
+  parent. The deepest kept node wins; among equally deep ones, the lowest node index (for
+  `tree.chains`, the better-ranked draft).
+
+  Args:
+    nodes: [B, T] int32 tokens of the tree's nodes (node 0 decided).
+    logits: [B, T, V] the model's next-token logits after each node.
+    topology: a tree.Tree.
+  Returns:
+    (num_kept [B], next_token [B], path [B, D + 1] node indices of the kept path, root first
+    and padded by repeating its last node).
+  """
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)                        # [B, T]
+  parents = jnp.asarray(np.maximum(np.asarray(topology.parents), 0))
+  match = (nodes == greedy[:, parents]).at[:, 0].set(True)
+  on_path = jnp.asarray(topology.ancestor_mask)                                  # [T, T]
+  kept = jnp.all(match[:, None, :] | ~on_path[None], axis=-1)                    # [B, T]
+  depth = jnp.asarray(topology.depth)
+  best = jnp.argmax(jnp.where(kept, depth[None, :], -1), axis=1)                 # [B]
+  path = jnp.asarray(topology.path_table)[best]                                  # [B, D + 1]
+  next_token = jnp.take_along_axis(greedy, best[:, None], axis=1)[:, 0]
+  return depth[best] + 1, next_token, path
