@@ -25,6 +25,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Directory for report.json, report
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Evaluation data folder (default: the run's).")
 _JSONL = flags.DEFINE_string("jsonl", None, "Prompts file for task 'jsonl'.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_K = flags.DEFINE_integer("k", 16, "Candidates per head for lattice methods.")
+_P = flags.DEFINE_integer("p", 16, "Drafts verified per call for p-best methods.")
+_ALPHA = flags.DEFINE_float("alpha", 0.5, "Rescorer weight in [0, 1] (local, n-gram).")
+_RESCORER = flags.DEFINE_string("rescorer_workdir", None, "Rescoring LM workdir (method local).")
 _MESH = flags.DEFINE_list("mesh", None, "data,fsdp,tensor sizes to shard decoding, e.g. 2,2,2.")
 flags.mark_flags_as_required(["workdir", "output"])
 
@@ -36,7 +40,8 @@ def main(argv):
       tasks=evaluate.parse_list(_TASKS.value), methods=evaluate.parse_list(_METHODS.value),
       num_examples=_NUM_EXAMPLES.value, max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
       temperature=_TEMPERATURE.value, data_dir=_DATA_DIR.value, jsonl_path=_JSONL.value,
-      seed=_SEED.value)
+      seed=_SEED.value, k=_K.value, p=_P.value, alpha=_ALPHA.value,
+      rescorer_workdir=_RESCORER.value)
   settings.validate()
   mesh = None
   if _MESH.value:

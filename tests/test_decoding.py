@@ -248,3 +248,35 @@ def test_pbest_drafts_accept_at_least_bpd(random_model, uneven_prompts):
                   record_topk=1)
   assert _rows(pbest) == _rows(bpd)
   assert np.all(pbest.records.kept[0] >= bpd.records.kept[0])
+
+
+def test_local_rescoring_alpha_zero_is_bpd_and_output_is_exact(random_model, uneven_prompts):
+  from bpdjax.decoding import rescoring  # pylint: disable=g-import-not-at-top
+  model, cfg, params = random_model
+  prompts, lengths = uneven_prompts
+  rescorer, rcfg, rparams = _random_model(h=1, seed=7)
+  max_new = 20
+  cache_len = prompts.shape[1] + max_new + 4
+
+  def local(alpha):
+    drafter = rescoring.LocalRescoreDrafter(
+        draft_len=4, k=4, alpha=alpha, rescorer=loop.model_fns(rescorer),
+        cache_init=functools.partial(cache_lib.init_for_model, rcfg), cache_len=cache_len)
+    return jax.device_get(loop.jit_decode(
+        loop.model_fns(model), params, jnp.asarray(prompts), jnp.asarray(lengths),
+        jax.random.PRNGKey(0), rparams, drafter=drafter, max_new_tokens=max_new, eos_id=None,
+        sampling_config=sampling.SamplingConfig(), record_topk=2, cache_len=cache_len,
+        cache_init=functools.partial(cache_lib.init_for_model, cfg)))
+
+  bpd = _decode(model, cfg, params, prompts, lengths, drafters.TopOneDrafter(4), max_new,
+                record_topk=2)
+  zero = local(0.0)
+  np.testing.assert_array_equal(zero.records.drafts, bpd.records.drafts)
+  assert _rows(zero) == _rows(bpd) and np.array_equal(zero.calls, bpd.calls)
+  for alpha in (0.5, 1.0):
+    refined = local(alpha)
+    assert _rows(refined) == _rows(bpd)
+    changed = np.any(refined.records.drafts != bpd.records.drafts)
+  assert changed, "the rescorer never changed a draft: the test is vacuous"
+  with pytest.raises(ValueError, match="alpha"):
+    rescoring.LocalRescoreDrafter(4, 4, 1.5, None, None, 10)

@@ -38,7 +38,8 @@ fi
 mkdir -p "${PREFIX}/src"
 cd "${PREFIX}/src"
 if ! ls kenlm-*.tar.gz >/dev/null 2>&1; then
-  "${PYTHON}" -m pip download --quiet --no-binary :all: --no-deps kenlm -d .
+  # Only kenlm itself from source; its build requirements (cmake, setuptools) may come as wheels.
+  "${PYTHON}" -m pip download --quiet --no-binary kenlm --no-deps kenlm -d .
 fi
 SDIST="$(ls kenlm-*.tar.gz | head -1)"
 SRC="${SDIST%.tar.gz}"

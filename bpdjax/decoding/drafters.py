@@ -5,7 +5,9 @@ under jit:
   draft_len                         L, the number of tokens verified per call (1 = plain decoding)
   uses_heads                        False: propose gets head 1 only (h' = 1), so plain decoding
                                     costs what a plain LM costs
-  init(batch_size) -> state         per-row drafter state (a pytree; () when stateless)
+  start(drafter_params, prompts [B, P], prompt_lengths [B]) -> state
+                                    per-row drafter state (a pytree; () when stateless);
+                                    drafter_params are the drafter's own weights, if any
   propose(state, head_logits [B, h', V], next_token [B]) -> (draft [B, L] int32, state)
       draft[:, 0] must be next_token, the model's own next token.
   commit(state, tokens [B, L + 1], num_kept [B]) -> state
@@ -28,8 +30,8 @@ class NoDraft:
   draft_len: int = 1
   uses_heads: bool = False
 
-  def init(self, batch_size):
-    del batch_size
+  def start(self, drafter_params, prompts, prompt_lengths):
+    del drafter_params, prompts, prompt_lengths
     return ()
 
   def propose(self, state, head_logits, next_token):
@@ -47,8 +49,8 @@ class TopOneDrafter:
   draft_len: int
   uses_heads: bool = True
 
-  def init(self, batch_size):
-    del batch_size
+  def start(self, drafter_params, prompts, prompt_lengths):
+    del drafter_params, prompts, prompt_lengths
     return ()
 
   def propose(self, state, head_logits, next_token):
@@ -116,8 +118,8 @@ class PBestDrafter:
   def tree(self) -> tree_lib.Tree:
     return tree_lib.chains(self.p, self.draft_len)
 
-  def init(self, batch_size):
-    del batch_size
+  def start(self, drafter_params, prompts, prompt_lengths):
+    del drafter_params, prompts, prompt_lengths
     return ()
 
   def lattice(self, head_logits):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Optional, Sequence
 
@@ -27,6 +28,10 @@ class EvalSettings:
   data_dir: str = ""
   jsonl_path: Optional[str] = None
   seed: int = 0
+  k: int = 16                  # Candidates per head (lattice methods).
+  p: int = 16                  # Drafts verified per call (p-best methods).
+  alpha: float = 0.5           # Rescorer weight (local / n-gram methods).
+  rescorer_workdir: Optional[str] = None
 
   def validate(self) -> None:
     """Raises ValueError for bad settings before any model is loaded or compiled."""
@@ -45,6 +50,12 @@ class EvalSettings:
       raise ValueError(f"num_examples must be >= 1, got {self.num_examples}")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+    if self.k < 1 or self.p < 1:
+      raise ValueError(f"k and p must be >= 1, got k={self.k}, p={self.p}")
+    if "local" in self.methods and not self.rescorer_workdir:
+      raise ValueError("Method 'local' needs --rescorer_workdir (a bpdjax LM with h = 1)")
 
 
 def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None) -> dict:
@@ -59,8 +70,13 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
     os.remove(stale)
   config = loaded.model.config
   rules = loaded.config.logical_axis_rules if mesh is not None else None
-  generator = generate.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id,
-                                 mesh=mesh, rules=rules)
+  rescorer = None
+  if settings.rescorer_workdir:
+    rescorer = load_rescorer(settings.rescorer_workdir, workdir)
+  generator = generate.Generator(
+      loaded.model, loaded.params, eos_id=loaded.vocab.eos_id, mesh=mesh, rules=rules,
+      options=generate.MethodOptions(k=settings.k, p=settings.p, alpha=settings.alpha),
+      rescorer=rescorer)
   sampling_config = sampling.SamplingConfig(temperature=settings.temperature)
   max_prompt = config.max_len - settings.max_new_tokens
   vocab_path = os.path.join(workdir, "vocab.model")
@@ -105,6 +121,23 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
   result["complete"] = True
   report_lib.write(output_dir, result)
   return result
+
+
+def _file_digest(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_rescorer(rescorer_workdir: str, workdir: str):
+  """(model, params) of a rescoring LM; its vocabulary file must be the model's."""
+  from bpdjax import api  # pylint: disable=g-import-not-at-top
+  ours = os.path.join(workdir, "vocab.model")
+  theirs = os.path.join(rescorer_workdir, "vocab.model")
+  if os.path.exists(theirs) and _file_digest(ours) != _file_digest(theirs):
+    raise ValueError(f"Rescorer {rescorer_workdir!r} uses another vocabulary: {theirs} differs "
+                     f"from {ours}")
+  loaded = api.load(rescorer_workdir)
+  return loaded.model, loaded.params
 
 
 def parse_list(value: str) -> tuple[str, ...]:

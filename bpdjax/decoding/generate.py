@@ -19,6 +19,7 @@ from bpdjax import cache as cache_lib
 from bpdjax import partitioning
 from bpdjax.decoding import drafters
 from bpdjax.decoding import loop
+from bpdjax.decoding import rescoring
 from bpdjax.decoding import sampling
 
 
@@ -28,6 +29,7 @@ class MethodOptions:
   """Settings of the drafting methods: k candidates per head, p drafts verified per call."""
   k: int = 16
   p: int = 16
+  alpha: float = 0.5        # Rescorer weight of the local / n-gram methods.
 
 
 # Method name -> drafter factory(model_config, MethodOptions).
@@ -35,6 +37,7 @@ METHODS: dict[str, Callable[..., Any]] = {
     "ar": lambda cfg, opts: drafters.NoDraft(),
     "bpd": lambda cfg, opts: drafters.TopOneDrafter(cfg.num_heads_bpd),
     "pbest_0gram": lambda cfg, opts: drafters.PBestDrafter(cfg.num_heads_bpd, opts.k, opts.p),
+    "local": None,   # Built by Generator.drafter: needs the rescoring LM.
 }
 _PROMPT_BUCKET = 32
 
@@ -70,15 +73,20 @@ class Generator:
     model: the flax module (its config gives h and max_len).
     params: parameters (host or device arrays).
     eos_id: end-of-sequence id (kept in the output), or None.
-    options: k and p of the lattice-based methods.
+    options: k, p and alpha of the lattice-based methods.
+    rescorer: (model, params) of the small causal LM for method "local", or None.
     mesh, rules: optional Mesh and logical axis rules; parameters are then sharded by the rules
       and the batch over the data axes, as in training.
   """
 
   def __init__(self, model, params, eos_id: Optional[int], mesh=None, rules=None,
-               options: MethodOptions = MethodOptions()):
+               options: MethodOptions = MethodOptions(), rescorer=None):
     self.model = model
     self.options = options
+    self.rescorer = rescorer
+    if rescorer is not None and rescorer[0].config.vocab_size != model.config.vocab_size:
+      raise ValueError(f"Rescorer vocabulary size {rescorer[0].config.vocab_size} differs from "
+                       f"the model's {model.config.vocab_size}")
     self.config = model.config
     self.eos_id = eos_id
     self.mesh = mesh
@@ -107,28 +115,42 @@ class Generator:
       if np.any((np.asarray(p) < 0) | (np.asarray(p) >= self.config.vocab_size)):
         raise ValueError(f"Prompt {i} has token ids outside [0, {self.config.vocab_size})")
 
-  def drafter(self, method: str):
+  def drafter(self, method: str, cache_len: int = 0):
+    """The drafter of `method`; cache_len sizes a rescorer's own cache."""
     check_method(method)
     if self.options.k > self.config.vocab_size:
       raise ValueError(f"k={self.options.k} exceeds the vocabulary size {self.config.vocab_size}")
-    return METHODS[method](self.config, self.options)
+    if method != "local":
+      return METHODS[method](self.config, self.options)
+    if self.rescorer is None:
+      raise ValueError("Method 'local' needs a rescoring LM (decode.py --rescorer_workdir)")
+    rescorer_model = self.rescorer[0]
+    return rescoring.LocalRescoreDrafter(
+        draft_len=self.config.num_heads_bpd, k=self.options.k, alpha=self.options.alpha,
+        rescorer=loop.model_fns(rescorer_model),
+        cache_init=functools.partial(cache_lib.init_for_model, rescorer_model.config),
+        cache_len=cache_len)
 
   def _decode_fn(self, method, max_new_tokens, sampling_config, record_topk, batch, width):
-    drafter = self.drafter(method)
-    cache_len = width + max_new_tokens + loop.block_size(drafter)
+    cache_len = width + max_new_tokens + loop.block_size(self.drafter(method))
+    drafter = self.drafter(method, cache_len)
     fn = functools.partial(
         loop.decode_with_new_cache, loop.model_fns(self.model), drafter=drafter,
         max_new_tokens=max_new_tokens, eos_id=self.eos_id, sampling_config=sampling_config,
         record_topk=record_topk, cache_len=cache_len,
         cache_init=functools.partial(cache_lib.init_for_model, self.config))
     args = (self.params, jax.ShapeDtypeStruct((batch, width), jnp.int32),
-            jax.ShapeDtypeStruct((batch,), jnp.int32), jax.random.PRNGKey(0))
+            jax.ShapeDtypeStruct((batch,), jnp.int32), jax.random.PRNGKey(0),
+            self._drafter_params(method))
     if self.mesh is None:
       return jax.jit(fn).lower(*args).compile()
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       rows = self._batch_sharding
-      return jax.jit(fn, in_shardings=(self._param_sharding, rows, rows, None)).lower(
+      return jax.jit(fn, in_shardings=(self._param_sharding, rows, rows, None, None)).lower(
           *args).compile()
+
+  def _drafter_params(self, method):
+    return self.rescorer[1] if method == "local" else None
 
   def compiled(self, method, max_new_tokens, sampling_config, record_topk, batch, width):
     key = (method, max_new_tokens, sampling_config, record_topk, batch, width)
@@ -163,7 +185,8 @@ class Generator:
       fn = self.compiled(method, max_new_tokens, sampling_config, record_topk, batch_size, width)
       rng, sub = jax.random.split(rng)
       t0 = time.perf_counter()
-      out = fn(self.params, jnp.asarray(batch), jnp.asarray(lengths), sub)
+      out = fn(self.params, jnp.asarray(batch), jnp.asarray(lengths), sub,
+               self._drafter_params(method))
       out = jax.block_until_ready(out)
       seconds = time.perf_counter() - t0
       out = jax.device_get(out)

@@ -142,7 +142,8 @@ def block_size(drafter) -> int:
 def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
            cache: cache_lib.KVCache, drafter, *, max_new_tokens: int, eos_id: Optional[int],
            sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
-           rng: Optional[jax.Array] = None, record_topk: int = 0) -> DecodeResult:
+           rng: Optional[jax.Array] = None, record_topk: int = 0,
+           drafter_params: Any = None) -> DecodeResult:
   """Decodes every row of a batch; jit-compatible (wrap it in jax.jit with static settings).
 
   Args:
@@ -159,6 +160,7 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
     rng: PRNG key for sampling.
     record_topk: K > 0 records each head's top-K and entropy at every output slot, plus drafts
       and kept lengths per iteration, for the analyses; 0 records nothing.
+    drafter_params: weights of the drafter's own model (e.g. a rescoring LM), or None.
   Returns:
     DecodeResult.
   """
@@ -191,7 +193,7 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
   last = fns.logits(params, last_hidden, 0, max(draft_heads, h if record_topk else 1))[:, 0]
   rng, sub = jax.random.split(rng)
   first = _first_token(last[:, 0], sampling_config, sub)                         # [B]
-  drafter_state = drafter.init(b)
+  drafter_state = drafter.start(drafter_params, prompts, prompt_lengths)
   draft, drafter_state = drafter.propose(drafter_state, last[:, :draft_heads], first)
 
   records = None
@@ -299,14 +301,14 @@ def model_fns(model) -> ModelFns:
   return ModelFns(forward=fns.forward, heads=fns.heads, num_heads=model.config.num_heads_bpd)
 
 
-def decode_with_new_cache(fns, params, prompts, prompt_lengths, rng, *, drafter,
-                          max_new_tokens, eos_id, sampling_config, record_topk, cache_len,
-                          cache_init):
+def decode_with_new_cache(fns, params, prompts, prompt_lengths, rng, drafter_params=None, *,
+                          drafter, max_new_tokens, eos_id, sampling_config, record_topk,
+                          cache_len, cache_init):
   """decode() with the cache allocated inside (cache_init(batch, cache_len)), for jit."""
   cache = cache_init(prompts.shape[0], cache_len)
   return decode(fns, params, prompts, prompt_lengths, cache, drafter,
                 max_new_tokens=max_new_tokens, eos_id=eos_id, sampling_config=sampling_config,
-                rng=rng, record_topk=record_topk)
+                rng=rng, record_topk=record_topk, drafter_params=drafter_params)
 
 
 jit_decode = jax.jit(decode_with_new_cache, static_argnames=(
