@@ -74,19 +74,6 @@ def get_config():
   c.mesh.data = -1
   c.mesh.fsdp = 16
   c.mesh.tensor = 1
-  # Logical axis -> mesh axes (as default.py; spelled out since this is the config they matter
-  # for): batch over data and fsdp, parameters' embed dimension over fsdp, the model-parallel
-  # dimensions over tensor, activations' embed and length dimensions replicated.
-  c.logical_axis_rules = (
-      ("batch", ("data", "fsdp")),
-      ("embed", "fsdp"),
-      ("vocab", "tensor"),
-      ("heads", "tensor"),
-      ("kv_heads", "tensor"),
-      ("mlp", "tensor"),
-      ("head_mlp", "tensor"),
-      ("head_dim", None),
-      ("length", None),
-      ("act_embed", None),
-  )
+  # Logical axis rules: default.py's (batch over data x fsdp, parameters' embed over fsdp,
+  # model-parallel dimensions over tensor, activations' embed and length replicated).
   return c
