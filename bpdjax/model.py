@@ -242,6 +242,9 @@ class Transformer(nn.Module):
 
   With a cache, the L tokens are written at slots `cache.lengths + arange(L)`; the returned cache
   holds them but its `lengths` are unchanged: the caller commits what it accepts.
+
+  Decoding calls the two halves apart (`hidden_states`, then `head_logits` for the heads it
+  needs), since the h vocabulary projections can cost more than the layers.
   """
   config: TransformerConfig
 
