@@ -84,6 +84,15 @@ def test_settings_validation():
   with pytest.raises(ValueError, match="needs --jsonl"):
     evaluate.EvalSettings(tasks=("jsonl",), methods=("ar",), num_examples=1,
                           max_new_tokens=4).validate()
+  with pytest.raises(ValueError, match="need --ngram_arpa"):
+    evaluate.EvalSettings(tasks=("lambada",), methods=("pbest_ngram",), num_examples=1,
+                          max_new_tokens=4).validate()
+  with pytest.raises(ValueError, match="needs --rescorer_workdir"):
+    evaluate.EvalSettings(tasks=("lambada",), methods=("local",), num_examples=1,
+                          max_new_tokens=4).validate()
+  with pytest.raises(ValueError, match="alpha"):
+    evaluate.EvalSettings(tasks=("lambada",), methods=("ar",), num_examples=1,
+                          max_new_tokens=4, alpha=1.5).validate()
   with pytest.raises(ValueError, match="num_examples"):
     evaluate.EvalSettings(tasks=("lambada",), methods=("ar",), num_examples=0,
                           max_new_tokens=4).validate()

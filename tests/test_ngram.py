@@ -266,3 +266,39 @@ def test_bad_inputs(lms):
   with pytest.raises(ValueError, match="vocab_size"):
     fst.WfstRescorer(model, 0.5, vocab_size=VOCAB + 1)
   assert os.path.exists(estimate.BUILD_SCRIPT)
+
+
+@pytest.mark.parametrize("order", [2, 4])
+def test_ngram_drafters_in_the_decode_loop_are_exact(lms, order):
+  """n-gram BPD (p = 1) and p-best n-gram drafts keep the output identical to plain greedy
+  decoding; with alpha = 0 the n-gram drafter proposes exactly the p-best 0-gram drafts."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from bpdjax import cache as cache_lib  # pylint: disable=g-import-not-at-top
+  from bpdjax.decoding import drafters, loop, rescoring, sampling  # pylint: disable=g-import-not-at-top
+  from tests.test_decoding import _random_model  # pylint: disable=g-import-not-at-top
+  model, cfg, params = _random_model(vocab_size=VOCAB, h=4, seed=2, scale=0.2)
+  tables = dp.build_tables(lms[order][1])
+  rng = np.random.RandomState(1)
+  lengths = np.array([5, 2, 1, 4])
+  prompts = rng.randint(0, CORPUS_V, (4, 5)) * (np.arange(5)[None] < lengths[:, None])
+
+  def run(drafter, drafter_params=None):
+    cache_len = 5 + 16 + loop.block_size(drafter)
+    return jax.device_get(loop.jit_decode(
+        loop.model_fns(model), params, jnp.asarray(prompts), jnp.asarray(lengths),
+        jax.random.PRNGKey(0), drafter_params, drafter=drafter, max_new_tokens=16, eos_id=None,
+        sampling_config=sampling.SamplingConfig(), record_topk=1, cache_len=cache_len,
+        cache_init=functools.partial(cache_lib.init_for_model, cfg)))
+
+  ar = run(drafters.NoDraft())
+  expected = [list(ar.tokens[b, :ar.lengths[b]]) for b in range(4)]
+  for p, alpha in ((1, 0.7), (5, 0.5), (5, 0.0)):
+    out = run(rescoring.NgramPBestDrafter(4, k=3, p=p, alpha=alpha, order=order), tables)
+    assert [list(out.tokens[b, :out.lengths[b]]) for b in range(4)] == expected, (p, alpha)
+    if alpha == 0.0:
+      zero = run(drafters.PBestDrafter(4, k=3, p=5))
+      np.testing.assert_array_equal(out.records.drafts, zero.records.drafts)
+  with pytest.raises(ValueError, match="alpha"):
+    rescoring.NgramPBestDrafter(4, k=3, p=1, alpha=-0.1, order=order)

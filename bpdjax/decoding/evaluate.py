@@ -32,6 +32,7 @@ class EvalSettings:
   p: int = 16                  # Drafts verified per call (p-best methods).
   alpha: float = 0.5           # Rescorer weight (local / n-gram methods).
   rescorer_workdir: Optional[str] = None
+  ngram_arpa: Optional[str] = None   # ARPA file over the model's token ids (ngram methods).
 
   def validate(self) -> None:
     """Raises ValueError for bad settings before any model is loaded or compiled."""
@@ -54,6 +55,9 @@ class EvalSettings:
       raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
     if self.k < 1 or self.p < 1:
       raise ValueError(f"k and p must be >= 1, got k={self.k}, p={self.p}")
+    if {"ngram", "pbest_ngram"} & set(self.methods) and not self.ngram_arpa:
+      raise ValueError("Methods 'ngram' and 'pbest_ngram' need --ngram_arpa (an ARPA n-gram LM "
+                       "over the model's token ids)")
     if "local" in self.methods and not self.rescorer_workdir:
       raise ValueError("Method 'local' needs --rescorer_workdir (a bpdjax LM with h = 1)")
 
@@ -73,10 +77,14 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
   rescorer = None
   if settings.rescorer_workdir:
     rescorer = load_rescorer(settings.rescorer_workdir, workdir)
+  ngram = None
+  if settings.ngram_arpa:
+    from bpdjax.ngram import arpa, dp  # pylint: disable=g-import-not-at-top
+    ngram = dp.build_tables(arpa.parse_arpa(settings.ngram_arpa, config.vocab_size))
   generator = generate.Generator(
       loaded.model, loaded.params, eos_id=loaded.vocab.eos_id, mesh=mesh, rules=rules,
       options=generate.MethodOptions(k=settings.k, p=settings.p, alpha=settings.alpha),
-      rescorer=rescorer)
+      rescorer=rescorer, ngram=ngram)
   sampling_config = sampling.SamplingConfig(temperature=settings.temperature)
   max_prompt = config.max_len - settings.max_new_tokens
   vocab_path = os.path.join(workdir, "vocab.model")

@@ -37,7 +37,10 @@ METHODS: dict[str, Callable[..., Any]] = {
     "ar": lambda cfg, opts: drafters.NoDraft(),
     "bpd": lambda cfg, opts: drafters.TopOneDrafter(cfg.num_heads_bpd),
     "pbest_0gram": lambda cfg, opts: drafters.PBestDrafter(cfg.num_heads_bpd, opts.k, opts.p),
-    "local": None,   # Built by Generator.drafter: needs the rescoring LM.
+    # Built by Generator.drafter: they need the rescoring LM or the n-gram tables.
+    "local": None,
+    "ngram": None,
+    "pbest_ngram": None,
 }
 _PROMPT_BUCKET = 32
 
@@ -75,15 +78,17 @@ class Generator:
     eos_id: end-of-sequence id (kept in the output), or None.
     options: k, p and alpha of the lattice-based methods.
     rescorer: (model, params) of the small causal LM for method "local", or None.
+    ngram: ngram.dp.NgramTables of the n-gram LM for methods "ngram" and "pbest_ngram", or None.
     mesh, rules: optional Mesh and logical axis rules; parameters are then sharded by the rules
       and the batch over the data axes, as in training.
   """
 
   def __init__(self, model, params, eos_id: Optional[int], mesh=None, rules=None,
-               options: MethodOptions = MethodOptions(), rescorer=None):
+               options: MethodOptions = MethodOptions(), rescorer=None, ngram=None):
     self.model = model
     self.options = options
     self.rescorer = rescorer
+    self.ngram = ngram
     if rescorer is not None and rescorer[0].config.vocab_size != model.config.vocab_size:
       raise ValueError(f"Rescorer vocabulary size {rescorer[0].config.vocab_size} differs from "
                        f"the model's {model.config.vocab_size}")
@@ -120,6 +125,13 @@ class Generator:
     check_method(method)
     if self.options.k > self.config.vocab_size:
       raise ValueError(f"k={self.options.k} exceeds the vocabulary size {self.config.vocab_size}")
+    if method in ("ngram", "pbest_ngram"):
+      if self.ngram is None:
+        raise ValueError(f"Method {method!r} needs an n-gram LM (decode.py --ngram_arpa)")
+      return rescoring.NgramPBestDrafter(
+          self.config.num_heads_bpd, k=self.options.k,
+          p=1 if method == "ngram" else self.options.p, alpha=self.options.alpha,
+          order=self.ngram.order)
     if method != "local":
       return METHODS[method](self.config, self.options)
     if self.rescorer is None:
@@ -150,7 +162,9 @@ class Generator:
           *args).compile()
 
   def _drafter_params(self, method):
-    return self.rescorer[1] if method == "local" else None
+    if method == "local":
+      return self.rescorer[1]
+    return self.ngram if method in ("ngram", "pbest_ngram") else None
 
   def compiled(self, method, max_new_tokens, sampling_config, record_topk, batch, width):
     key = (method, max_new_tokens, sampling_config, record_topk, batch, width)

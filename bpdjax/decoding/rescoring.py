@@ -1,4 +1,5 @@
-"""Local neural rescoring of block drafts (Kim et al. 2024, Algorithm 2).
+"""Draft refinement: local neural rescoring (Kim et al. 2024, Algorithm 2) and global n-gram
+rescoring on device.
 
 Left to right over heads 2..L, pick among head i's top-k the token v that maximises
   (1 - alpha) * log p_head_i(v) + alpha * log p_rescorer(v | context, draft so far),
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from bpdjax import cache as cache_lib
+from bpdjax.decoding import tree as tree_lib
 
 
 @flax.struct.dataclass
@@ -84,3 +86,62 @@ class LocalRescoreDrafter:
     last = jnp.take_along_axis(tokens, jnp.maximum(num_kept - 1, 0)[:, None], axis=1)[:, 0]
     return state.replace(cache=cache_lib.commit(state.cache, num_kept),
                          last=jnp.where(num_kept > 0, last, state.last))
+
+
+@flax.struct.dataclass
+class NgramState:
+  """tables: the n-gram LM's device tables (ngram.dp.NgramTables); history: [B, n-1] int32 the
+  last decided tokens before the lattice, most recent last, -1 where the context is shorter."""
+  tables: Any
+  history: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class NgramPBestDrafter:
+  """Global n-gram rescoring on device (Kim et al. 2024): the p best paths of the heads' top-k
+  lattice under (1 - alpha) * head log-prob + alpha * n-gram log-prob, by the exact dynamic
+  program of ngram/dp.py, verified together as p chains sharing the model's next token.
+  p = 1 is "n-gram BPD"; alpha = 0 is "p-best 0-gram"."""
+  draft_len: int
+  k: int
+  p: int
+  alpha: float
+  order: int
+  uses_heads: bool = True
+
+  def __post_init__(self):
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+    if self.p > self.k ** (self.draft_len - 1):
+      raise ValueError(f"p={self.p} exceeds the k^(h-1) = {self.k}^{self.draft_len - 1} "
+                       "distinct drafts of the lattice")
+
+  @property
+  def tree(self):
+    return tree_lib.chains(self.p, self.draft_len)
+
+  def start(self, drafter_params, prompts, prompt_lengths):
+    n = self.order - 1
+    idx = prompt_lengths[:, None] - n + jnp.arange(n)[None, :]                  # [B, n-1]
+    history = jnp.take_along_axis(prompts, jnp.maximum(idx, 0), axis=1)
+    return NgramState(tables=drafter_params, history=jnp.where(idx >= 0, history, -1))
+
+  def propose(self, state: NgramState, head_logits, next_token):
+    from bpdjax.ngram import dp  # pylint: disable=g-import-not-at-top
+    head_logp = jax.nn.log_softmax(head_logits[:, 1:self.draft_len].astype(jnp.float32), -1)
+    cand_logp, cand_ids = jax.lax.top_k(head_logp, self.k)                      # [B, L-1, k]
+    b = next_token.shape[0]
+    first_ids = jnp.zeros((b, 1, self.k), jnp.int32).at[:, 0, 0].set(next_token)
+    first_logp = jnp.full((b, 1, self.k), -jnp.inf).at[:, 0, 0].set(0.0)
+    paths, _ = dp.pbest_dp(state.tables, jnp.concatenate([first_ids, cand_ids], axis=1),
+                           jnp.concatenate([first_logp, cand_logp], axis=1), state.history,
+                           self.alpha, self.p, ks=(1,) + (self.k,) * (self.draft_len - 1))
+    paths = jnp.maximum(paths[:, :, 1:], 0)                                     # [B, p, L-1]
+    return jnp.concatenate([next_token[:, None], paths.reshape(b, -1)], axis=1), state
+
+  def commit(self, state: NgramState, tokens, num_kept):
+    """The kept tokens tokens[:, :num_kept] join the history."""
+    n = self.order - 1
+    joined = jnp.concatenate([state.history, tokens], axis=1)
+    idx = num_kept[:, None] + jnp.arange(n)[None, :]
+    return state.replace(history=jnp.take_along_axis(joined, idx, axis=1))
