@@ -64,6 +64,20 @@ class TopOneDrafter:
     return state
 
 
+def head_lattice(head_logits: jax.Array, draft_len: int, k: int) -> tuple[jax.Array, jax.Array]:
+  """The top-k lattice of heads 2..L: [B, h, V] -> (ids [B, L-1, k] int32, log-probs [B, L-1, k])."""
+  logp = jax.nn.log_softmax(head_logits[:, 1:draft_len].astype(jnp.float32), axis=-1)
+  values, ids = jax.lax.top_k(logp, k)
+  return ids.astype(jnp.int32), values
+
+
+def check_num_drafts(p: int, k: int, draft_len: int) -> None:
+  """Raises ValueError when p exceeds the k^(L-1) distinct drafts of the lattice."""
+  if p > k ** (draft_len - 1):
+    raise ValueError(f"p={p} exceeds the k^(h-1) = {k}^{draft_len - 1} distinct drafts of the "
+                     "lattice")
+
+
 def head_topk(head_logits: jax.Array, k: int) -> jax.Array:
   """[B, h, V] -> [B, h, k] int32: each head's k most likely tokens, best first (the lattice)."""
   return jax.lax.top_k(head_logits, k)[1].astype(jnp.int32)
@@ -110,9 +124,7 @@ class PBestDrafter:
   uses_heads: bool = True
 
   def __post_init__(self):
-    if self.p > self.k ** (self.draft_len - 1):
-      raise ValueError(f"p={self.p} exceeds the k^(h-1) = {self.k}^{self.draft_len - 1} "
-                       "distinct drafts of the lattice")
+    check_num_drafts(self.p, self.k, self.draft_len)
 
   @property
   def tree(self) -> tree_lib.Tree:
@@ -122,14 +134,8 @@ class PBestDrafter:
     del drafter_params, prompts, prompt_lengths
     return ()
 
-  def lattice(self, head_logits):
-    """[B, h, V] -> (ids [B, L-1, k], log-probs [B, L-1, k]) of heads 2..L."""
-    logp = jax.nn.log_softmax(head_logits[:, 1:self.draft_len].astype(jnp.float32), axis=-1)
-    values, ids = jax.lax.top_k(logp, self.k)
-    return ids.astype(jnp.int32), values
-
   def propose(self, state, head_logits, next_token):
-    ids, logp = self.lattice(head_logits)
+    ids, logp = head_lattice(head_logits, self.draft_len, self.k)
     ranks, _ = pbest_paths(logp, self.p)                                         # [B, p, L-1]
     tokens = jnp.take_along_axis(ids[:, None], ranks[..., None], axis=3)[..., 0]  # [B, p, L-1]
     b = tokens.shape[0]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from bpdjax import cache as cache_lib
+from bpdjax.decoding import drafters
 from bpdjax.decoding import tree as tree_lib
 
 
@@ -68,8 +69,7 @@ class LocalRescoreDrafter:
         cache=cache_lib.set_lengths(shifted, cache.lengths))
 
   def propose(self, state: RescorerState, head_logits, next_token):
-    head_logp = jax.nn.log_softmax(head_logits[:, 1:self.draft_len].astype(jnp.float32), -1)
-    cand_logp, cand_ids = jax.lax.top_k(head_logp, self.k)                      # [B, L-1, k]
+    cand_ids, cand_logp = drafters.head_lattice(head_logits, self.draft_len, self.k)
     rescorer_logp, state = self._step(state, jnp.stack([state.last, next_token], axis=1), 0)
     chosen = [next_token]
     for i in range(self.draft_len - 1):
@@ -112,9 +112,7 @@ class NgramPBestDrafter:
   def __post_init__(self):
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-    if self.p > self.k ** (self.draft_len - 1):
-      raise ValueError(f"p={self.p} exceeds the k^(h-1) = {self.k}^{self.draft_len - 1} "
-                       "distinct drafts of the lattice")
+    drafters.check_num_drafts(self.p, self.k, self.draft_len)
 
   @property
   def tree(self):
@@ -128,8 +126,7 @@ class NgramPBestDrafter:
 
   def propose(self, state: NgramState, head_logits, next_token):
     from bpdjax.ngram import dp  # pylint: disable=g-import-not-at-top
-    head_logp = jax.nn.log_softmax(head_logits[:, 1:self.draft_len].astype(jnp.float32), -1)
-    cand_logp, cand_ids = jax.lax.top_k(head_logp, self.k)                      # [B, L-1, k]
+    cand_ids, cand_logp = drafters.head_lattice(head_logits, self.draft_len, self.k)
     b = next_token.shape[0]
     first_ids = jnp.zeros((b, 1, self.k), jnp.int32).at[:, 0, 0].set(next_token)
     first_logp = jnp.full((b, 1, self.k), -jnp.inf).at[:, 0, 0].set(0.0)

@@ -75,10 +75,3 @@ def chains(num_chains: int, length: int) -> Tree:
     parents += [0] + [start + j for j in range(length - 2)]
   return Tree(parents=tuple(parents), primary=tuple([0] + list(range(1, length))))
 
-
-def chain_nodes(num_chains: int, length: int) -> np.ndarray:
-  """[p, length] node index of each chain's tokens in a `chains(p, length)` tree (root first)."""
-  nodes = np.zeros((num_chains, length), np.int32)
-  for c in range(num_chains):
-    nodes[c, 1:] = 1 + c * (length - 1) + np.arange(length - 1)
-  return nodes
