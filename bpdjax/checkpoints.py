@@ -2,17 +2,22 @@
 
 Layout of a workdir written by train.py:
   config.json        the full training config (what decode.py and `api.load` rebuild from)
-  vocab.model        the SentencePiece vocabulary
+  vocab.model        the SentencePiece vocabulary (a run from a pretrained import keeps the
+                     model's tokenizer instead: hf_tokenizer/ or llama2c_tokenizer.bin, and
+                     base_checksum.json, the sha256 of its base parameters at start and end)
   checkpoints/<step>/state    the TrainState (params, optimizer state, step)
   metrics.jsonl, TensorBoard event files
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Optional
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
@@ -91,3 +96,30 @@ def restore_params(workdir: str, abstract_params: Any, step: Optional[int] = Non
       restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
       partial_restore=True)))
   return restored.state["params"], step
+
+
+def params_checksum(params: Any, exclude_prefix: Optional[str] = "head_") -> str:
+  """sha256 (hex) of a parameter tree's names, dtypes, shapes and bytes, in sorted name order.
+
+  Top-level entries whose name starts with `exclude_prefix` (default: the block heads) are
+  left out, so the checksum of a model's base does not depend on its heads; None includes all.
+  Bitwise: any change to any value (even -0.0 vs 0.0) changes it. Works on host, device and
+  sharded arrays (gathered from all processes when not fully addressable).
+  """
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  named = []
+  for path, leaf in leaves:
+    top = path[0]
+    top = getattr(top, "key", getattr(top, "name", str(top)))
+    if exclude_prefix and str(top).startswith(exclude_prefix):
+      continue
+    named.append((jax.tree_util.keystr(path), leaf))
+  for name, leaf in sorted(named, key=lambda x: x[0]):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+    digest.update(arr.tobytes())
+  return digest.hexdigest()

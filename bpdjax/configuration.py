@@ -6,7 +6,7 @@ import ml_collections
 from bpdjax import model as model_lib
 from bpdjax import partitioning
 
-_TASKS = ("wiki", "tiny_shakespeare", "c4")
+_TASKS = ("wiki", "tiny_shakespeare", "c4", "token_file")
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -41,6 +41,9 @@ def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
   _check(1 <= d.seq_len <= config.model.max_len,
          f"data.seq_len ({d.seq_len}) must be in [1, model.max_len={config.model.max_len}]")
   _check(0.0 < d.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {d.eval_fraction}")
+  _check(d.task != "token_file" or bool(d.get("token_dir")),
+         "data.task='token_file' needs data.token_dir (a folder written by bpdjax.distill)")
+  validate_init(config)
   _check(config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}")
   _check(config.num_train_steps >= 1, f"num_train_steps must be >= 1, got {config.num_train_steps}")
   _check(config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}")
@@ -54,6 +57,32 @@ def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
     _check(config[key] >= 1, f"{key} must be >= 1, got {config[key]}")
   validate_mesh(config)
   return model_config
+
+
+def init_source(config: ml_collections.ConfigDict) -> str:
+  """"hf", "llama2c" or "" (random initialisation), from config.init (absent in old configs)."""
+  init = config.get("init") or {}
+  if init.get("hf_model"):
+    return "hf"
+  if init.get("llama2c_bin") or init.get("llama2c_tokenizer"):
+    return "llama2c"
+  return ""
+
+
+def validate_init(config: ml_collections.ConfigDict) -> None:
+  """Checks config.init and train_heads_only (files are checked by the import itself)."""
+  init = config.get("init") or {}
+  _check(not (init.get("hf_model") and (init.get("llama2c_bin") or init.get("llama2c_tokenizer"))),
+         "set either init.hf_model or init.llama2c_bin/init.llama2c_tokenizer, not both")
+  _check(bool(init.get("llama2c_bin")) == bool(init.get("llama2c_tokenizer")),
+         "init.llama2c_bin and init.llama2c_tokenizer must be given together")
+  if config.get("train_heads_only", False):
+    _check(bool(init_source(config)),
+           "train_heads_only=True needs a pretrained base: set init.hf_model or "
+           "init.llama2c_bin + init.llama2c_tokenizer")
+    _check(config.model.num_heads_bpd >= 2,
+           f"train_heads_only=True needs model.num_heads_bpd >= 2 (head 1 is the frozen LM "
+           f"head), got {config.model.num_heads_bpd}")
 
 
 def validate_mesh(config: ml_collections.ConfigDict) -> None:

@@ -19,13 +19,20 @@ fresh: "ffn" heads start as copies of head 1 (zero output layer), "medusa" heads
 ResBlock and a copy of the LM head as their vocabulary projection (as Medusa initialises them).
 `merge_heads` puts trained heads on top of imported base parameters.
 
+Training from an import (config.init; see configs/tinystories_heads.py): `import_for_config`
+gives the run's config and initial parameters, `copy_tokenizer` / `load_tokenizer` keep the
+model's tokenizer in the workdir, `bpdjax.api.load_heads_onto` puts trained heads on a fresh
+import.
+
 All parameters are returned as host numpy float32 arrays, in the tree `Transformer.init` gives.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
+import shutil
 import struct
 from typing import Any, Optional
 
@@ -89,7 +96,8 @@ class Llama2cTokenizer:
   bos_id = 1
   eos_id = 2
 
-  def __init__(self, path: str, vocab_size: int):
+  def __init__(self, path: str, vocab_size: Optional[int] = None):
+    """vocab_size: the model's, checked against the file's piece count (None: not checked)."""
     if not os.path.isfile(path):
       raise FileNotFoundError(f"llama2.c tokenizer file not found: {path}")
     with open(path, "rb") as f:
@@ -98,7 +106,7 @@ class Llama2cTokenizer:
     offset = 4
     pieces, scores = [], []
     while offset < len(data):
-      if len(pieces) == vocab_size:
+      if vocab_size is not None and len(pieces) == vocab_size:
         raise ValueError(f"Tokenizer {path} has more pieces than the model's vocab_size "
                          f"{vocab_size}")
       score, length = struct.unpack_from("<fi", data, offset)
@@ -108,7 +116,7 @@ class Llama2cTokenizer:
       pieces.append(data[offset:offset + length])
       scores.append(score)
       offset += length
-    if len(pieces) != vocab_size:
+    if vocab_size is not None and len(pieces) != vocab_size:
       raise ValueError(f"Tokenizer {path} has {len(pieces)} pieces but the model's vocab_size is "
                        f"{vocab_size}")
     self.pieces = pieces
@@ -524,3 +532,90 @@ def import_llama2c(bin_path: str, tokenizer_path: str, num_heads_bpd: int = 1,
     })
   base = params_from_hf(state, cfg)
   return cfg, _finish(cfg, base, seed), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Training from an import (config.init) and the tokenizer a workdir keeps.
+
+# Files of a Hugging Face folder that define its tokenizer (config.json: fallback BOS/EOS ids).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                      "special_tokens_map.json", "config.json")
+
+
+def load_tokenizer(path: str):
+  """The tokenizer at `path`: a folder with tokenizer.json (HFTokenizer) or a llama2.c
+  tokenizer .bin (Llama2cTokenizer). Both have encode(text) -> ids (BOS first), decode(ids),
+  bos_id, eos_id and vocab_size."""
+  if os.path.isdir(path):
+    tokenizer_path = os.path.join(path, "tokenizer.json")
+    if not os.path.isfile(tokenizer_path):
+      raise FileNotFoundError(f"tokenizer.json not found: {tokenizer_path}")
+    config_path = os.path.join(path, "config.json")
+    hf_config = _read_json(config_path, "config.json") if os.path.isfile(config_path) else {}
+    return _hf_tokenizer(path, tokenizer_path, hf_config)
+  if os.path.isfile(path):
+    return Llama2cTokenizer(path)
+  raise FileNotFoundError(f"Tokenizer not found: {path} (a Hugging Face folder with "
+                          f"tokenizer.json, or a llama2.c tokenizer .bin)")
+
+
+def import_for_config(config: ml_collections.ConfigDict):
+  """Imports the pretrained model named by config.init (hf_model, or llama2c_bin +
+  llama2c_tokenizer) with the config's num_heads_bpd / head_type / head_hidden_dim / dtype
+  and fresh heads seeded by config.seed.
+
+  Returns:
+    (a copy of config whose model section is the import's, params (numpy float32 tree, fresh
+    heads included), tokenizer).
+  Raises:
+    ValueError if config.init names nothing; FileNotFoundError / ValueError from the import.
+  """
+  source = configuration.init_source(config)
+  m = config.model
+  kwargs = dict(num_heads_bpd=m.num_heads_bpd, head_type=m.head_type,
+                head_hidden_dim=m.head_hidden_dim, seed=config.seed, dtype=m.dtype)
+  if source == "hf":
+    cfg, params, tokenizer = import_llama(config.init.hf_model, **kwargs)
+  elif source == "llama2c":
+    if not (config.init.llama2c_bin and config.init.llama2c_tokenizer):
+      raise ValueError("init.llama2c_bin and init.llama2c_tokenizer must be given together")
+    cfg, params, tokenizer = import_llama2c(config.init.llama2c_bin,
+                                            config.init.llama2c_tokenizer, **kwargs)
+  else:
+    raise ValueError("config.init names no pretrained model (init.hf_model or init.llama2c_bin)")
+  config = config.copy_and_resolve_references()
+  for field in dataclasses.fields(cfg):
+    config.model[field.name] = getattr(cfg, field.name)
+  return config, params, tokenizer
+
+
+def copy_tokenizer(config: ml_collections.ConfigDict, dst: str) -> str:
+  """Copies the tokenizer of config.init's model to `dst` (a folder for Hugging Face models, a
+  file for llama2.c) atomically; returns dst. `load_tokenizer(dst)` reads it back."""
+  source = configuration.init_source(config)
+  if source == "hf":
+    return copy_tokenizer_files("hf", config.init.hf_model, dst)
+  if source == "llama2c":
+    return copy_tokenizer_files("llama2c", config.init.llama2c_tokenizer, dst)
+  raise ValueError("config.init names no pretrained model (init.hf_model or init.llama2c_bin)")
+
+
+def copy_tokenizer_files(model_format: str, source: str, dst: str) -> str:
+  """Atomically copies a tokenizer to `dst`: the tokenizer files of Hugging Face folder
+  `source` (model_format "hf"), or llama2.c tokenizer file `source` ("llama2c")."""
+  tmp = f"{dst}.tmp{os.getpid()}"
+  if model_format == "hf":
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name in HF_TOKENIZER_FILES:
+      if os.path.isfile(os.path.join(source, name)):
+        shutil.copy(os.path.join(source, name), os.path.join(tmp, name))
+    if not os.path.isfile(os.path.join(tmp, "tokenizer.json")):
+      raise FileNotFoundError(f"tokenizer.json not found: {os.path.join(source, 'tokenizer.json')}")
+    shutil.rmtree(dst, ignore_errors=True)
+  elif model_format == "llama2c":
+    shutil.copy(source, tmp)
+  else:
+    raise ValueError(f"Unknown tokenizer format {model_format!r} (expected 'hf' or 'llama2c')")
+  os.replace(tmp, dst)
+  return dst

@@ -21,6 +21,7 @@ import optax
 
 from bpdjax import checkpoints
 from bpdjax import configuration
+from bpdjax import hf
 from bpdjax import losses
 from bpdjax import model as model_lib
 from bpdjax import partitioning
@@ -55,15 +56,31 @@ def make_optimizer(config) -> optax.GradientTransformation:
                   weight_decay=config.weight_decay, mask=decay_mask))
 
 
-def _init_fn(rng, model: model_lib.Transformer, tx, seq_len: int):
+def trained_heads(params) -> dict:
+  """The entries of `params` that train_heads_only trains: heads 2..h (head 1, the LM head, and
+  the base stay frozen)."""
+  return {k: v for k, v in params.items() if k.startswith("head_") and k != "head_1"}
+
+
+def _state_from_params(params, model, tx, heads_only: bool) -> TrainState:
+  """A fresh TrainState; with heads_only the optimizer (and its state) covers only
+  `trained_heads(params)`."""
+  if not heads_only:
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return TrainState(step=0, apply_fn=model.apply, params=params, tx=tx,
+                    opt_state=tx.init(trained_heads(params)))
+
+
+def _init_fn(rng, model: model_lib.Transformer, tx, seq_len: int, heads_only: bool = False):
   tokens = jnp.zeros((1, seq_len), jnp.int32)
   params = model.init(rng, tokens, jnp.zeros_like(tokens))["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return _state_from_params(params, model, tx, heads_only)
 
 
 def abstract_state(model, tx, config, mesh, rules):
   """(abstract TrainState with shardings, its NamedSharding tree). Allocates nothing."""
-  init = functools.partial(_init_fn, model=model, tx=tx, seq_len=config.data.seq_len)
+  init = functools.partial(_init_fn, model=model, tx=tx, seq_len=config.data.seq_len,
+                           heads_only=bool(config.get("train_heads_only", False)))
   boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
   partitioning.check_divisible(boxed.params, mesh, rules)
   shardings = partitioning.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
@@ -74,9 +91,19 @@ def abstract_state(model, tx, config, mesh, rules):
 
 
 def init_state(model, tx, config, shardings) -> TrainState:
-  init = functools.partial(_init_fn, model=model, tx=tx, seq_len=config.data.seq_len)
+  init = functools.partial(_init_fn, model=model, tx=tx, seq_len=config.data.seq_len,
+                           heads_only=bool(config.get("train_heads_only", False)))
   return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(
       jax.random.PRNGKey(config.seed))
+
+
+def init_state_from_params(params, model, tx, config, shardings) -> TrainState:
+  """A fresh TrainState holding given (e.g. imported) parameters, sharded like `shardings`."""
+  hf.check_params(model.config, params)
+  params = jax.device_put(params, shardings.params)
+  heads_only = bool(config.get("train_heads_only", False))
+  return jax.jit(lambda p: _state_from_params(p, model, tx, heads_only),
+                 out_shardings=shardings)(params)
 
 
 def compute_loss(params, batch, model, head_weights):
@@ -93,6 +120,24 @@ def train_step(state: TrainState, batch, model, head_weights):
   (loss, sums), grads = jax.value_and_grad(compute_loss, has_aux=True)(
       state.params, batch, model, head_weights)
   new_state = state.apply_gradients(grads=grads)
+  return new_state, dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
+
+
+def train_step_heads_only(state: TrainState, batch, model, head_weights):
+  """train_step for train_heads_only: gradients of heads 2..h only. The base and head 1 enter
+  the loss through stop_gradient, so no gradient of theirs is computed (no backward pass through
+  the trunk), and they are carried over untouched (bitwise) into the new state."""
+  heads = trained_heads(state.params)
+  frozen = {k: v for k, v in state.params.items() if k not in heads}
+  frozen_const = jax.lax.stop_gradient(frozen)
+
+  def loss_fn(trainable):
+    return compute_loss({**frozen_const, **trainable}, batch, model, head_weights)
+
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(heads)
+  updates, opt_state = state.tx.update(grads, state.opt_state, heads)
+  params = {**frozen, **optax.apply_updates(heads, updates)}
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, dict(sums, loss=loss, grad_norm=optax.global_norm(grads))
 
 
@@ -169,7 +214,8 @@ class MetricsLog:
         scalars.update({f"{key}/head_{i + 1}": v for i, v in enumerate(value)})
       elif isinstance(value, (int, float)):
         scalars[key] = value
-    self.writer.write_scalars(step, scalars)
+    if scalars:
+      self.writer.write_scalars(step, scalars)
     if self.jsonl:
       self.jsonl.write(json.dumps(dict(step=step, **record)) + "\n")
       self.jsonl.flush()
@@ -194,6 +240,39 @@ def evaluate(params, eval_batches: Iterable[dict], eval_fn, sharding, head_weigh
   return losses.summarize(jax.device_get(sums), head_weights)
 
 
+BASE_CHECKSUM_FILE = "base_checksum.json"
+
+
+def _check_base(workdir, log, step, pretrained, params, heads_only, checksums=None) -> dict:
+  """Logs the sha256 of the base parameters (everything but the block heads, see
+  `checkpoints.params_checksum`): of the import and of the state at the start (checksums=None)
+  or at the end of this run; writes WORKDIR/base_checksum.json and a metrics.jsonl line. With
+  train_heads_only a base that differs from the import's is an error (e.g. a resume from a
+  checkpoint trained on another model)."""
+  current = checkpoints.params_checksum(params, exclude_prefix="head_")
+  if checksums is None:
+    checksums = {"imported": checkpoints.params_checksum(pretrained, exclude_prefix="head_"),
+                 "start": current, "start_step": step}
+    record = {"base_checksum_imported": checksums["imported"], "base_checksum_start": current}
+    logging.info("Base parameters sha256: imported %s, start (step %d) %s",
+                 checksums["imported"], step, current)
+  else:
+    checksums = dict(checksums, end=current, end_step=step)
+    record = {"base_checksum_end": current}
+    logging.info("Base parameters sha256 at the end (step %d): %s", step, current)
+  if heads_only and current != checksums["imported"]:
+    raise ValueError(f"train_heads_only: the base parameters in {workdir!r} (sha256 {current}) "
+                     f"differ from the imported model's ({checksums['imported']}): was the "
+                     f"checkpoint trained on another base?")
+  log.write(step, record)
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, BASE_CHECKSUM_FILE + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(checksums, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, BASE_CHECKSUM_FILE))
+  return checksums
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        train_iter_fn: Optional[Callable[..., Any]] = None,
                        eval_batches_fn: Optional[Callable[..., Any]] = None) -> dict:
@@ -201,10 +280,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   train_iter_fn(config, vocab_path, start_step) and eval_batches_fn(config, vocab_path) default
   to the seqio pipeline in `bpdjax.data.pipeline`; they yield process-local batches.
+
+  With config.init naming a pretrained model, the model config comes from the import (h, head
+  type, head width and dtype from config.model), the first start begins from the imported
+  weights plus fresh heads, and the workdir keeps the model's tokenizer. train_heads_only trains
+  heads 2..h alone (see `train_step_heads_only`); the base's sha256 is logged at start and end.
   """
   from bpdjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
+  pretrained = None
+  if configuration.init_source(config):  # config.model becomes the imported model's.
+    config, pretrained, _ = hf.import_for_config(config)
+  heads_only = bool(config.get("train_heads_only", False))
   model_config = configuration.validate(config)
   mesh = partitioning.make_mesh(config.mesh)
   rules = tuple(tuple(r) for r in config.logical_axis_rules)
@@ -213,7 +301,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager = checkpoints.make_manager(workdir, config.checkpoint_every_steps,
                                      config.max_checkpoints_to_keep)
   if manager.latest_step() is not None:
-    checkpoints.check_compatible(checkpoints.load_config(workdir).model, config.model, workdir)
+    saved = checkpoints.load_config(workdir)
+    checkpoints.check_compatible(saved.model, config.model, workdir)
+    if bool(saved.get("train_heads_only", False)) != heads_only:
+      raise ValueError(f"Checkpoint in {workdir!r} was trained with train_heads_only="
+                       f"{bool(saved.get('train_heads_only', False))}; the config has "
+                       f"{heads_only} (the optimizer states differ)")
   vocab_path = vocab_lib.ensure_vocabulary(config, workdir)
   if jax.process_index() == 0:
     checkpoints.save_config(workdir, config)
@@ -222,17 +315,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx = make_optimizer(config)
   schedule = make_schedule(config)
   head_weights = losses.head_loss_weights(model_config.num_heads_bpd, config.head_loss_decay)
+  if heads_only:  # Head 1 is the frozen LM head: reported, not trained.
+    head_weights = head_weights.at[0].set(0.0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = abstract_state(model, tx, config, mesh, rules)
     if manager.latest_step() is not None:
       state = checkpoints.restore(manager, abstract)
       logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    elif pretrained is not None:
+      state = init_state_from_params(pretrained, model, tx, config, shardings)
     else:
       state = init_state(model, tx, config, shardings)
     data_sharding = partitioning.batch_sharding(mesh, rules)
     batch_shardings = {k: data_sharding for k in BATCH_KEYS}
     p_train_step = jax.jit(
-        functools.partial(train_step, model=model, head_weights=head_weights),
+        functools.partial(train_step_heads_only if heads_only else train_step, model=model,
+                          head_weights=head_weights),
         in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
         donate_argnums=(0,))
     p_eval_step = jax.jit(functools.partial(eval_step, model=model, head_weights=head_weights),
@@ -247,6 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         pipeline.make_eval_iterator, num_batches=config.num_eval_batches))(config, vocab_path))
 
     log = MetricsLog(workdir)
+    checksums = None
+    if pretrained is not None:
+      checksums = _check_base(workdir, log, start_step, pretrained, state.params, heads_only)
     pending, last = [], {"time": time.time(), "step": start_step}
     summary: dict = {}
     total = config.num_train_steps
@@ -284,6 +385,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           break
     manager.wait_until_finished()
     manager.close()
+    if checksums is not None:
+      _check_base(workdir, log, int(state.step), pretrained, state.params, heads_only,
+                  checksums)
     log.close()
   return dict(summary, step=int(state.step), params=state.params)
 

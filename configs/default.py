@@ -37,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   d = c.data
-  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4"
+  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4" | "token_file"
+  # task "token_file": a folder of token-id shards (+ manifest.json) written by bpdjax.distill.
+  d.token_dir = ""
   d.corpus_dir = ""             # Local corpus; "" means the task's folder under data_dir.
   d.vocab_path = ""             # SentencePiece model; "" means data.vocab_dir/<task>_<vocab_size>.model.
   d.vocab_dir = "vocab"         # Trained-vocab cache (bpdjax.data.vocab), relative to cwd.
@@ -48,6 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
   # Input shards S (0 = jax.process_count()). Each process reads S / process_count of them; the
   # global batch depends on S only, so a run keeps its data order when the process count changes.
   d.num_input_shards = 0
+
+  # Start from a pretrained model instead of random weights (set at most one of the two).
+  # config.model then comes from the import, except num_heads_bpd, head_type, head_hidden_dim
+  # and dtype; the workdir keeps the model's tokenizer instead of a SentencePiece vocab.model.
+  c.init = ml_collections.ConfigDict()
+  c.init.hf_model = ""          # Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json).
+  c.init.llama2c_bin = ""       # llama2.c checkpoint .bin ...
+  c.init.llama2c_tokenizer = "" # ... and its tokenizer .bin.
+  # Train only block heads 2..h; the imported base (and head 1, the LM head) stays bitwise
+  # frozen (Medusa-1 style). Needs init.*; head 1 is reported but has loss weight 0.
+  c.train_heads_only = False
 
   c.seed = 0
   c.batch_size = 16             # Global batch (sequences), split over processes and devices.

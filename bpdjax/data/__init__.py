@@ -1,7 +1,8 @@
 """Input pipeline: SentencePiece vocabularies, seqio Tasks and the trainer's batch iterators.
 
   vocab.py     ensure_vocabulary / load_vocabulary (+ `python -m bpdjax.data.vocab`).
-  tasks.py     register_task: seqio Tasks for "wiki", "tiny_shakespeare" and "c4".
+  tasks.py     register_task: seqio Tasks for "wiki", "tiny_shakespeare", "c4" and
+               "token_file" (token-id shards, e.g. from `python -m bpdjax.distill`).
   pipeline.py  make_train_iterator / make_eval_iterator: process-local packed numpy batches.
 
 TensorFlow only feeds data here; it is kept off every accelerator (see `hide_accelerators`) so

@@ -67,7 +67,8 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _shard_batches(config: ml_collections.ConfigDict, name: str, split: str, shard_index: int,
-                   num_shards: int, shuffle: bool, start_step: int = 0) -> Iterator[Batch]:
+                   num_shards: int, shuffle: bool, start_step: int = 0,
+                   bos_id: int = 0) -> Iterator[Batch]:
   """Batches start_step, start_step + 1, ... [batch_size // S, L] of one shard of a task."""
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index={shard_index} is outside [0, {num_shards}).")
@@ -79,7 +80,7 @@ def _shard_batches(config: ml_collections.ConfigDict, name: str, split: str, sha
   ds = seqio.get_dataset(
       name,
       task_feature_lengths={"targets": config.data.seq_len},
-      feature_converter=seqio.DecoderFeatureConverter(pack=True),
+      feature_converter=seqio.DecoderFeatureConverter(pack=True, bos_id=bos_id),
       dataset_split=split,
       shuffle=shuffle,
       num_epochs=None,  # Repeat forever (before packing and shuffling, as seqio does).
@@ -115,7 +116,8 @@ def make_shard_iterator(config: ml_collections.ConfigDict, vocab_path: str, shar
   """
   _check_config(config)
   name = tasks.register_task(config, vocab_path)
-  return _shard_batches(config, name, "train", shard_index, num_shards, True, start_step)
+  return _shard_batches(config, name, "train", shard_index, num_shards, True, start_step,
+                        tasks.input_bos_id(config, vocab_path))
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, vocab_path: str,
@@ -124,7 +126,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, vocab_path: str,
 
   Args:
     config: run config (data.*, batch_size, seed, model.max_len).
-    vocab_path: SentencePiece model (see `vocab.ensure_vocabulary`).
+    vocab_path: the run's vocabulary (see `vocab.ensure_vocabulary`; unused by "token_file").
     start_step: index of the first batch to yield; resuming at step n gives exactly the batches
       n, n+1, ... of an iterator started at 0.
 
@@ -135,8 +137,9 @@ def make_train_iterator(config: ml_collections.ConfigDict, vocab_path: str,
   _check_config(config)
   shards = process_shards(config)
   name = tasks.register_task(config, vocab_path)
+  bos_id = tasks.input_bos_id(config, vocab_path)
   return _stack([_shard_batches(config, name, "train", s, num_input_shards(config), True,
-                                start_step) for s in shards])
+                                start_step, bos_id) for s in shards])
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict, vocab_path: str,
@@ -153,6 +156,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict, vocab_path: str,
   _check_config(config)
   shards = process_shards(config)
   name = tasks.register_task(config, vocab_path)
-  stacked = _stack([_shard_batches(config, name, "validation", s, num_input_shards(config), False)
-                    for s in shards])
+  bos_id = tasks.input_bos_id(config, vocab_path)
+  stacked = _stack([_shard_batches(config, name, "validation", s, num_input_shards(config), False,
+                                   bos_id=bos_id) for s in shards])
   return [next(stacked) for _ in range(num_batches)]

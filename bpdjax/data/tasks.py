@@ -1,13 +1,21 @@
-"""seqio Tasks for language-model pretraining: "wiki", "tiny_shakespeare" and "c4".
+"""seqio Tasks for language-model pretraining: "wiki", "tiny_shakespeare", "c4", "token_file".
 
 Every task has splits "train" and "validation" and one output feature, "targets" (int32 token
-ids of a SentencePiece vocabulary, EOS appended). Preprocessing of each raw text example:
+ids of a SentencePiece vocabulary or of a pretrained model's tokenizer, EOS appended).
+Preprocessing of each raw text example:
 
   {"text": str} -> rekey -> {"targets": str} -> tokenize -> [n] int32 -> append EOS -> [n + 1]
     -> split into pieces of at most sequence_length["targets"] tokens
 
 The last step keeps long documents whole (T5's `split_tokens` idea) instead of truncating every
 Wikipedia article to its first `seq_len` tokens; only the last piece of a document ends in EOS.
+
+"token_file" reads sequences that are already token ids (e.g. self-distillation data written by
+`python -m bpdjax.distill`): data.token_dir holds `train-*.npz` and `validation-*.npz` shards
+(arrays `tokens` [sum n] int32 and `lengths` [num sequences]) and a `manifest.json`. No
+vocabulary and no tokenization: each sequence is cut into seq_len pieces as above, every id is
+checked against model.vocab_size when the task is registered, and the manifest's `bos_id` starts
+every packed segment's inputs (see `input_bos_id`).
 
 Local corpora (wiki, tiny_shakespeare) are split deterministically into train/validation with
 `config.data.eval_fraction`, and their sources honour `seqio.ShardInfo`, so input shard s of S
@@ -16,6 +24,8 @@ reads only its own files (wiki, when there are at least S files) or its own exam
 from __future__ import annotations
 
 import functools
+import glob
+import json
 import os
 import re
 from typing import Iterator, Mapping, Optional, Sequence
@@ -30,7 +40,7 @@ from bpdjax.data import vocab as vocab_lib
 
 hide_accelerators()
 
-TASKS = ("wiki", "tiny_shakespeare", "c4")
+TASKS = ("wiki", "tiny_shakespeare", "c4", "token_file")
 SPLITS = ("train", "validation")
 C4_TFDS_NAME = "c4/en:3.1.0"
 # tiny_shakespeare: consecutive speeches are grouped into examples of at least this many chars.
@@ -203,23 +213,140 @@ class InMemoryTextSource(seqio.DataSource):
     return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, dtype=tf.string)})
 
 
+# ------------------------------------------------------------------------------ token_file --
+
+TOKEN_MANIFEST = "manifest.json"
+
+
+def token_shard_files(token_dir: str, split: str) -> list[str]:
+  """The `<split>-*.npz` shards of a token folder, sorted."""
+  return sorted(glob.glob(os.path.join(glob.escape(token_dir), f"{split}-*.npz")))
+
+
+def read_token_manifest(token_dir: str) -> dict:
+  """manifest.json of a token folder ({} when there is none)."""
+  path = os.path.join(token_dir, TOKEN_MANIFEST)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_token_shard(path: str, sequences: Sequence[np.ndarray]) -> None:
+  """Writes sequences (1-D int arrays) as one .npz shard (tokens, lengths), atomically."""
+  lengths = np.asarray([len(x) for x in sequences], np.int32)
+  tokens = (np.concatenate([np.asarray(x, np.int32) for x in sequences]) if len(sequences)
+            else np.zeros((0,), np.int32))
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, tokens=tokens, lengths=lengths)
+  os.replace(tmp, path)
+
+
+def read_token_split(token_dir: str, split: str, vocab_size: int) -> list[np.ndarray]:
+  """Every sequence of one split of a token folder, in shard order.
+
+  Raises:
+    ValueError: no such folder, no shards of the split, a malformed shard, an empty split, or
+      an id outside [0, vocab_size) (naming the file, the id and the vocabulary size).
+  """
+  if not os.path.isdir(token_dir):
+    raise ValueError(f"data.token_dir {token_dir!r} does not exist (write it with "
+                     "`python -m bpdjax.distill`).")
+  files = token_shard_files(token_dir, split)
+  if not files:
+    raise ValueError(f"data.token_dir {token_dir!r} has no {split}-*.npz shards.")
+  sequences: list[np.ndarray] = []
+  for path in files:
+    with np.load(path) as shard:
+      if "tokens" not in shard or "lengths" not in shard:
+        raise ValueError(f"token shard {path!r} lacks the arrays 'tokens' and 'lengths' "
+                         f"(has {sorted(shard.keys())}).")
+      tokens, lengths = shard["tokens"], shard["lengths"]
+    if tokens.ndim != 1 or lengths.ndim != 1 or np.any(lengths < 0) or (
+        int(lengths.sum()) != tokens.size):
+      raise ValueError(f"token shard {path!r} is malformed: {tokens.size} tokens, lengths sum "
+                       f"to {int(lengths.sum())}.")
+    if not np.issubdtype(tokens.dtype, np.integer):
+      raise ValueError(f"token shard {path!r} holds {tokens.dtype} tokens, not integer ids.")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+      bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())
+      raise ValueError(f"token shard {path!r} has token id {bad}, outside [0, {vocab_size}) "
+                       f"(model.vocab_size={vocab_size}): was it made with another model?")
+    sequences.extend(np.split(tokens.astype(np.int32), np.cumsum(lengths)[:-1]))
+  sequences = [x for x in sequences if x.size]
+  if not sequences:
+    raise ValueError(f"data.token_dir {token_dir!r}: split {split!r} holds no tokens.")
+  return sequences
+
+
+class TokenSequenceSource(seqio.DataSource):
+  """In-memory token-id sequences {split: [int32 [n], ...]} -> {"targets": int32 [n]}; shards
+  by example."""
+
+  def __init__(self, sequences: Mapping[str, Sequence[np.ndarray]]):
+    super().__init__(splits=tuple(sequences))
+    self._sequences = {k: list(v) for k, v in sequences.items()}
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    return [split]
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs
+    seqs = self._sequences[split]
+    if shard_info is not None:
+      seqs = seqs[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      seqs = [seqs[i] for i in np.random.default_rng(seed).permutation(len(seqs))]
+    lengths = np.asarray([len(x) for x in seqs], np.int64)
+    flat = np.concatenate(seqs) if seqs else np.zeros((0,), np.int32)
+    ragged = tf.RaggedTensor.from_row_lengths(tf.constant(flat, tf.int32), lengths)
+    return tf.data.Dataset.from_tensor_slices({"targets": ragged})
+
+
+def input_bos_id(config: ml_collections.ConfigDict, vocab_path: str) -> int:
+  """The id that starts every packed segment's decoder inputs (seqio's feature converter bos_id).
+
+  0 (seqio's default) for SentencePiece vocabularies; a pretrained model's BOS (the token_file
+  manifest's `bos_id`, or the tokenizer's) otherwise, so the model sees [BOS, t1, ...] as it
+  did in pretraining.
+  """
+  if config.data.task == "token_file":
+    bos = read_token_manifest(config.data.token_dir).get("bos_id")
+    return 0 if bos is None else int(bos)
+  if vocab_path and (os.path.isdir(vocab_path) or vocab_path.endswith(".bin")):
+    bos = vocab_lib.load_vocabulary(vocab_path).bos_id
+    return 0 if bos is None else int(bos)
+  return 0
+
+
 # ------------------------------------------------------------------------------- registry --
 
 
-def iter_training_text(config: ml_collections.ConfigDict) -> Iterator[str]:
-  """Yields the non-empty lines of a local task's train split, in corpus order (vocab training)."""
+def iter_training_documents(config: ml_collections.ConfigDict) -> Iterator[str]:
+  """Yields the documents (examples) of a local task's train split, in corpus order, as training
+  reads them: the documents of the validation split (config.data.eval_fraction) are held out."""
   task = config.data.task
   if task == "wiki":
     ds = wiki_dataset(list_wiki_files(corpus_path(config)), "train", config.data.eval_fraction)
     for example in ds.as_numpy_iterator():
-      lines = example["text"].decode("utf-8", errors="replace").split("\n")
-      yield from (line for line in lines if line.strip())
+      yield example["text"].decode("utf-8", errors="replace")
   elif task == "tiny_shakespeare":
-    for chunk in shakespeare_chunks(corpus_path(config), config.data.eval_fraction)["train"]:
-      yield from (line for line in chunk.split("\n") if line.strip())
+    yield from shakespeare_chunks(corpus_path(config), config.data.eval_fraction)["train"]
   else:
     raise ValueError(f"config.data.task={task!r}: no local training text (tasks with local "
                      f"corpora: {sorted(_CORPUS_SUBPATH)}).")
+
+
+def iter_training_text(config: ml_collections.ConfigDict) -> Iterator[str]:
+  """Yields the non-empty lines of a local task's train split, in corpus order (vocab training)."""
+  for document in iter_training_documents(config):
+    yield from (line for line in document.split("\n") if line.strip())
 
 
 def split_tokens(dataset: tf.data.Dataset,
@@ -259,7 +386,8 @@ def register_task(config: ml_collections.ConfigDict, vocab_path: str) -> str:
   Args:
     config: the run config (reads data.task, data.corpus_dir, data_dir, data.eval_fraction,
       data.tfds_data_dir, data.shuffle_buffer).
-    vocab_path: the SentencePiece model file (see `vocab.ensure_vocabulary`).
+    vocab_path: the vocabulary (see `vocab.ensure_vocabulary`): a SentencePiece model file, or
+      a pretrained model's tokenizer (`vocab.load_vocabulary`); unused by "token_file".
 
   Raises:
     ValueError: unknown task, or a missing/empty local corpus (raised here, not at first batch).
@@ -269,6 +397,8 @@ def register_task(config: ml_collections.ConfigDict, vocab_path: str) -> str:
     raise ValueError(f"config.data.task={task!r} is not one of {TASKS}.")
   if not 0.0 <= config.data.eval_fraction < 1.0:
     raise ValueError(f"config.data.eval_fraction={config.data.eval_fraction} must be in [0, 1).")
+  if task == "token_file":
+    return _register_token_task(config)
   vocabulary = vocab_lib.load_vocabulary(vocab_path)
   source = _source(config)
   name = task_name(config)
@@ -283,5 +413,28 @@ def register_task(config: ml_collections.ConfigDict, vocab_path: str) -> str:
           split_tokens,
       ],
       output_features={"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)},
+      shuffle_buffer_size=config.data.shuffle_buffer)
+  return name
+
+
+def _register_token_task(config: ml_collections.ConfigDict) -> str:
+  token_dir = config.data.get("token_dir", "")
+  if not token_dir:
+    raise ValueError("config.data.task='token_file' needs config.data.token_dir.")
+  vocab_size = config.model.vocab_size
+  manifest = read_token_manifest(token_dir)
+  if manifest.get("vocab_size") not in (None, vocab_size):
+    raise ValueError(f"data.token_dir {token_dir!r} holds ids of a {manifest['vocab_size']}-id "
+                     f"vocabulary (manifest.json) but model.vocab_size={vocab_size}.")
+  source = TokenSequenceSource({split: read_token_split(token_dir, split, vocab_size)
+                                for split in SPLITS})
+  vocabulary = seqio.PassThroughVocabulary(size=vocab_size, eos_id=manifest.get("eos_id"))
+  name = task_name(config)
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=source,
+      preprocessors=[split_tokens],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32)},
       shuffle_buffer_size=config.data.shuffle_buffer)
   return name

@@ -1,0 +1,238 @@
+"""Block heads on a frozen imported base (Medusa-1 style): self-distillation data from
+bpdjax.distill, the "token_file" task, train_heads_only training of FFN and Medusa heads on
+TinyStories-656K, the base checksum, loading heads onto a fresh import, resume, clear errors.
+
+Small settings throughout (24 sampled sequences of 48 tokens, batches of 4, a few steps).
+Needs the shared model (data_dir/models/TinyStories-656K); skips without it.
+"""
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from bpdjax import api
+from bpdjax import checkpoints
+from bpdjax import configuration
+from bpdjax import distill
+from bpdjax import hf
+from bpdjax import trainer
+from bpdjax.data import pipeline
+from bpdjax.data import tasks
+from configs import tinystories_heads
+
+MODEL = tinystories_heads.get_config().init.hf_model
+STORIES260K = os.path.join(os.path.dirname(MODEL), "stories260K")
+SEQ_LEN = 48
+N = 6  # Steps of the reference runs.
+
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(MODEL, "model.safetensors")),
+                                reason=f"TinyStories-656K not found at {MODEL}")
+
+
+def _config(token_dir, head_type="ffn", **overrides):
+  config = tinystories_heads.get_config()
+  config.data.token_dir = token_dir
+  config.data.seq_len = SEQ_LEN
+  config.data.shuffle_buffer = 16
+  config.model.head_type = head_type
+  config.update({**dict(batch_size=4, num_train_steps=N, schedule_steps=100, warmup_steps=1,
+                        learning_rate=1e-2, log_every_steps=1, eval_every_steps=1000,
+                        num_eval_batches=1, checkpoint_every_steps=1000), **overrides})
+  return config
+
+
+def _train_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if "loss" in r]
+
+
+def _leaves(params):
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(params))}
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("distill"))
+  manifest = distill.distill(out, num_sequences=24, seq_len=SEQ_LEN, hf_model=MODEL,
+                             temperature=1.0, seed=0, batch_size=8, eval_fraction=0.25,
+                             log=lambda *a: None)
+  return out, manifest
+
+
+@pytest.fixture(scope="module", params=["ffn", "medusa"])
+def trained(request, distilled, tmp_path_factory):
+  """(head_type, workdir, result) of an N-step train_heads_only run."""
+  workdir = str(tmp_path_factory.mktemp(f"heads_{request.param}"))
+  result = trainer.train_and_evaluate(_config(distilled[0], request.param), workdir)
+  return request.param, workdir, result
+
+
+def test_distill_output(distilled):
+  out, manifest = distilled
+  assert manifest["vocab_size"] == 2048 and manifest["bos_id"] == 1 and manifest["eos_id"] == 2
+  held_out = [i for i in range(24) if distill.is_held_out(i, 0.25)]
+  assert held_out == [3, 7, 11, 15, 19, 23]
+  assert manifest["splits"]["validation"]["sequences"] == 6
+  assert manifest["splits"]["train"]["sequences"] == 18
+  train = tasks.read_token_split(out, "train", 2048)
+  assert len(train) == 18 and all(1 <= len(x) <= SEQ_LEN for x in train)
+  assert sum(len(x) for x in train) == manifest["splits"]["train"]["tokens"]
+  _, params, _ = hf.import_llama(MODEL)
+  assert manifest["base_checksum"] == checkpoints.params_checksum(params)
+  # The pipeline feeds [BOS, t1, ...] -> [t1, t2, ...], packed, as the model saw in pretraining.
+  batch = pipeline.make_eval_iterator(_config(out), "", num_batches=1)[0]
+  starts = batch["decoder_positions"] == 0
+  assert np.all(batch["decoder_input_tokens"][starts & (batch["decoder_segment_ids"] > 0)] == 1)
+  assert batch["decoder_target_tokens"].shape == (4, SEQ_LEN)
+
+
+def test_frozen_base_and_trained_heads(trained, distilled):
+  head_type, workdir, result = trained
+  with open(os.path.join(workdir, trainer.BASE_CHECKSUM_FILE)) as f:
+    sums = json.load(f)
+  imported = distilled[1]["base_checksum"]
+  assert sums["imported"] == sums["start"] == sums["end"] == imported
+  assert sums["end_step"] == N
+  assert checkpoints.params_checksum(result["params"], exclude_prefix="head_") == imported
+
+  _, fresh, _ = hf.import_llama(MODEL, num_heads_bpd=4, head_type=head_type)
+  before, after = _leaves(fresh), _leaves(result["params"])
+  assert before.keys() == after.keys()
+  changed = {k for k in before if not np.array_equal(before[k], after[k])}
+  heads = {k for k in before if k.startswith("['head_") and not k.startswith("['head_1']")}
+  assert changed and changed <= heads, changed - heads      # Only heads 2..h moved ...
+  for h in (2, 3, 4):                                       # ... and each of them did.
+    assert any(k.startswith(f"['head_{h}']") for k in changed), (h, changed)
+
+  records = _train_metrics(workdir)
+  assert [r["step"] for r in records] == list(range(1, N + 1))
+  losses = [r["loss"] for r in records]
+  assert np.mean(losses[-2:]) < losses[0] - 1.0, losses
+  for r in records:  # Head 1 is reported but not in the loss.
+    assert len(r["accuracy"]) == 4 and r["accuracy"][0] > 0.2
+    np.testing.assert_allclose(r["loss"], sum(r["head_loss"][1:]), rtol=1e-5)
+  assert len(result["eval_accuracy"]) == 4
+  print(f"{head_type}: loss {losses[0]:.3f} -> {losses[-1]:.3f}; eval acc/head "
+        f"{[round(a, 3) for a in result['eval_accuracy']]}; base sha256 {imported[:16]}...")
+
+
+def test_load_and_heads_onto_fresh_import(trained):
+  head_type, workdir, result = trained
+  loaded = api.load(workdir)
+  assert loaded.step == N and loaded.model.config.head_type == head_type
+  tok = loaded.vocab
+  assert (tok.bos_id, tok.eos_id, tok.vocab_size) == (1, 2, 2048)
+  ids = tok.encode("Once upon a time")
+  assert ids[0] == 1 and tok.decode(ids) == "Once upon a time"
+  reference = _leaves(result["params"])
+  for params in (loaded.params, api.load_heads_onto(MODEL, workdir).params):
+    got = _leaves(params)
+    assert got.keys() == reference.keys()
+    for k in reference:
+      np.testing.assert_array_equal(got[k], reference[k], err_msg=k)
+
+
+@pytest.mark.parametrize("trained", ["ffn"], indirect=True)
+def test_resume_is_exact(trained, distilled, tmp_path):
+  _, straight, result = trained
+  workdir = str(tmp_path)
+  trainer.train_and_evaluate(_config(distilled[0], num_train_steps=N // 2), workdir)
+  resumed = trainer.train_and_evaluate(_config(distilled[0]), workdir)
+  assert resumed["step"] == N
+  ref, got = _leaves(result["params"]), _leaves(resumed["params"])
+  for k in ref:
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  a, b = _train_metrics(workdir), _train_metrics(straight)
+  assert [r["step"] for r in a] == list(range(1, N + 1))
+  np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
+  with open(os.path.join(workdir, trainer.BASE_CHECKSUM_FILE)) as f:
+    sums = json.load(f)
+  assert sums["start_step"] == N // 2 and sums["start"] == sums["end"] == sums["imported"]
+
+  # Resuming with train_heads_only flipped is refused (the optimizer states differ).
+  with pytest.raises(ValueError, match="train_heads_only=True; the config has False"):
+    trainer.train_and_evaluate(_config(distilled[0], train_heads_only=False,
+                                       num_train_steps=N + 1), workdir)
+
+
+def test_token_ids_beyond_vocab(distilled, tmp_path):
+  out = tmp_path / "tokens"
+  shutil.copytree(distilled[0], out)
+  tasks.write_token_shard(str(out / "train-00000-of-00001.npz"),
+                          [np.asarray([5, 6, 2048, 7], np.int32)])
+  with pytest.raises(ValueError, match=r"train-00000-of-00001.npz.*token id 2048, outside "
+                                       r"\[0, 2048\)"):
+    pipeline.make_train_iterator(_config(str(out)), "")
+  with pytest.raises(ValueError, match=r"token id 2048"):
+    trainer.train_and_evaluate(_config(str(out)), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match="has no validation-\\*.npz shards"):
+    tasks.read_token_split(str(tmp_path), "validation", 2048)
+
+
+def test_missing_model_and_bad_config(distilled, tmp_path):
+  config = _config(distilled[0])
+  config.init.hf_model = str(tmp_path / "no_such_model")
+  with pytest.raises(FileNotFoundError, match="Model folder not found.*no_such_model"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  with pytest.raises(FileNotFoundError, match="Model folder not found.*no_such_model"):
+    distill.distill(str(tmp_path / "out"), 4, 16, hf_model=str(tmp_path / "no_such_model"))
+  folder = tmp_path / "model"
+  shutil.copytree(MODEL, folder)
+  os.remove(folder / "tokenizer.json")
+  config.init.hf_model = str(folder)
+  with pytest.raises(FileNotFoundError, match="tokenizer.json not found"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+  config = _config(distilled[0])
+  config.init.hf_model = ""
+  with pytest.raises(ValueError, match="train_heads_only=True needs a pretrained base"):
+    configuration.validate(config)
+  config = _config(distilled[0])
+  config.model.num_heads_bpd = 1
+  with pytest.raises(ValueError, match="num_heads_bpd >= 2"):
+    configuration.validate(config)
+  config = _config(distilled[0])
+  config.init.llama2c_bin = "x.bin"
+  with pytest.raises(ValueError, match="either init.hf_model or init.llama2c_bin"):
+    configuration.validate(config)
+  config = _config("")
+  with pytest.raises(ValueError, match="token_file' needs data.token_dir"):
+    configuration.validate(config)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(STORIES260K, "stories260K.bin")),
+                    reason="stories260K not found")
+def test_llama2c_base(tmp_path):
+  """The llama2.c import path end to end: distill, 2 steps of Medusa heads, load, heads onto a
+  fresh import."""
+  bin_path = os.path.join(STORIES260K, "stories260K.bin")
+  tok_path = os.path.join(STORIES260K, "tok512.bin")
+  out = str(tmp_path / "tokens")
+  manifest = distill.distill(out, num_sequences=8, seq_len=32, llama2c_bin=bin_path,
+                             llama2c_tokenizer=tok_path, batch_size=8, eval_fraction=0.25,
+                             log=lambda *a: None)
+  assert manifest["vocab_size"] == 512 and manifest["model_format"] == "llama2c"
+  config = _config(out, "medusa", num_train_steps=2)
+  config.model.num_heads_bpd = 2
+  config.init.hf_model = ""
+  config.init.llama2c_bin, config.init.llama2c_tokenizer = bin_path, tok_path
+  config.data.seq_len = 32
+  workdir = str(tmp_path / "run")
+  result = trainer.train_and_evaluate(config, workdir)
+  assert checkpoints.params_checksum(result["params"]) == manifest["base_checksum"]
+  loaded = api.load(workdir)
+  assert isinstance(loaded.vocab, hf.Llama2cTokenizer) and loaded.model.config.vocab_size == 512
+  assert loaded.vocab.decode(loaded.vocab.encode("Once upon a time")) == "Once upon a time"
+  onto = api.load_heads_onto(bin_path, workdir, tokenizer_path=tok_path)
+  reference = _leaves(result["params"])
+  for k, v in _leaves(onto.params).items():
+    np.testing.assert_array_equal(v, reference[k], err_msg=k)
+  with pytest.raises(ValueError, match="pass tokenizer_path"):
+    api.load_heads_onto(bin_path, workdir)
+  # Heads trained on one base never land on another.
+  with pytest.raises(ValueError, match="vocab_size: checkpoint has 512, config has 2048"):
+    api.load_heads_onto(MODEL, workdir)
