@@ -3,13 +3,28 @@
 The corpus is one sequence per line, each token id written as a decimal word ("17 4 902"), i.e.
 the text as the model's vocabulary tokenizes it. `lmplz` (modified Kneser-Ney, interpolated,
 ARPA out) is built from the PyPI `kenlm` sdist by `tools/build_kenlm.sh` into `<repo>/.kenlm/bin`.
+
+Command line: the n-gram LM of a workdir, over its own vocabulary and training corpus:
+
+  python -m bpdjax.ngram.estimate --workdir=W --order=4 --output=W/ngram4.arpa \
+      [--max_documents=N] [--max_tokens=N] [--prune="0 0 1 1"] [--memory=20%] [--corpus=PATH]
+
+It reads the training documents of the workdir's config (wiki / tiny_shakespeare: the train
+split, so the documents training holds out for evaluation -- data.eval_fraction -- are held out
+here too; token_file: the train shards), tokenizes each document whole with the workdir's
+vocabulary (as training does, without the EOS: lmplz's </s> ends each line), writes one
+document per line, runs lmplz and prints the counts, times and the ARPA's size.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
-from typing import Iterable, Optional, Sequence
+import sys
+import tempfile
+import time
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_KENLM_BIN = os.path.join(_REPO, ".kenlm", "bin")
@@ -103,3 +118,179 @@ def estimate_arpa(corpus_path: str, order: int, arpa_path: str, lmplz: Optional[
   if proc.returncode != 0:
     raise RuntimeError(f"lmplz failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
   return arpa_path
+
+
+# ------------------------------------------------------------------ a workdir's n-gram LM
+def parse_prune(value: Optional[str], order: int) -> Optional[list[int]]:
+  """"0 0 1 1" or "0,0,1,1" -> [0, 0, 1, 1] (lmplz --prune: per order, minimum counts to keep;
+  non-decreasing, at most `order` values, unigrams never pruned); None/"" -> None."""
+  if not value:
+    return None
+  try:
+    thresholds = [int(x) for x in value.replace(",", " ").split()]
+  except ValueError:
+    raise ValueError(f"--prune={value!r}: expected integers such as \"0 0 1 1\"") from None
+  if len(thresholds) > order or any(t < 0 for t in thresholds) or thresholds[0] != 0 or any(
+      b < a for a, b in zip(thresholds, thresholds[1:])):
+    raise ValueError(f"--prune={value!r}: need at most {order} non-negative, non-decreasing "
+                     "thresholds starting with 0 (lmplz never prunes unigrams)")
+  return thresholds
+
+
+def arpa_counts(path: str) -> dict[int, int]:
+  """The n-gram counts of an ARPA's \\data\\ header, {order: count}, without reading the rest."""
+  counts = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("ngram ") and "=" in line:
+        m, c = line[len("ngram "):].split("=")
+        counts[int(m)] = int(c)
+      elif line.endswith("-grams:"):
+        break
+  return counts
+
+
+def _workdir_vocab_path(workdir: str) -> str:
+  from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  find = getattr(vocab_lib, "workdir_vocab_path", None)
+  if find is not None:
+    return find(workdir)
+  path = os.path.join(workdir, vocab_lib.WORKDIR_VOCAB)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No {vocab_lib.WORKDIR_VOCAB} in workdir {workdir!r}")
+  return path
+
+
+def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
+  """The training documents of a workdir's run as token ids, in corpus order (see module doc).
+
+  Raises:
+    FileNotFoundError: no config.json or vocabulary in the workdir.
+    ValueError: a task without local training text (c4).
+  """
+  from bpdjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from bpdjax.data import tasks  # pylint: disable=g-import-not-at-top
+  from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  config = checkpoints.load_config(workdir)  # Checked now, not at the first document.
+  if config.data.task == "token_file":
+    return iter(tasks.read_token_split(config.data.token_dir, "train", config.model.vocab_size))
+  vocabulary = vocab_lib.load_vocabulary(_workdir_vocab_path(workdir))
+  if vocabulary.vocab_size != config.model.vocab_size:
+    raise ValueError(f"The workdir's vocabulary has {vocabulary.vocab_size} ids, its model "
+                     f"{config.model.vocab_size}")
+  return (vocabulary.encode(document) for document in tasks.iter_training_documents(config))
+
+
+def estimate_workdir(workdir: str, order: int, output: str,
+                     max_documents: Optional[int] = None, max_tokens: Optional[int] = None,
+                     prune: Optional[Sequence[int]] = None, memory: str = "20%",
+                     corpus_path: Optional[str] = None, lmplz: Optional[str] = None,
+                     build: bool = False, log: Callable[[str], None] = print) -> dict:
+  """Estimates an order-n ARPA over a workdir's training corpus, in its token ids.
+
+  Args:
+    workdir: a train.py workdir (config.json and its vocabulary).
+    order: n (>= 2).
+    output: the ARPA to write.
+    max_documents / max_tokens: stop after that many documents / tokens (the document that
+      crosses max_tokens is cut), None = the whole train split.
+    prune: lmplz --prune thresholds (see parse_prune), for large orders.
+    memory: lmplz -S.
+    corpus_path: keep the token corpus there (default: a temporary file next to `output`,
+      deleted afterwards).
+    lmplz, build: see find_lmplz.
+    log: receives the progress and summary lines.
+  Returns:
+    {"documents", "tokens", "types", "ngrams" {order: count}, "tokenize_seconds",
+     "lmplz_seconds", "arpa_bytes", "arpa", "corpus"}.
+  """
+  if order < 2:
+    raise ValueError(f"order must be >= 2 for lmplz, got {order}")
+  for name, value in (("max_documents", max_documents), ("max_tokens", max_tokens)):
+    if value is not None and value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  exe = find_lmplz(lmplz, build=build)  # Fail before the long tokenization.
+  token_documents = training_token_documents(workdir)
+  out_dir = os.path.dirname(os.path.abspath(output))
+  os.makedirs(out_dir, exist_ok=True)
+  keep = corpus_path is not None
+  if not keep:
+    fd, corpus_path = tempfile.mkstemp(prefix="ngram_corpus_", suffix=".txt", dir=out_dir)
+    os.close(fd)
+  stats = {"documents": 0, "tokens": 0}
+  types = set()
+
+  def documents():
+    for doc in token_documents:
+      if max_documents is not None and stats["documents"] >= max_documents:
+        return
+      if max_tokens is not None:
+        doc = list(doc)[:max_tokens - stats["tokens"]]
+      if len(doc) == 0:  # pylint: disable=g-explicit-length-test
+        if max_tokens is not None and stats["tokens"] >= max_tokens:
+          return
+        continue
+      stats["documents"] += 1
+      stats["tokens"] += len(doc)
+      types.update(int(t) for t in doc)
+      if stats["documents"] % 10000 == 0:
+        log(f"  {stats['documents']} documents, {stats['tokens']} tokens")
+      yield doc
+
+  try:
+    t0 = time.perf_counter()
+    write_token_corpus(documents(), corpus_path)
+    t1 = time.perf_counter()
+    if stats["tokens"] == 0:
+      raise ValueError(f"No training tokens in workdir {workdir!r}")
+    log(f"tokenized {stats['documents']} training documents, {stats['tokens']} tokens "
+        f"({len(types)} distinct ids) in {t1 - t0:.1f} s (held-out evaluation documents "
+        "excluded, as in training)")
+    estimate_arpa(corpus_path, order, output, lmplz=exe, memory=memory, prune=prune)
+    t2 = time.perf_counter()
+  finally:
+    if not keep and os.path.exists(corpus_path):
+      os.remove(corpus_path)
+  counts = arpa_counts(output)
+  size = os.path.getsize(output)
+  log(f"lmplz order {order}{' prune ' + ' '.join(map(str, prune)) if prune else ''}: "
+      f"{t2 - t1:.1f} s; n-grams " + ", ".join(f"{m}: {c}" for m, c in sorted(counts.items())))
+  log(f"wrote {output} ({size / 2**20:.2f} MiB)" + (f"; token corpus {corpus_path}" if keep
+                                                     else ""))
+  return {"documents": stats["documents"], "tokens": stats["tokens"], "types": len(types),
+          "ngrams": counts, "tokenize_seconds": t1 - t0, "lmplz_seconds": t2 - t1,
+          "arpa_bytes": size, "arpa": output, "corpus": corpus_path if keep else None}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  ap = argparse.ArgumentParser(
+      prog="python -m bpdjax.ngram.estimate",
+      description="Estimate a Kneser-Ney n-gram LM (ARPA) over a workdir's training corpus, in "
+                  "the model's token ids, with KenLM lmplz.")
+  ap.add_argument("--workdir", required=True, help="A train.py workdir.")
+  ap.add_argument("--order", type=int, default=4, help="n of the n-gram LM (>= 2).")
+  ap.add_argument("--output", default=None, help="ARPA to write (default WORKDIR/ngramN.arpa).")
+  ap.add_argument("--max_documents", type=int, default=None, help="Use at most N documents.")
+  ap.add_argument("--max_tokens", type=int, default=None, help="Use at most N tokens.")
+  ap.add_argument("--prune", default=None,
+                  help='lmplz --prune thresholds per order, e.g. "0 0 1 1" for order 4.')
+  ap.add_argument("--memory", default="20%", help="lmplz -S sorting memory (e.g. 20%%, 1G).")
+  ap.add_argument("--corpus", default=None, help="Keep the token-id corpus at this path.")
+  ap.add_argument("--lmplz", default=None, help="Path to lmplz (default: .kenlm/bin, PATH).")
+  ap.add_argument("--build_kenlm", action="store_true",
+                  help="Build KenLM with tools/build_kenlm.sh when lmplz is missing.")
+  args = ap.parse_args(argv)
+  try:
+    prune = parse_prune(args.prune, args.order)
+    return estimate_workdir(
+        args.workdir, args.order, args.output or os.path.join(args.workdir,
+                                                              f"ngram{args.order}.arpa"),
+        max_documents=args.max_documents, max_tokens=args.max_tokens, prune=prune,
+        memory=args.memory, corpus_path=args.corpus, lmplz=args.lmplz, build=args.build_kenlm)
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    ap.exit(2, f"error: {e}\n")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

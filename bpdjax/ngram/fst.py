@@ -201,15 +201,45 @@ class WfstRescorer:
     lat, ranks = self.lattice_fst(cand_ids, cand_logp)
     self.lm.set_start(self.start_state(history))
     composed = pynini.compose(lat, self.lm)
-    # Input projection + epsilon removal + determinization (tropical: min over routes) leaves one
-    # path per token sequence; n-shortest then gives the p best distinct sequences. (This is
-    # about 2x faster than shortestpath(unique=True) on corpus-like lattices.)
-    composed.project("input").rmepsilon()
+    composed.project("input")
     want = min(p, math.prod(len(r) for r in ranks))  # distinct token paths after dedupe
-    out = _chains(pynini.shortestpath(pynini.determinize(composed), nshortest=want))[:want]
+    out = _best_distinct_routes(composed, want)
+    if out is None:
+      # Epsilon removal + determinization (tropical: min over routes) leaves one path per token
+      # sequence; n-shortest then gives the p best distinct sequences. (This is about 2x faster
+      # than shortestpath(unique=True) on corpus-like lattices.)
+      composed.rmepsilon()
+      out = _chains(pynini.shortestpath(pynini.determinize(composed), nshortest=want))[:want]
     keyed = [(-cost, tuple(ranks[i][t] for i, t in enumerate(toks)), toks) for toks, cost in out]
     keyed.sort(key=lambda x: (-x[0], x[1]))
     return [(toks, float(score)) for score, _, toks in keyed]
+
+
+def _best_distinct_routes(composed: pynini.Fst, want: int,
+                          max_routes_per_path: int = 64) -> Optional[List[Path]]:
+  """The `want` best distinct token sequences from the n best ROUTES of the composition, or None.
+
+  A sequence's WFST cost is its cheapest route (explicit n-gram or epsilon back-off arcs), so
+  among the n cheapest routes the first occurrence of each sequence carries its cost, and once
+  they hold `want` distinct sequences no missing sequence can be cheaper than the want-th
+  (its cheapest route would be among them). n grows 4x from 4 * want (1 for want = 1: the best
+  route is the best sequence); None when `max_routes_per_path * want` routes still hold fewer,
+  and the caller merges the routes by determinization instead. On dense lattices of a trained
+  model this skips rmepsilon + determinize, 80-90% of the time (see tests/test_wfst_drafter.py
+  for the equality with the determinized result).
+  """
+  n = 1 if want == 1 else 4 * want
+  while n <= max_routes_per_path * want:
+    best: Dict[Tuple[int, ...], float] = {}
+    routes = _chains(pynini.shortestpath(composed, nshortest=n))
+    for toks, cost in routes:
+      best.setdefault(toks, cost)
+    if len(best) >= want:
+      return sorted(best.items(), key=lambda kv: kv[1])[:want]
+    if len(routes) < n:  # Every route enumerated: fewer distinct sequences exist.
+      return sorted(best.items(), key=lambda kv: kv[1])
+    n *= 4
+  return None
 
 
 def _chains(sp: pynini.Fst) -> List[Tuple[Tuple[int, ...], float]]:

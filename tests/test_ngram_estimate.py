@@ -1,0 +1,88 @@
+"""python -m bpdjax.ngram.estimate: a workdir's n-gram LM over its own training corpus."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bpdjax import checkpoints
+from bpdjax.data import tasks
+from bpdjax.data import vocab as vocab_lib
+from bpdjax.ngram import arpa
+from bpdjax.ngram import estimate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def lmplz():
+  try:
+    return estimate.find_lmplz(build=True)
+  except (FileNotFoundError, subprocess.CalledProcessError) as e:
+    pytest.skip(f"KenLM lmplz could not be built here (tools/build_kenlm.sh): {e}")
+
+
+def test_estimate_workdir_holds_out_eval_documents(trained_tiny_workdir, lmplz, tmp_path):
+  out, corpus = str(tmp_path / "ngram2.arpa"), str(tmp_path / "corpus.txt")
+  lines = []
+  stats = estimate.main([f"--workdir={trained_tiny_workdir}", "--order=2", f"--output={out}",
+                         f"--corpus={corpus}", f"--lmplz={lmplz}"])
+  config = checkpoints.load_config(trained_tiny_workdir)
+  vocabulary = vocab_lib.load_vocabulary(os.path.join(trained_tiny_workdir, "vocab.model"))
+  chunks = tasks.shakespeare_chunks(tasks.corpus_path(config), config.data.eval_fraction)
+  assert chunks["validation"], "the tiny config holds out documents"
+  encode = lambda text: " ".join(map(str, vocabulary.encode(text)))  # noqa: E731
+  with open(corpus) as f:
+    lines = f.read().splitlines()
+  # Exactly the train split, one tokenized document per line, in corpus order.
+  assert lines == [encode(c) for c in chunks["train"]]
+  assert not {encode(c) for c in chunks["validation"]} & set(lines)
+  assert stats["documents"] == len(chunks["train"])
+  assert stats["tokens"] == sum(len(x.split()) for x in lines)
+  model = arpa.parse_arpa(out, config.model.vocab_size)  # ids of the model's vocabulary
+  assert model.order == 2 and model.num_ngrams() == stats["ngrams"]
+  assert len(model.words) == stats["types"]
+  assert stats["arpa_bytes"] == os.path.getsize(out) and stats["corpus"] == corpus
+  # Limits: documents, and tokens (the last document cut to fit).
+  few = estimate.estimate_workdir(trained_tiny_workdir, 2, str(tmp_path / "few.arpa"),
+                                  max_documents=5, lmplz=lmplz, log=lines.append)
+  assert few["documents"] == 5 and few["corpus"] is None
+  assert not [p for p in os.listdir(tmp_path) if p.startswith("ngram_corpus_")]
+  capped = estimate.estimate_workdir(trained_tiny_workdir, 3, str(tmp_path / "cap.arpa"),
+                                     max_tokens=1000, prune=[0, 0, 1], lmplz=lmplz,
+                                     log=lines.append)
+  assert capped["tokens"] == 1000 and set(capped["ngrams"]) == {1, 2, 3}
+
+
+def test_estimate_command_line(trained_tiny_workdir, lmplz, tmp_path):
+  out = tmp_path / "ngram2.arpa"
+  proc = subprocess.run(
+      [sys.executable, "-m", "bpdjax.ngram.estimate", f"--workdir={trained_tiny_workdir}",
+       "--order=2", f"--output={out}", "--max_documents=20", f"--lmplz={lmplz}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "tokenized 20 training documents" in proc.stdout
+  assert "n-grams 1:" in proc.stdout and f"wrote {out}" in proc.stdout and "MiB" in proc.stdout
+  assert out.exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--order=1"], "order must be >= 2"),
+    (["--order=4", "--prune=0 1 0"], "non-decreasing"),
+    (["--order=2", "--prune=0 0 1"], "at most 2"),
+    (["--order=2", "--prune=a"], "expected integers"),
+    (["--order=2", "--max_tokens=0"], "max_tokens must be >= 1"),
+])
+def test_estimate_bad_flags(trained_tiny_workdir, lmplz, tmp_path, capsys, flags, message):
+  with pytest.raises(SystemExit) as e:
+    estimate.main([f"--workdir={trained_tiny_workdir}", f"--output={tmp_path}/x.arpa",
+                   f"--lmplz={lmplz}", *flags])
+  assert e.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "x.arpa").exists()
+
+
+def test_estimate_missing_workdir(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    estimate.main([f"--workdir={tmp_path}/none", "--order=2"])
+  assert "config.json" in capsys.readouterr().err
