@@ -28,9 +28,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _K = flags.DEFINE_integer("k", 16, "Candidates per head for lattice methods.")
 _P = flags.DEFINE_integer("p", 16, "Drafts verified per call for p-best methods.")
 _ALPHA = flags.DEFINE_float("alpha", 0.5, "Rescorer weight in [0, 1] (local, n-gram).")
-_RESCORER = flags.DEFINE_string("rescorer_workdir", None, "Rescoring LM workdir (method local).")
+_TREE_SIZE = flags.DEFINE_integer("tree_size", 64,
+                                  "Medusa sparse-tree nodes, root included (medusa methods).")
+_RESCORER = flags.DEFINE_string("rescorer_workdir", None,
+                                "Rescoring LM workdir (local, medusa_local).")
 _NGRAM = flags.DEFINE_string("ngram_arpa", None,
                               "ARPA n-gram LM over the model's token ids (ngram, pbest_ngram).")
+_NGRAM_BACKEND = flags.DEFINE_enum(
+    "ngram_backend", "dp", ["dp", "wfst"],
+    "n-gram rescoring: dp = exact dynamic program on device; wfst = OpenFST (pynini) on the host.")
 _MESH = flags.DEFINE_list("mesh", None, "data,fsdp,tensor sizes to shard decoding, e.g. 2,2,2.")
 flags.mark_flags_as_required(["workdir", "output"])
 
@@ -42,8 +48,9 @@ def main(argv):
       tasks=evaluate.parse_list(_TASKS.value), methods=evaluate.parse_list(_METHODS.value),
       num_examples=_NUM_EXAMPLES.value, max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value,
       temperature=_TEMPERATURE.value, data_dir=_DATA_DIR.value, jsonl_path=_JSONL.value,
-      seed=_SEED.value, k=_K.value, p=_P.value, alpha=_ALPHA.value,
-      rescorer_workdir=_RESCORER.value, ngram_arpa=_NGRAM.value)
+      seed=_SEED.value, k=_K.value, p=_P.value, alpha=_ALPHA.value, tree_size=_TREE_SIZE.value,
+      rescorer_workdir=_RESCORER.value, ngram_arpa=_NGRAM.value,
+      ngram_backend=_NGRAM_BACKEND.value)
   settings.validate()
   mesh = None
   if _MESH.value:

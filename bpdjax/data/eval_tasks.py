@@ -326,7 +326,8 @@ def load_prompts(name: str, data_dir: str, vocab_path: str, num_examples: Option
   to nothing are skipped (none in the shipped files); an empty JSONL prompt is a ValueError.
 
   Returns:
-    dicts {"id": str, "prompt_tokens": np.ndarray int32 [1 <= n <= max_prompt_tokens] (the LAST
+    dicts {"id": str, "prompt_tokens": np.ndarray int32 [1 <= n <= max_prompt_tokens] (BOS, when
+    the vocabulary is a pretrained model's tokenizer, then the LAST
     tokens of the prompt), "prompt_text": str (the full formatted prompt, before truncation),
     "reference": str ("" if none), "num_truncated": int (tokens cut from the start)}.
   """
@@ -335,12 +336,21 @@ def load_prompts(name: str, data_dir: str, vocab_path: str, num_examples: Option
   if num_examples is not None and num_examples < 0:
     raise ValueError(f"num_examples={num_examples} must be >= 0.")
   task = seqio.get_mixture_or_task(register_eval_task(name, data_dir, vocab_path, jsonl_path))
+  # A pretrained model's tokenizer starts every text with BOS (as transformers does); the seqio
+  # view leaves it out (vocab.PretrainedVocabulary), so it is put back in front of the tail.
+  vocabulary = task.output_features["inputs"].vocabulary
+  bos = (vocabulary.bos_id if isinstance(vocabulary, vocab_lib.PretrainedVocabulary) else None)
+  if bos is not None:
+    if max_prompt_tokens < 2:
+      raise ValueError(f"max_prompt_tokens={max_prompt_tokens} leaves no room after BOS.")
+    max_prompt_tokens -= 1
   ds = task.get_dataset(sequence_length={"inputs": max_prompt_tokens}, split=SPLIT,
                         shuffle=seed is not None, seed=seed, num_epochs=1)
   if num_examples is not None:
     ds = ds.take(num_examples)
   return [{"id": ex["id"].decode("utf-8"),
-           "prompt_tokens": np.asarray(ex["inputs"], dtype=np.int32),
+           "prompt_tokens": np.asarray(([bos] if bos is not None else []) + list(ex["inputs"]),
+                                       dtype=np.int32),
            "prompt_text": ex["inputs_pretokenized"].decode("utf-8"),
            "reference": ex["reference"].decode("utf-8"),
            "num_truncated": int(ex["num_truncated"])} for ex in ds.as_numpy_iterator()]

@@ -107,3 +107,96 @@ def oracle_block_efficiency(topk: np.ndarray, tokens: np.ndarray, lengths: np.nd
     total_tokens += n
     total_calls += calls
   return total_tokens / max(total_calls, 1)
+
+
+# ------------------------------------------------------------------ refinement vs vanilla drafts
+def vanilla_drafts(kept: np.ndarray, topk: np.ndarray, tokens: np.ndarray,
+                   draft_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """The vanilla BPD draft at every decode iteration, rebuilt from the records.
+
+  Iteration t of row b verified a block rooted at output slot s = sum(kept[:t, b]) (the model's
+  own token there, already decided); the vanilla draft from that context is
+  [tokens[b, s], topk[b, s, 1, 0], ..., topk[b, s, L-1, 0]]: head i's argmax at slot s, which
+  the records hold computed on the correct context.
+
+  Args:
+    kept: [I, B] tokens yielded per iteration (0 once a row is done).
+    topk: [B, S, h, K] recorded top-K per slot and head.
+    tokens: [B, S'] output tokens (S' <= S is fine: missing slots read as token 0).
+    draft_len: L, the length of the chains compared (<= h).
+  Returns:
+    (slots [I, B] int root slot of each iteration, vanilla [I, B, L] int32).
+  """
+  if draft_len > topk.shape[2]:
+    raise ValueError(f"draft_len {draft_len} exceeds the {topk.shape[2]} recorded heads")
+  slots = np.cumsum(kept, axis=0) - kept                                          # [I, B]
+  safe = np.minimum(slots, topk.shape[1] - 1)
+  rows = np.arange(kept.shape[1])[None, :]
+  padded = np.pad(tokens, [(0, 0), (0, max(0, topk.shape[1] - tokens.shape[1]))])
+  root = padded[rows, safe]                                                      # [I, B]
+  heads = topk[rows, safe, 1:draft_len, 0]                                       # [I, B, L-1]
+  return slots, np.concatenate([root[..., None], heads], axis=-1).astype(np.int32)
+
+
+def refinement_vs_vanilla(kept: np.ndarray, topk: np.ndarray, tokens: np.ndarray,
+                          lengths: np.ndarray, draft_len: int) -> dict:
+  """Per decode iteration, the kept length of the method's draft against the vanilla draft's.
+
+  For every iteration t of row b that served the row (kept > 0), rooted at slot s (see
+  `vanilla_drafts`), with n = lengths[b] output tokens and R = n - s of them from s on:
+  * refined = min(kept[t, b], R): the recorded kept length (any chain of a tree counts), cut
+    at the end of the output, since tokens past it were never recorded;
+  * vanilla = the kept length the vanilla draft v would have had under greedy verification:
+    1 + the longest prefix of v[1:] equal to tokens[s + 1:], also at most R;
+  * a win when refined > vanilla, a tie when equal, a loss when smaller.
+  Repetition repair: a win is a repair when the vanilla draft has a consecutive repetition
+  v[j] == v[j + 1] at or right before its first rejected position r = vanilla (j + 1 = r: the
+  rejected token copies the one before it; or j + 1 = r - 1, the pair right before it) and the
+  refined path does not repeat at that pair. In a win the refined path holds the output tokens
+  at positions <= r, so "does not repeat" reads tokens[s + j] != tokens[s + j + 1]. (Under greedy
+  verification the pair (r - 2, r - 1) can never count -- both drafts hold the output there -- and
+  the pair (r - 1, r) always does once v repeats there, since v[r] = tokens[s + r - 1] is not the
+  model's token tokens[s + r]; so a repair is a win whose vanilla draft failed by repeating the
+  token before it.)
+
+  Only meaningful for greedy decoding (sampled acceptance is not a prefix match).
+
+  Returns:
+    {"iterations", "wins", "ties", "losses", "win_fraction", "tie_fraction", "loss_fraction",
+     "repetition_repairs", "repetition_repair_share" (repairs / wins; None without wins)}.
+  """
+  slots, vanilla = vanilla_drafts(kept, topk, tokens, draft_len)
+  wins = ties = losses = repairs = 0
+  for t, b in zip(*np.nonzero(kept > 0)):
+    s, remaining = int(slots[t, b]), int(lengths[b]) - int(slots[t, b])
+    if remaining < 1:
+      raise ValueError(f"iteration {t} of row {b} starts at slot {s}, past its {lengths[b]} "
+                       "tokens: records and outputs do not belong together")
+    v = vanilla[t, b]
+    refined = min(int(kept[t, b]), remaining)
+    van = 1
+    while van < min(draft_len, remaining) and v[van] == tokens[b, s + van]:
+      van += 1
+    if refined > van:
+      wins += 1
+      r = van
+      repairs += any(v[j] == v[j + 1] and tokens[b, s + j] != tokens[b, s + j + 1]
+                     for j in (r - 2, r - 1) if j >= 0)
+    elif refined == van:
+      ties += 1
+    else:
+      losses += 1
+  n = wins + ties + losses
+  frac = lambda x: x / n if n else None  # noqa: E731
+  return {"iterations": n, "wins": wins, "ties": ties, "losses": losses,
+          "win_fraction": frac(wins), "tie_fraction": frac(ties), "loss_fraction": frac(losses),
+          "repetition_repairs": repairs,
+          "repetition_repair_share": repairs / wins if wins else None}
+
+
+def vanilla_repetition(kept: np.ndarray, topk: np.ndarray, tokens: np.ndarray,
+                       draft_len: int) -> float:
+  """`repetition` rate of the vanilla drafts rebuilt from the same records (see vanilla_drafts):
+  repetition before rescoring, to set beside the method's own drafts' rate (after)."""
+  _, vanilla = vanilla_drafts(kept, topk, tokens, draft_len)
+  return repetition(vanilla, kept)[0]

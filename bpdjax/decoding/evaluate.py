@@ -11,8 +11,10 @@ import numpy as np
 import tqdm
 
 from bpdjax.data import eval_tasks
+from bpdjax.data import vocab as vocab_lib
 from bpdjax.decoding import generate
 from bpdjax.decoding import report as report_lib
+from bpdjax.decoding import rescoring
 from bpdjax.decoding import sampling
 
 
@@ -31,8 +33,10 @@ class EvalSettings:
   k: int = 16                  # Candidates per head (lattice methods).
   p: int = 16                  # Drafts verified per call (p-best methods).
   alpha: float = 0.5           # Rescorer weight (local / n-gram methods).
+  tree_size: int = 64          # Medusa sparse-tree nodes, root included (medusa methods).
   rescorer_workdir: Optional[str] = None
   ngram_arpa: Optional[str] = None   # ARPA file over the model's token ids (ngram methods).
+  ngram_backend: str = "dp"          # "dp" (exact, on device) or "wfst" (OpenFST, on the host).
 
   def validate(self) -> None:
     """Raises ValueError for bad settings before any model is loaded or compiled."""
@@ -58,8 +62,12 @@ class EvalSettings:
     if {"ngram", "pbest_ngram"} & set(self.methods) and not self.ngram_arpa:
       raise ValueError("Methods 'ngram' and 'pbest_ngram' need --ngram_arpa (an ARPA n-gram LM "
                        "over the model's token ids)")
-    if "local" in self.methods and not self.rescorer_workdir:
-      raise ValueError("Method 'local' needs --rescorer_workdir (a bpdjax LM with h = 1)")
+    rescoring.check_ngram_backend(self.ngram_backend)
+    if self.tree_size < 1:
+      raise ValueError(f"tree_size must be >= 1, got {self.tree_size}")
+    for method in ("local", "medusa_local"):
+      if method in self.methods and not self.rescorer_workdir:
+        raise ValueError(f"Method {method!r} needs --rescorer_workdir (a bpdjax LM with h = 1)")
 
 
 def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None) -> dict:
@@ -79,15 +87,17 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
     rescorer = load_rescorer(settings.rescorer_workdir, workdir)
   ngram = None
   if settings.ngram_arpa:
-    from bpdjax.ngram import arpa, dp  # pylint: disable=g-import-not-at-top
-    ngram = dp.build_tables(arpa.parse_arpa(settings.ngram_arpa, config.vocab_size))
+    ngram = rescoring.load_ngram_lm(settings.ngram_arpa, config.vocab_size,
+                                    settings.ngram_backend, settings.alpha)
   generator = generate.Generator(
       loaded.model, loaded.params, eos_id=loaded.vocab.eos_id, mesh=mesh, rules=rules,
-      options=generate.MethodOptions(k=settings.k, p=settings.p, alpha=settings.alpha),
+      options=generate.MethodOptions(k=settings.k, p=settings.p, alpha=settings.alpha,
+                                     tree_size=settings.tree_size,
+                                     ngram_backend=settings.ngram_backend),
       rescorer=rescorer, ngram=ngram)
   sampling_config = sampling.SamplingConfig(temperature=settings.temperature)
   max_prompt = config.max_len - settings.max_new_tokens
-  vocab_path = os.path.join(workdir, "vocab.model")
+  vocab_path = vocab_lib.workdir_vocab_path(workdir)
   data_dir = settings.data_dir or loaded.config.data_dir
   result = {"settings": dict(dataclasses.asdict(settings), workdir=workdir, step=loaded.step,
                              device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
@@ -116,10 +126,15 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
       if sampling_config.greedy and not all(
           np.array_equal(a.tokens, b.tokens) for a, b in zip(timed, recorded)):
         raise RuntimeError(f"{task}/{method}: recorded and timed runs differ (a decoding bug)")
+      entry.update(report_lib.refinement_analyses(
+          recorded, generator.drafter(method).draft_len, sampling_config.greedy))
+      report_lib.add_rescoring_share(entry, report_lib.rescoring_cost(
+          generator, method, prompts, settings.max_new_tokens, settings.batch_size))
       outputs[method] = [g.tokens for g in timed]
       task_report[method] = entry
     progress.close()
     report_lib.compare_to_ar(task_report, outputs, sampling_config.greedy)
+    report_lib.compare_to_bpd(task_report)
     result["tasks"][task] = task_report
     result["samples"] = result.get("samples", {})
     result["samples"][task] = [
@@ -131,19 +146,23 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
   return result
 
 
-def _file_digest(path: str) -> str:
+def _vocab_digest(workdir: str) -> str:
+  """sha256 of a workdir's vocabulary: vocab.model, or a pretrained tokenizer (the tokenizer.json
+  of its hf_tokenizer folder, or llama2c_tokenizer.bin)."""
+  path = vocab_lib.workdir_vocab_path(workdir)
+  if os.path.isdir(path):
+    path = os.path.join(path, "tokenizer.json")
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
 
 
 def load_rescorer(rescorer_workdir: str, workdir: str):
-  """(model, params) of a rescoring LM; its vocabulary file must be the model's."""
+  """(model, params) of a rescoring LM; its vocabulary must be the model's (same file bytes)."""
   from bpdjax import api  # pylint: disable=g-import-not-at-top
-  ours = os.path.join(workdir, "vocab.model")
-  theirs = os.path.join(rescorer_workdir, "vocab.model")
-  if os.path.exists(theirs) and _file_digest(ours) != _file_digest(theirs):
-    raise ValueError(f"Rescorer {rescorer_workdir!r} uses another vocabulary: {theirs} differs "
-                     f"from {ours}")
+  if _vocab_digest(rescorer_workdir) != _vocab_digest(workdir):
+    raise ValueError(f"Rescorer {rescorer_workdir!r} uses another vocabulary: "
+                     f"{vocab_lib.workdir_vocab_path(rescorer_workdir)} differs from "
+                     f"{vocab_lib.workdir_vocab_path(workdir)}")
   loaded = api.load(rescorer_workdir)
   return loaded.model, loaded.params
 
@@ -161,5 +180,23 @@ def summary_lines(result: dict) -> Sequence[str]:
           f"{task:14s} {method:6s} BE {e['block_efficiency']:.3f}  acc/call "
           f"{e['accepted_tokens_per_call']:.3f}  {e['tokens_per_second']:8.1f} tok/s"
           + (f"  speedup {speed:.2f}" if speed is not None else "")
-          + (f"  identical {e['identical_to_ar']}" if e.get("identical_to_ar") is not None else ""))
+          + (f"  identical {e['identical_to_ar']}" if e.get("identical_to_ar") is not None else "")
+          + _refinement_summary(method, e))
   return lines
+
+
+def _refinement_summary(method: str, e: dict) -> str:
+  """BE gain over bpd, steps won/tied/lost against the vanilla draft, rescoring cost."""
+  if method in ("ar", "bpd"):
+    return ""
+  out = ""
+  if e.get("be_gain_vs_bpd") is not None:
+    out += f"  vs bpd {e['be_gain_vs_bpd']:+.1%}"
+  st = e.get("steps_vs_vanilla")
+  if st and st["iterations"]:
+    out += f"  W/T/L {st['win_fraction']:.0%}/{st['tie_fraction']:.0%}/{st['loss_fraction']:.0%}"
+    if e.get("repetition_repair_share") is not None:
+      out += f" (repairs {e['repetition_repair_share']:.0%} of wins)"
+  if e.get("rescoring_ms_per_step") is not None and e.get("rescoring_share") is not None:
+    out += f"  rescoring {e['rescoring_ms_per_step']:.2f} ms/step ({e['rescoring_share']:.0%})"
+  return out

@@ -19,6 +19,7 @@ from bpdjax import cache as cache_lib
 from bpdjax import partitioning
 from bpdjax.decoding import drafters
 from bpdjax.decoding import loop
+from bpdjax.decoding import medusa
 from bpdjax.decoding import rescoring
 from bpdjax.decoding import sampling
 
@@ -30,6 +31,8 @@ class MethodOptions:
   k: int = 16
   p: int = 16
   alpha: float = 0.5        # Rescorer weight of the local / n-gram methods.
+  tree_size: int = 64       # Nodes of the Medusa sparse tree (root included), as Medusa's trees.
+  ngram_backend: str = "dp"  # n-gram methods: "dp" (exact, on device) or "wfst" (pynini, host).
 
 
 # Method name -> drafter factory(model_config, MethodOptions).
@@ -37,8 +40,11 @@ METHODS: dict[str, Callable[..., Any]] = {
     "ar": lambda cfg, opts: drafters.NoDraft(),
     "bpd": lambda cfg, opts: drafters.TopOneDrafter(cfg.num_heads_bpd),
     "pbest_0gram": lambda cfg, opts: drafters.PBestDrafter(cfg.num_heads_bpd, opts.k, opts.p),
+    "medusa": lambda cfg, opts: medusa.MedusaTreeDrafter(cfg.num_heads_bpd, opts.k,
+                                                         opts.tree_size),
     # Built by Generator.drafter: they need the rescoring LM or the n-gram tables.
     "local": None,
+    "medusa_local": None,
     "ngram": None,
     "pbest_ngram": None,
 }
@@ -76,9 +82,11 @@ class Generator:
     model: the flax module (its config gives h and max_len).
     params: parameters (host or device arrays).
     eos_id: end-of-sequence id (kept in the output), or None.
-    options: k, p and alpha of the lattice-based methods.
-    rescorer: (model, params) of the small causal LM for method "local", or None.
-    ngram: ngram.dp.NgramTables of the n-gram LM for methods "ngram" and "pbest_ngram", or None.
+    options: k, p, alpha and tree_size of the lattice- and tree-based methods.
+    rescorer: (model, params) of the small causal LM for methods "local" and "medusa_local".
+    ngram: the n-gram LM of methods "ngram" and "pbest_ngram" (rescoring.load_ngram_lm), or
+      None: ngram.dp.NgramTables for options.ngram_backend "dp", an ngram.fst.WfstRescorer
+      (with alpha = options.alpha) for "wfst".
     mesh, rules: optional Mesh and logical axis rules; parameters are then sharded by the rules
       and the batch over the data axes, as in training.
   """
@@ -125,23 +133,51 @@ class Generator:
     check_method(method)
     if self.options.k > self.config.vocab_size:
       raise ValueError(f"k={self.options.k} exceeds the vocabulary size {self.config.vocab_size}")
+    if self.options.tree_size < 1:
+      raise ValueError(f"tree_size must be >= 1, got {self.options.tree_size}")
     if method in ("ngram", "pbest_ngram"):
       if self.ngram is None:
         raise ValueError(f"Method {method!r} needs an n-gram LM (decode.py --ngram_arpa)")
+      if rescoring.check_ngram_backend(self.options.ngram_backend) == "wfst":
+        return self._wfst_drafter(method)
+      if not hasattr(self.ngram, "uni_logp"):
+        raise ValueError(f"ngram_backend 'dp' needs ngram.dp.NgramTables, got "
+                         f"{type(self.ngram).__name__}")
       return rescoring.NgramPBestDrafter(
           self.config.num_heads_bpd, k=self.options.k,
           p=1 if method == "ngram" else self.options.p, alpha=self.options.alpha,
           order=self.ngram.order)
-    if method != "local":
+    if method not in ("local", "medusa_local"):
       return METHODS[method](self.config, self.options)
     if self.rescorer is None:
-      raise ValueError("Method 'local' needs a rescoring LM (decode.py --rescorer_workdir)")
+      raise ValueError(f"Method {method!r} needs a rescoring LM (decode.py --rescorer_workdir)")
     rescorer_model = self.rescorer[0]
+    if method == "medusa_local":
+      return medusa.MedusaLocalDrafter(
+          self.config.num_heads_bpd, self.options.k, self.options.tree_size,
+          alpha=self.options.alpha, rescorer=loop.model_fns(rescorer_model),
+          cache_init=functools.partial(cache_lib.init_for_model, rescorer_model.config),
+          cache_len=cache_len)
     return rescoring.LocalRescoreDrafter(
         draft_len=self.config.num_heads_bpd, k=self.options.k, alpha=self.options.alpha,
         rescorer=loop.model_fns(rescorer_model),
         cache_init=functools.partial(cache_lib.init_for_model, rescorer_model.config),
         cache_len=cache_len)
+
+  def _wfst_drafter(self, method: str):
+    rescorer = self.ngram
+    if not hasattr(rescorer, "best_paths"):
+      raise ValueError(f"ngram_backend 'wfst' needs an ngram.fst.WfstRescorer, got "
+                       f"{type(rescorer).__name__}")
+    if rescorer.vocab_size != self.config.vocab_size:
+      raise ValueError(f"The n-gram LM was read for vocab_size={rescorer.vocab_size}; the model "
+                       f"has {self.config.vocab_size}")
+    if abs(rescorer.alpha - self.options.alpha) > 1e-12:
+      raise ValueError(f"The WFST rescorer was built with alpha={rescorer.alpha}, the options "
+                       f"ask for alpha={self.options.alpha}")
+    return rescoring.WfstPBestDrafter(
+        self.config.num_heads_bpd, k=self.options.k,
+        p=1 if method == "ngram" else self.options.p, rescorer=rescorer)
 
   def _decode_fn(self, method, max_new_tokens, sampling_config, record_topk, batch, width):
     cache_len = width + max_new_tokens + loop.block_size(self.drafter(method))
@@ -162,9 +198,11 @@ class Generator:
           *args).compile()
 
   def _drafter_params(self, method):
-    if method == "local":
+    if method in ("local", "medusa_local"):
       return self.rescorer[1]
-    return self.ngram if method in ("ngram", "pbest_ngram") else None
+    if method in ("ngram", "pbest_ngram") and self.options.ngram_backend == "dp":
+      return self.ngram
+    return None  # The WFST backend's LM lives on the host, inside its drafter.
 
   def compiled(self, method, max_new_tokens, sampling_config, record_topk, batch, width):
     key = (method, max_new_tokens, sampling_config, record_topk, batch, width)
@@ -176,10 +214,14 @@ class Generator:
                batch_size: int = 1,
                sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
                rng: Optional[jax.Array] = None, record_topk: int = 0,
-               progress: Optional[Callable[[int], None]] = None
+               progress: Optional[Callable[[int], None]] = None,
+               prompt_width: Optional[int] = None
                ) -> tuple[list[Generation], list[BatchTiming]]:
     """Decodes every prompt (lists of ids). Returns generations in prompt order and the timing
-    of each batch (execution only; compilation happens before the clock starts)."""
+    of each batch (execution only; compilation happens before the clock starts).
+
+    prompt_width: pad every batch to this many prompt slots (one compilation for all prompts,
+    e.g. across tasks); None pads each batch to its longest prompt, rounded up to 32."""
     self._check(prompts, max_new_tokens, method)
     self.drafter(method)  # Bad method options fail here, before compiling.
     sampling_config.validate(self.config.vocab_size)
@@ -189,7 +231,14 @@ class Generator:
     for start in range(0, len(prompts), batch_size):
       chunk = [np.asarray(p, np.int32) for p in prompts[start:start + batch_size]]
       rows = len(chunk)
-      width = -(-max(len(p) for p in chunk) // _PROMPT_BUCKET) * _PROMPT_BUCKET
+      longest = max(len(p) for p in chunk)
+      if prompt_width is not None:
+        if prompt_width < longest:
+          raise ValueError(f"prompt_width={prompt_width} is shorter than a prompt of {longest} "
+                           "tokens")
+        width = prompt_width
+      else:
+        width = -(-longest // _PROMPT_BUCKET) * _PROMPT_BUCKET
       width = min(width, self.config.max_len - max_new_tokens)
       batch = np.zeros((batch_size, width), np.int32)
       lengths = np.zeros((batch_size,), np.int32)       # 0 marks filler rows: they decode nothing.
