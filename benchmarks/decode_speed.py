@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bpdjax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax.data import eval_tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax.decoding import generate  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/small", "Trained workdir.")
@@ -39,7 +40,7 @@ def main(argv):
   loaded = api.load(_WORKDIR.value)
   config = loaded.model.config
   examples = eval_tasks.load_prompts(
-      _TASK.value, loaded.config.data_dir, os.path.join(_WORKDIR.value, "vocab.model"),
+      _TASK.value, loaded.config.data_dir, vocab_lib.workdir_vocab_path(_WORKDIR.value),
       _NUM_PROMPTS.value, max_prompt_tokens=config.max_len - _MAX_NEW.value)
   prompts = [e["prompt_tokens"] for e in examples]
   generator = generate.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)

@@ -5,8 +5,9 @@ Usage:
       [--k=16] [--p=16] [--lattices=200] [--batch=64] [--alpha=0.5]
 
 LM: a KenLM (lmplz) modified-KN n-gram over the first --mb MB of text of the Wikipedia corpus in
-/work/shared/data/wikipedia_en_2015, tokenized with workdirs/small/vocab.model when it exists
-(else a SentencePiece model trained on the fly into /tmp). Builds KenLM if needed.
+DATA_DIR/wikipedia_en_2015 (DATA_DIR: configs/default.py's data_dir, i.e. ../shared/data or
+$BPDJAX_DATA_DIR), tokenized with workdirs/small/vocab.model when it exists (else a
+SentencePiece model trained on the fly into /tmp). Builds KenLM if needed.
 
 Lattices are corpus-derived (held-out text after the LM's training text): at a random text
 position, position 0 holds the true next token alone (k_0 = 1, as in decoding); position i >= 1
@@ -29,7 +30,11 @@ import numpy as np
 
 
 def _text_lines(max_bytes: int, skip_bytes: int = 0):
-  files = sorted(glob.glob("/work/shared/data/wikipedia_en_2015/*/wiki_*"))
+  from configs import default  # pylint: disable=g-import-not-at-top
+  data_dir = default.get_config().data_dir
+  files = sorted(glob.glob(os.path.join(data_dir, "wikipedia_en_2015", "*", "wiki_*")))
+  if not files:
+    raise FileNotFoundError(f"No Wikipedia corpus under {data_dir}/wikipedia_en_2015")
   seen = 0
   for path in files:
     with open(path, encoding="utf-8") as f:

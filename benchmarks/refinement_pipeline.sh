@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue #4's table end to end on this CPU: train configs/small.py, the two CPU rescorers and
+# the 2-gram / 4-gram LMs, then tune alpha and write out/refinement/refinement.{json,md}.
+#
+#   bash benchmarks/refinement_pipeline.sh            # resumes every finished or cut step
+#
+# Run it alone on the machine: every stage uses both cores. Expected on 2 idle cores (training
+# throughputs measured here): small 600 steps ~37 min (1,120 tok/s), rescorer_xs 500 steps and
+# rescorer_s 300 steps of 32 x 256 tokens ~15 and ~20 min, n-gram LMs ~2 min, the table ~30 min
+# (100 tuning + 100 reported examples per task, 4 alphas). Override the sizes with the
+# variables below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+XS_STEPS=${XS_STEPS:-500}
+S_STEPS=${S_STEPS:-300}
+NUM_TUNE=${NUM_TUNE:-100}
+NUM_REPORT=${NUM_REPORT:-100}
+TUNE_MAX_NEW=${TUNE_MAX_NEW:-32}
+
+"$PY" train.py --config=configs/small.py --workdir=workdirs/small
+for size in xs s; do
+  steps=$XS_STEPS; [[ $size == s ]] && steps=$S_STEPS
+  # Same vocabulary as the BPD model (the rescorer must score its token ids).
+  "$PY" train.py --config=configs/rescorer_$size.py --workdir=workdirs/rescorer_$size \
+      --config.data.vocab_path=workdirs/small/vocab.model --config.num_train_steps="$steps" \
+      --config.warmup_steps=50 --config.eval_every_steps="$steps" \
+      --config.checkpoint_every_steps=100
+done
+[[ -x .kenlm/bin/lmplz ]] || bash tools/build_kenlm.sh
+for order in 2 4; do
+  prune="0 0"; [[ $order == 4 ]] && prune="0 0 1 1"   # 4-gram: singleton 3/4-grams dropped.
+  [[ -f workdirs/small/ngram$order.arpa ]] || "$PY" -m bpdjax.ngram.estimate \
+      --workdir=workdirs/small --order=$order --output=workdirs/small/ngram$order.arpa \
+      --max_tokens=3000000 --prune="$prune"
+done
+"$PY" benchmarks/refinement_table.py --workdir=workdirs/small \
+    --rescorers=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s \
+    --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa \
+    --num_tune="$NUM_TUNE" --num_report="$NUM_REPORT" --tune_max_new_tokens="$TUNE_MAX_NEW" \
+    --output=out/refinement
