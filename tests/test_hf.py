@@ -82,7 +82,7 @@ def test_logits_match_transformers():
 
 @needs_tinystories
 @pytest.mark.parametrize("method,h,head_type", [("ar", 1, "ffn"), ("bpd", 4, "ffn"),
-                                                ("bpd", 3, "medusa")])
+                                                ("bpd", 3, "medusa"), ("medusa", 4, "medusa")])
 def test_greedy_matches_transformers(golden, method, h, head_type):
   cfg, params, _ = hf.import_llama(TINYSTORIES, num_heads_bpd=h, head_type=head_type)
   gen = generate.Generator(model_lib.Transformer(cfg), params, eos_id=None)
