@@ -29,3 +29,42 @@ def trained_tiny_workdir(tmp_path_factory, tiny_vocab_path) -> str:
   workdir = str(tmp_path_factory.mktemp("trained_tiny"))
   trainer.train_and_evaluate(config, workdir)
   return workdir
+
+
+# KenLM n-gram LMs shared by test_ngram.py and test_wfst_drafter.py: ids 0..11 of a
+# Markov-chain corpus, read for a model vocabulary of NGRAM_VOCAB (12..15 are <unk> to the LM).
+NGRAM_VOCAB = 16
+NGRAM_CORPUS_V = 12
+
+
+@pytest.fixture(scope="session")
+def lmplz():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import estimate  # pylint: disable=g-import-not-at-top
+  try:
+    return estimate.find_lmplz(build=True)
+  except (FileNotFoundError, subprocess.CalledProcessError) as e:
+    pytest.skip(f"KenLM lmplz could not be built here (tools/build_kenlm.sh): {e}")
+
+
+@pytest.fixture(scope="session")
+def lms(lmplz, tmp_path_factory):
+  """{order: (arpa path, ArpaModel)} for orders 2, 3, 4 on a Markov-chain corpus."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import arpa, estimate  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  trans = rng.dirichlet(np.full(NGRAM_CORPUS_V, 0.3), size=NGRAM_CORPUS_V)
+  seqs = []
+  for _ in range(300):
+    s = [int(rng.integers(NGRAM_CORPUS_V))]
+    for _ in range(int(rng.integers(4, 19))):
+      s.append(int(rng.choice(NGRAM_CORPUS_V, p=trans[s[-1]])))
+    seqs.append(s)
+  d = tmp_path_factory.mktemp("ngram")
+  corpus = str(d / "corpus.txt")
+  assert estimate.write_token_corpus(seqs, corpus) == 300
+  out = {}
+  for order in (2, 3, 4):
+    path = estimate.estimate_arpa(corpus, order, str(d / f"o{order}.arpa"), lmplz=lmplz)
+    out[order] = (path, arpa.parse_arpa(path, NGRAM_VOCAB))
+  return out

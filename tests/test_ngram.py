@@ -3,44 +3,16 @@ import functools
 import itertools
 import math
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 from bpdjax.ngram import arpa, dp, estimate, fst
+from tests.conftest import NGRAM_CORPUS_V, NGRAM_VOCAB
 
-VOCAB = 16  # model vocabulary; the corpus uses ids 0..11, so 12..15 are <unk> to the LM
-CORPUS_V = 12
-
-
-@pytest.fixture(scope="session")
-def lmplz():
-  try:
-    return estimate.find_lmplz(build=True)
-  except (FileNotFoundError, subprocess.CalledProcessError) as e:
-    pytest.skip(f"KenLM lmplz could not be built here (tools/build_kenlm.sh): {e}")
-
-
-@pytest.fixture(scope="session")
-def lms(lmplz, tmp_path_factory):
-  """{order: (arpa path, ArpaModel)} for orders 2, 3, 4 on a Markov-chain corpus."""
-  rng = np.random.default_rng(0)
-  trans = rng.dirichlet(np.full(CORPUS_V, 0.3), size=CORPUS_V)
-  seqs = []
-  for _ in range(300):
-    s = [int(rng.integers(CORPUS_V))]
-    for _ in range(int(rng.integers(4, 19))):
-      s.append(int(rng.choice(CORPUS_V, p=trans[s[-1]])))
-    seqs.append(s)
-  d = tmp_path_factory.mktemp("ngram")
-  corpus = str(d / "corpus.txt")
-  assert estimate.write_token_corpus(seqs, corpus) == 300
-  out = {}
-  for order in (2, 3, 4):
-    path = estimate.estimate_arpa(corpus, order, str(d / f"o{order}.arpa"), lmplz=lmplz)
-    out[order] = (path, arpa.parse_arpa(path, VOCAB))
-  return out
+# The `lms` fixture (conftest.py): KenLM models over ids 0..CORPUS_V-1, read for VOCAB ids.
+VOCAB = NGRAM_VOCAB
+CORPUS_V = NGRAM_CORPUS_V
 
 
 def brute_force(model, ids, logp, history, alpha):

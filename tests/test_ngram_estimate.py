@@ -14,14 +14,6 @@ from bpdjax.ngram import estimate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def lmplz():
-  try:
-    return estimate.find_lmplz(build=True)
-  except (FileNotFoundError, subprocess.CalledProcessError) as e:
-    pytest.skip(f"KenLM lmplz could not be built here (tools/build_kenlm.sh): {e}")
-
-
 def test_estimate_workdir_holds_out_eval_documents(trained_tiny_workdir, lmplz, tmp_path):
   out, corpus = str(tmp_path / "ngram2.arpa"), str(tmp_path / "corpus.txt")
   lines = []

@@ -5,7 +5,6 @@ drafts as the exact on-device DP drafter wherever pynini's epsilon back-off appr
 not change the p best paths (see ngram/fst.py).
 """
 import functools
-import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -24,35 +23,12 @@ from bpdjax.ngram import dp
 from bpdjax.ngram import estimate
 from bpdjax.ngram import fst
 from tests.test_decoding import _random_model
+from tests.conftest import NGRAM_CORPUS_V, NGRAM_VOCAB
 
-VOCAB = 16      # model vocabulary; the LM corpus uses 0..11 (12..15 are <unk> to the LM)
-CORPUS_V = 12
+# The `lms` fixture (conftest.py): KenLM models over ids 0..CORPUS_V-1, read for VOCAB ids.
+VOCAB = NGRAM_VOCAB
+CORPUS_V = NGRAM_CORPUS_V
 H = 4
-
-
-@pytest.fixture(scope="module")
-def lms(tmp_path_factory):
-  """{order: (arpa path, ArpaModel)} for orders 2, 3, 4 on a Markov-chain corpus."""
-  try:
-    lmplz = estimate.find_lmplz(build=True)
-  except (FileNotFoundError, subprocess.CalledProcessError) as e:
-    pytest.skip(f"KenLM lmplz could not be built here (tools/build_kenlm.sh): {e}")
-  rng = np.random.default_rng(0)
-  trans = rng.dirichlet(np.full(CORPUS_V, 0.3), size=CORPUS_V)
-  seqs = []
-  for _ in range(300):
-    s = [int(rng.integers(CORPUS_V))]
-    for _ in range(int(rng.integers(4, 19))):
-      s.append(int(rng.choice(CORPUS_V, p=trans[s[-1]])))
-    seqs.append(s)
-  d = tmp_path_factory.mktemp("wfst_lm")
-  corpus = str(d / "corpus.txt")
-  estimate.write_token_corpus(seqs, corpus)
-  out = {}
-  for order in (2, 3, 4):
-    path = estimate.estimate_arpa(corpus, order, str(d / f"o{order}.arpa"), lmplz=lmplz)
-    out[order] = (path, arpa.parse_arpa(path, VOCAB))
-  return out
 
 
 @pytest.fixture(scope="module")
