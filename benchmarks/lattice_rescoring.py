@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import re
 import statistics
 import tempfile
 import time

@@ -128,8 +128,8 @@ def main(argv):
   reference = rows["transformers greedy"]["outputs"]
   base = rows["transformers greedy"]["tokens"] / rows["transformers greedy"]["seconds"]
   ours = rows["bpdjax ar"]["tokens"] / rows["bpdjax ar"]["seconds"]
-  print(f"\n| row | tokens/s | block efficiency | vs transformers greedy | vs bpdjax ar | "
-        f"identical |\n|---|---|---|---|---|---|")
+  print("\n| row | tokens/s | block efficiency | vs transformers greedy | vs bpdjax ar | "
+        "identical |\n|---|---|---|---|---|---|")
   for label, r in rows.items():
     tps = r["tokens"] / r["seconds"]
     r.update(tokens_per_second=tps, block_efficiency=r["tokens"] / max(r["calls"], 1),

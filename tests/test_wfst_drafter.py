@@ -18,9 +18,7 @@ from bpdjax.decoding import generate
 from bpdjax.decoding import loop
 from bpdjax.decoding import rescoring
 from bpdjax.decoding import sampling
-from bpdjax.ngram import arpa
 from bpdjax.ngram import dp
-from bpdjax.ngram import estimate
 from bpdjax.ngram import fst
 from tests.test_decoding import _random_model
 from tests.conftest import NGRAM_CORPUS_V, NGRAM_VOCAB

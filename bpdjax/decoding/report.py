@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -238,7 +238,7 @@ def _fmt(x, spec=".3f"):
 def markdown(report: dict) -> str:
   s = report["settings"]
   lines = [
-      f"# bpdjax decoding report\n",
+      "# bpdjax decoding report\n",
       f"Workdir `{s['workdir']}` (step {s['step']}), {s['num_examples']} examples per task, "
       f"max_new_tokens={s['max_new_tokens']}, batch_size={s['batch_size']}, "
       f"temperature={s['temperature']}, device: {s['device']}.\n",
