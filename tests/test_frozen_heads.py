@@ -236,3 +236,29 @@ def test_llama2c_base(tmp_path):
   # Heads trained on one base never land on another.
   with pytest.raises(ValueError, match="vocab_size: checkpoint has 512, config has 2048"):
     api.load_heads_onto(MODEL, workdir)
+
+
+def test_rescorer_from_scratch_on_distill_data(trained, distilled, tiny_vocab_path, tmp_path):
+  """A from-scratch LM on token_file data keeps the tokenizer its manifest names, so it can
+  rescore the heads model's drafts; a rescorer with another vocabulary is refused by name."""
+  from bpdjax.decoding import evaluate  # pylint: disable=g-import-not-at-top
+  from configs import tinystories_rescorer  # pylint: disable=g-import-not-at-top
+  config = tinystories_rescorer.get_config()
+  config.data.token_dir = distilled[0]
+  config.data.seq_len = SEQ_LEN
+  config.data.shuffle_buffer = 16
+  config.update(batch_size=4, num_train_steps=2, warmup_steps=1, log_every_steps=1,
+                eval_every_steps=1000, num_eval_batches=1, checkpoint_every_steps=1000)
+  rescorer_dir = str(tmp_path / "rescorer")
+  trainer.train_and_evaluate(config, rescorer_dir)
+  assert os.path.isfile(os.path.join(rescorer_dir, "hf_tokenizer", "tokenizer.json"))
+  loaded = api.load(rescorer_dir)
+  assert loaded.vocab.encode("Once upon a time") == hf.load_tokenizer(MODEL).encode(
+      "Once upon a time")
+  model, _ = evaluate.load_rescorer(rescorer_dir, trained[1])
+  assert model.config.vocab_size == 2048 and model.config.num_heads_bpd == 1
+  other = str(tmp_path / "other")
+  os.makedirs(other)
+  shutil.copy(tiny_vocab_path, os.path.join(other, "vocab.model"))
+  with pytest.raises(ValueError, match="uses another vocabulary"):
+    evaluate.load_rescorer(other, trained[1])
