@@ -156,9 +156,7 @@ def main(argv):
                                        for a, b in zip(ar, recorded)))
       draft_len = runner.generator(row, alpha).drafter(row.method).draft_len
       entry.update(report_lib.draft_analyses(recorded, draft_len, h))
-      extra = getattr(report_lib, "refinement_metrics", None)
-      if extra is not None and row.method != "bpd":
-        entry.update(extra(recorded, draft_len))
+      entry.update(report_lib.refinement_analyses(recorded, draft_len, greedy=True))
       task_out[row.label] = entry
       print(f"{task} {row.label}: alpha {alpha} BE {entry['block_efficiency']:.3f} identical "
             f"{entry['identical_to_ar']} repetition {entry['repetition_rate']} "
@@ -199,10 +197,23 @@ def _write(result: dict, rows) -> None:
   oracle = [f"{result['tasks'][t]['bpd']['oracle_topk'].get(str(_K.value), float('nan')):.3f}"
             for t in tasks]
   lines.append(f"| oracle top-{_K.value} | " + " | ".join(oracle) + " |")
-  lines += ["", "Repetition rate of the verified drafts (consecutive repeated tokens):", "",
+  lines += ["", "Repetition rate of the verified drafts (consecutive repeated tokens; the bpd row "
+            "is the vanilla draft, i.e. before rescoring):", "",
             "| row | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
   for row in rows:
     cells = [f"{result['tasks'][t][row.label]['repetition_rate']:.3f}" for t in tasks]
+    lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+  lines += ["", "Decode steps won / tied / lost against the vanilla draft from the same context "
+            "(share of wins that repair a consecutive repetition):", "",
+            "| row | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+  for row in rows[1:]:
+    cells = []
+    for t in tasks:
+      e = result["tasks"][t][row.label]
+      wtl, repair = e["steps_vs_vanilla"], e["repetition_repair_share"]
+      cells.append(f"{wtl['win_fraction']:.0%} / {wtl['tie_fraction']:.0%} / "
+                   f"{wtl['loss_fraction']:.0%}"
+                   + (f" ({repair:.0%})" if repair is not None else ""))
     lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
   with open(os.path.join(_OUTPUT.value, "refinement.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
