@@ -185,6 +185,17 @@ def shakespeare_chunks(path: str, eval_fraction: float) -> dict[str, list[str]]:
   return {"train": chunks[:len(chunks) - num_eval], "validation": chunks[len(chunks) - num_eval:]}
 
 
+def _shard_and_shuffle(items: Sequence, shard_info: Optional[seqio.ShardInfo], shuffle: bool,
+                       seed: Optional[int]) -> list:
+  """The in-memory sources' examples: shard i of n takes every n-th from i, then a seeded
+  permutation when shuffling."""
+  if shard_info is not None:
+    items = items[shard_info.index::shard_info.num_shards]
+  if shuffle:
+    items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+  return list(items)
+
+
 class InMemoryTextSource(seqio.DataSource):
   """A small in-memory corpus {split: [text, ...]} -> {"text": tf.string}; shards by example."""
 
@@ -205,11 +216,7 @@ class InMemoryTextSource(seqio.DataSource):
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs
-    texts = self._texts[split]
-    if shard_info is not None:
-      texts = texts[shard_info.index::shard_info.num_shards]
-    if shuffle:
-      texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+    texts = _shard_and_shuffle(self._texts[split], shard_info, shuffle, seed)
     return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, dtype=tf.string)})
 
 
@@ -298,11 +305,7 @@ class TokenSequenceSource(seqio.DataSource):
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs
-    seqs = self._sequences[split]
-    if shard_info is not None:
-      seqs = seqs[shard_info.index::shard_info.num_shards]
-    if shuffle:
-      seqs = [seqs[i] for i in np.random.default_rng(seed).permutation(len(seqs))]
+    seqs = _shard_and_shuffle(self._sequences[split], shard_info, shuffle, seed)
     lengths = np.asarray([len(x) for x in seqs], np.int64)
     flat = np.concatenate(seqs) if seqs else np.zeros((0,), np.int32)
     ragged = tf.RaggedTensor.from_row_lengths(tf.constant(flat, tf.int32), lengths)

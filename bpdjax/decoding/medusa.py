@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpdjax import cache as cache_lib
 from bpdjax.decoding import drafters
 from bpdjax.decoding import rescoring
 from bpdjax.decoding import tree as tree_lib
@@ -259,9 +258,8 @@ class MedusaLocalDrafter(MedusaTreeDrafter):
 
   def _refeed(self, rs: rescoring.RescorerState, tokens: jax.Array, rows: jax.Array):
     """Writes tokens [B, n] at rescorer slots committed + 1.. in the rows [B] that need it."""
-    shifted = cache_lib.set_lengths(rs.cache, rs.cache.lengths + 1)
-    positions = shifted.lengths[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    _, written = self.rescorer.forward(rs.params, tokens, positions, shifted)
+    _, written = self.local._step(rs, tokens, 1)  # pylint: disable=protected-access
+    written = written.cache
 
     def pick(new, old):
       return jnp.where(rows[:, None, None, None], new, old)
