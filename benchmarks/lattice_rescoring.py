@@ -3,6 +3,11 @@
 Usage:
   PYTHONPATH=. .venv/bin/python benchmarks/lattice_rescoring.py [--mb=3] [--order=4] [--h=9]
       [--k=16] [--p=16] [--lattices=200] [--batch=64] [--alpha=0.5]
+      [--save_lattices=L.npz]                 # keep the lattices, LM path and DP paths
+  # The DP alone on another machine (e.g. a GPU) over saved lattices, paths checked against the
+  # saved ones (the ARPA travels beside the .npz):
+  PYTHONPATH=. python benchmarks/lattice_rescoring.py --load_lattices=L.npz --arpa=o4.arpa \
+      --backends=dp
 
 LM: a KenLM (lmplz) modified-KN n-gram over the first --mb MB of text of the Wikipedia corpus in
 DATA_DIR/wikipedia_en_2015 (DATA_DIR: configs/default.py's data_dir, i.e. ../shared/data or
@@ -103,10 +108,21 @@ def main():
   ap.add_argument("--batch", type=int, default=64)
   ap.add_argument("--alpha", type=float, default=0.5)
   ap.add_argument("--workdir", default=None, help="keep corpus/ARPA here (default: a temp dir)")
+  ap.add_argument("--backends", default="wfst,dp", help="comma list of wfst, dp")
+  ap.add_argument("--save_lattices", default=None,
+                  help=".npz to write the lattices, the ARPA path and the DP's p-best paths to")
+  ap.add_argument("--load_lattices", default=None,
+                  help=".npz from --save_lattices: skip the corpus and LM, time these lattices")
+  ap.add_argument("--arpa", default=None, help="with --load_lattices: the ARPA LM to read")
   args = ap.parse_args()
+  backends = set(args.backends.split(","))
+  if not backends or not backends <= {"wfst", "dp"}:
+    ap.error(f"--backends={args.backends!r}: expected a comma list of wfst, dp")
+  if args.load_lattices:
+    _run_loaded(args, backends)
+    return
 
-  import jax  # pylint: disable=g-import-not-at-top
-  from bpdjax.ngram import arpa, dp, estimate, fst  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import arpa, dp, estimate  # pylint: disable=g-import-not-at-top
 
   tmp = args.workdir or tempfile.mkdtemp(prefix="lattice_bench_")
   os.makedirs(tmp, exist_ok=True)
@@ -122,7 +138,7 @@ def main():
   t1 = time.time()
   model = arpa.parse_arpa(arpa_path, vocab)
   t2 = time.time()
-  rescorer = fst.WfstRescorer(model, args.alpha)
+  rescorer = _wfst_rescorer(model, args.alpha, backends)
   t3 = time.time()
   tables = dp.build_tables(model)
   t4 = time.time()
@@ -133,21 +149,75 @@ def main():
   print(f"vocab {sp_path} ({vocab}); LM {arpa_path}: {model.num_ngrams()}; max bucket "
         f"{tables.max_bucket}")
   print(f"setup: tokenize+lmplz {t1 - t0:.1f}s, parse ARPA {t2 - t1:.1f}s, build LM FST "
-        f"{t3 - t2:.1f}s ({rescorer.lm.num_states()} states), DP tables {t4 - t3:.1f}s")
+        f"{t3 - t2:.1f}s, DP tables {t4 - t3:.1f}s")
+  rows, agree, dp_paths = _time_backends(args, backends, tables, rescorer, ids, logp, hist)
+  _print_rows(args, rows)
+  if rescorer is not None and "dp" in backends:
+    print(f"best path: WFST == exact DP on {agree}/{len(dp_paths)} lattices (rest: epsilon "
+          "routes)")
+  if args.save_lattices:
+    np.savez(args.save_lattices, ids=ids, logp=logp, hist=hist, dp_paths=dp_paths,
+             arpa=os.path.abspath(arpa_path), vocab=vocab, alpha=args.alpha, p=args.p)
+    print(f"saved {args.lattices} lattices and {len(dp_paths)} DP p-best lists to "
+          f"{args.save_lattices}")
 
-  # WFST: one lattice per call, the host path.
-  ks = (1,) + (args.k,) * (args.h - 1)
-  wf_ms = []
-  for b in range(args.lattices):
-    lat_ids = [ids[b, 0, :1]] + [ids[b, i] for i in range(1, args.h)]
-    lat_lp = [logp[b, 0, :1]] + [logp[b, i] for i in range(1, args.h)]
-    t = time.perf_counter()
-    rescorer.best_paths(lat_ids, lat_lp, hist[b].tolist(), args.p)
-    wf_ms.append((time.perf_counter() - t) * 1e3)
 
-  f = jax.jit(dp.pbest_dp, static_argnames=("p", "ks"))
-  rows = [("WFST (pynini), 1 lattice/call", statistics.median(wf_ms), _pct(wf_ms, 0.9), "-")]
+def _run_loaded(args, backends):
+  """Times the saved lattices of --load_lattices; checks the DP's p-best paths against the saved
+  ones (exact float ties may order differently on another backend: counted, not asserted)."""
+  from bpdjax.ngram import arpa, dp  # pylint: disable=g-import-not-at-top
+  saved = np.load(args.load_lattices)
+  ids, logp, hist = saved["ids"], saved["logp"], saved["hist"]
+  args.lattices, args.h, args.k = ids.shape
+  args.alpha, args.p, args.order = float(saved["alpha"]), int(saved["p"]), hist.shape[1] + 1
+  model = arpa.parse_arpa(args.arpa or str(saved["arpa"]), int(saved["vocab"]))
+  tables = dp.build_tables(model)
+  rescorer = _wfst_rescorer(model, args.alpha, backends)
+  rows, _, dp_paths = _time_backends(args, backends, tables, rescorer, ids, logp, hist)
+  _print_rows(args, rows)
+  if "dp" in backends:
+    ref = saved["dp_paths"]
+    same_best = sum(np.array_equal(a[0], b[0]) for a, b in zip(dp_paths, ref))
+    same_all = sum(np.array_equal(a, b) for a, b in zip(dp_paths, ref))
+    print(f"DP paths vs the saved ones: best path equal on {same_best}/{len(ref)}, all "
+          f"{args.p} paths equal on {same_all}/{len(ref)}")
+
+
+def _wfst_rescorer(model, alpha, backends):
+  if "wfst" not in backends:
+    return None  # pynini need not be installed for the DP alone.
+  from bpdjax.ngram import fst  # pylint: disable=g-import-not-at-top
+  return fst.WfstRescorer(model, alpha)
+
+
+def _lattice(ids, logp, b):
+  """Lattice b as the WFST wants it: position 0 holds one slot (the model's own token)."""
+  h = ids.shape[1]
+  return ([ids[b, 0, :1]] + [ids[b, i] for i in range(1, h)],
+          [logp[b, 0, :1]] + [logp[b, i] for i in range(1, h)])
+
+
+def _time_backends(args, backends, tables, rescorer, ids, logp, hist):
+  """Times the requested backends. Returns (table rows, WFST == DP best-path count, the DP's
+  p-best paths [N, p, h] from its batched run)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import dp  # pylint: disable=g-import-not-at-top
+  rows = []
+  if "wfst" in backends:  # One lattice per call: the host path.
+    wf_ms = []
+    for b in range(args.lattices):
+      lat_ids, lat_lp = _lattice(ids, logp, b)
+      t = time.perf_counter()
+      rescorer.best_paths(lat_ids, lat_lp, hist[b].tolist(), args.p)
+      wf_ms.append((time.perf_counter() - t) * 1e3)
+    rows.append(("WFST (pynini), 1 lattice/call", statistics.median(wf_ms), _pct(wf_ms, 0.9),
+                 "-"))
   agree = 0
+  all_paths = []
+  if "dp" not in backends:
+    return rows, agree, np.zeros((0, args.p, args.h), np.int32)
+  ks = (1,) + (args.k,) * (args.h - 1)
+  f = jax.jit(dp.pbest_dp, static_argnames=("p", "ks"))
   for batch in (1, args.batch):
     nb = max(1, min(args.lattices // batch, 10 if batch > 1 else 30))
     t = time.perf_counter()
@@ -162,22 +232,23 @@ def main():
                                          p=args.p, ks=ks))
       per.append((time.perf_counter() - t) * 1e3 / batch)
       if batch > 1:
-        for j in range(batch):
-          b = i * batch + j
-          lat_ids = [ids[b, 0, :1]] + [ids[b, q] for q in range(1, args.h)]
-          lat_lp = [logp[b, 0, :1]] + [logp[b, q] for q in range(1, args.h)]
-          best = rescorer.best_paths(lat_ids, lat_lp, hist[b].tolist(), 1)[0][0]
+        all_paths.append(np.asarray(paths))
+        for j in range(batch if rescorer is not None else 0):
+          lat_ids, lat_lp = _lattice(ids, logp, i * batch + j)
+          best = rescorer.best_paths(lat_ids, lat_lp, hist[i * batch + j].tolist(), 1)[0][0]
           agree += tuple(np.asarray(paths[j, 0]).tolist()) == best
     rows.append((f"DP (JAX {jax.default_backend()}), batch {batch}", statistics.median(per),
                  _pct(per, 0.9), f"{compile_s:.1f}s"))
+  return rows, agree, np.concatenate(all_paths)
+
+
+def _print_rows(args, rows):
   print(f"\nh={args.h} k={args.k} (k_0=1) order={args.order} p={args.p} alpha={args.alpha}, "
         f"{args.lattices} lattices; ms per lattice (DP: per call / batch)")
   print(f"| {'method':<34} | {'median ms':>9} | {'p90 ms':>8} | {'compile':>7} |")
   print(f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|{'-' * 9}|")
   for name, med, p90, comp in rows:
     print(f"| {name:<34} | {med:9.3f} | {p90:8.3f} | {comp:>7} |")
-  checked = min(args.lattices // args.batch, 10) * args.batch
-  print(f"best path: WFST == exact DP on {agree}/{checked} lattices (rest: epsilon routes)")
 
 
 if __name__ == "__main__":
