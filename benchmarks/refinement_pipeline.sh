@@ -5,18 +5,19 @@
 #   bash benchmarks/refinement_pipeline.sh            # resumes every finished or cut step
 #
 # Run it alone on the machine: every stage uses both cores. Expected on 2 idle cores (training
-# throughputs measured here): small 600 steps ~37 min (1,120 tok/s), rescorer_xs 500 steps and
-# rescorer_s 300 steps of 32 x 256 tokens ~15 and ~20 min, n-gram LMs ~2 min, the table ~30 min
-# (100 tuning + 100 reported examples per task, 4 alphas). Override the sizes with the
-# variables below.
+# throughputs measured here): small 600 steps ~37 min (1,120 tok/s), rescorer_xs 300 steps and
+# rescorer_s 200 steps of 32 x 256 tokens ~10 and ~13 min, n-gram LMs under a minute, the table
+# ~50 min (per task 100 tuning examples x 16 tokens x 4 alphas, 100 reported examples x 32
+# tokens; decoding runs at batch 1). Override the sizes with the variables below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-XS_STEPS=${XS_STEPS:-500}
-S_STEPS=${S_STEPS:-300}
+XS_STEPS=${XS_STEPS:-300}
+S_STEPS=${S_STEPS:-200}
 NUM_TUNE=${NUM_TUNE:-100}
 NUM_REPORT=${NUM_REPORT:-100}
-TUNE_MAX_NEW=${TUNE_MAX_NEW:-32}
+TUNE_MAX_NEW=${TUNE_MAX_NEW:-16}
+MAX_NEW=${MAX_NEW:-32}
 
 "$PY" train.py --config=configs/small.py --workdir=workdirs/small
 for size in xs s; do
@@ -38,4 +39,5 @@ done
     --rescorers=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s \
     --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa \
     --num_tune="$NUM_TUNE" --num_report="$NUM_REPORT" --tune_max_new_tokens="$TUNE_MAX_NEW" \
+    --max_new_tokens="$MAX_NEW" \
     --output=out/refinement
