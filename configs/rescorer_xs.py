@@ -1,4 +1,4 @@
-"""Rescorer LM (h = 1): ~1M non-embedding parameters, wiki task, 8192-piece wiki vocabulary (CPU).
+"""Rescorer LM (h = 1): ~1M non-embedding parameters, wiki task, 4096-piece wiki vocabulary (CPU).
 
 Shapes and training settings in configs/_rescorer.py.
 """
