@@ -33,8 +33,7 @@ from bpdjax.data import vocab as vocab_lib
 from bpdjax.decoding import evaluate
 from bpdjax.decoding import generate
 from bpdjax.decoding import report as report_lib
-from bpdjax.ngram import arpa
-from bpdjax.ngram import dp
+from bpdjax.decoding import rescoring
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/small", "Trained BPD workdir.")
 _TASKS = flags.DEFINE_list("tasks", ["lambada", "squad", "xsum", "cnn_dailymail", "samsum"],
@@ -115,7 +114,8 @@ def main(argv):
                     rescorer=evaluate.load_rescorer(path, _WORKDIR.value), tuned=True))
   ngrams = {}
   for order, path in _pairs(_NGRAMS.value):
-    tables = dp.build_tables(arpa.parse_arpa(path, config.vocab_size))
+    tables = rescoring.load_ngram_lm(path, config.vocab_size, "dp",
+                                     vocab_digest=vocab_lib.vocab_digest(_WORKDIR.value))
     ngrams[order] = tables
     rows.append(Row(f"ngram:{order}", "ngram", ngram=tables, tuned=True))
   rows.append(Row("pbest_0gram", "pbest_0gram"))

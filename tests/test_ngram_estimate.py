@@ -1,4 +1,5 @@
 """python -m bpdjax.ngram.estimate: a workdir's n-gram LM over its own training corpus."""
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 from bpdjax import checkpoints
 from bpdjax.data import tasks
 from bpdjax.data import vocab as vocab_lib
+from bpdjax.decoding import rescoring
 from bpdjax.ngram import arpa
 from bpdjax.ngram import estimate
 
@@ -44,6 +46,31 @@ def test_estimate_workdir_holds_out_eval_documents(trained_tiny_workdir, lmplz, 
                                      max_tokens=1000, prune=[0, 0, 1], lmplz=lmplz,
                                      log=lines.append)
   assert capped["tokens"] == 1000 and set(capped["ngrams"]) == {1, 2, 3}
+
+
+def test_arpa_vocabulary_is_recorded_and_checked(trained_tiny_workdir, lmplz, tmp_path):
+  """The ARPA's token ids belong to the workdir's vocabulary; loading it for a model with another
+  vocabulary (same size, other pieces) fails and names both."""
+  out = str(tmp_path / "ngram2.arpa")
+  estimate.estimate_workdir(trained_tiny_workdir, 2, out, max_documents=20, lmplz=lmplz,
+                            log=lambda _: None)
+  own = vocab_lib.vocab_digest(trained_tiny_workdir)
+  with open(estimate.arpa_vocabulary_path(out)) as f:
+    record = json.load(f)
+  assert record == {"vocab_path": os.path.join(trained_tiny_workdir, "vocab.model"),
+                    "vocab_sha256": own}
+  vocab_size = checkpoints.load_config(trained_tiny_workdir).model.vocab_size
+  assert rescoring.load_ngram_lm(out, vocab_size, "dp", vocab_digest=own).order == 2
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "vocab.model").write_bytes(b"another sentencepiece model")
+  with pytest.raises(ValueError, match=r"ngram2.arpa was built with another vocabulary: .*"
+                     r"ngram2.arpa.vocab.json names '.*vocab.model'"):
+    rescoring.load_ngram_lm(out, vocab_size, "dp",
+                            vocab_digest=vocab_lib.vocab_digest(str(other)))
+  os.remove(estimate.arpa_vocabulary_path(out))  # An ARPA made elsewhere: its ids are checked.
+  assert rescoring.load_ngram_lm(out, vocab_size, "dp",
+                                 vocab_digest=vocab_lib.vocab_digest(str(other))).order == 2
 
 
 def test_estimate_command_line(trained_tiny_workdir, lmplz, tmp_path):

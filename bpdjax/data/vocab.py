@@ -12,6 +12,7 @@ Command line (trains or copies the vocabulary, prints its path and size):
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -117,6 +118,16 @@ def workdir_vocab_path(workdir: str) -> str:
       return path
   raise FileNotFoundError(f"No {WORKDIR_VOCAB} (or {WORKDIR_HF_TOKENIZER}/, "
                           f"{WORKDIR_LLAMA2C_TOKENIZER}) in workdir {workdir!r}")
+
+
+def vocab_digest(workdir: str) -> str:
+  """sha256 of a workdir's vocabulary: vocab.model, or a pretrained tokenizer (the tokenizer.json
+  of its hf_tokenizer folder, or llama2c_tokenizer.bin)."""
+  path = workdir_vocab_path(workdir)
+  if os.path.isdir(path):
+    path = os.path.join(path, "tokenizer.json")
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 def cached_vocab_path(config: ml_collections.ConfigDict) -> str:

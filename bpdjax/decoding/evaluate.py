@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from typing import Optional, Sequence
 
@@ -88,7 +87,8 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
   ngram = None
   if settings.ngram_arpa:
     ngram = rescoring.load_ngram_lm(settings.ngram_arpa, config.vocab_size,
-                                    settings.ngram_backend, settings.alpha)
+                                    settings.ngram_backend, settings.alpha,
+                                    vocab_digest=vocab_lib.vocab_digest(workdir))
   generator = generate.Generator(
       loaded.model, loaded.params, eos_id=loaded.vocab.eos_id, mesh=mesh, rules=rules,
       options=generate.MethodOptions(k=settings.k, p=settings.p, alpha=settings.alpha,
@@ -146,20 +146,10 @@ def run(loaded, settings: EvalSettings, output_dir: str, workdir: str, mesh=None
   return result
 
 
-def _vocab_digest(workdir: str) -> str:
-  """sha256 of a workdir's vocabulary: vocab.model, or a pretrained tokenizer (the tokenizer.json
-  of its hf_tokenizer folder, or llama2c_tokenizer.bin)."""
-  path = vocab_lib.workdir_vocab_path(workdir)
-  if os.path.isdir(path):
-    path = os.path.join(path, "tokenizer.json")
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
 def load_rescorer(rescorer_workdir: str, workdir: str):
   """(model, params) of a rescoring LM; its vocabulary must be the model's (same file bytes)."""
   from bpdjax import api  # pylint: disable=g-import-not-at-top
-  if _vocab_digest(rescorer_workdir) != _vocab_digest(workdir):
+  if vocab_lib.vocab_digest(rescorer_workdir) != vocab_lib.vocab_digest(workdir):
     raise ValueError(f"Rescorer {rescorer_workdir!r} uses another vocabulary: "
                      f"{vocab_lib.workdir_vocab_path(rescorer_workdir)} differs from "
                      f"{vocab_lib.workdir_vocab_path(workdir)}")

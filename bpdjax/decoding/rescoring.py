@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -185,12 +185,17 @@ def check_ngram_backend(backend: str) -> str:
   return backend
 
 
-def load_ngram_lm(arpa_path: str, vocab_size: int, backend: str = "dp", alpha: float = 0.5):
+def load_ngram_lm(arpa_path: str, vocab_size: int, backend: str = "dp", alpha: float = 0.5,
+                  vocab_digest: Optional[str] = None):
   """The n-gram LM of an ARPA over token ids, as the backend's drafter wants it: device tables
   (ngram.dp.NgramTables) for "dp", a host rescorer (ngram.fst.WfstRescorer, alpha baked into
-  its weights) for "wfst"."""
+  its weights) for "wfst". vocab_digest (data.vocab.vocab_digest of the model's workdir) is
+  checked against the vocabulary recorded beside the ARPA by ngram.estimate, where there is one."""
   from bpdjax.ngram import arpa  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import estimate  # pylint: disable=g-import-not-at-top
   check_ngram_backend(backend)
+  if vocab_digest is not None:
+    estimate.check_arpa_vocabulary(arpa_path, vocab_digest)
   model = arpa.parse_arpa(arpa_path, vocab_size)
   if backend == "dp":
     from bpdjax.ngram import dp  # pylint: disable=g-import-not-at-top

@@ -18,6 +18,7 @@ document per line, runs lmplz and prints the counts, times and the ARPA's size.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -182,6 +183,33 @@ def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
   return (vocabulary.encode(document) for document in tasks.iter_training_documents(config))
 
 
+def arpa_vocabulary_path(arpa_path: str) -> str:
+  """Where estimate_workdir records the vocabulary an ARPA's token ids belong to."""
+  return arpa_path + ".vocab.json"
+
+
+def write_arpa_vocabulary(arpa_path: str, workdir: str) -> None:
+  from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  with open(arpa_vocabulary_path(arpa_path), "w") as f:
+    json.dump({"vocab_path": os.path.abspath(vocab_lib.workdir_vocab_path(workdir)),
+               "vocab_sha256": vocab_lib.vocab_digest(workdir)}, f, indent=2)
+
+
+def check_arpa_vocabulary(arpa_path: str, vocab_digest: str) -> None:
+  """Raises ValueError when the vocabulary recorded beside the ARPA is not the model's (sha256
+  vocab_digest). An ARPA with no record (made elsewhere) passes: then only arpa.parse_arpa's
+  checks of its token ids apply."""
+  record = arpa_vocabulary_path(arpa_path)
+  if not os.path.exists(record):
+    return
+  with open(record) as f:
+    recorded = json.load(f)
+  if recorded.get("vocab_sha256") != vocab_digest:
+    raise ValueError(f"{arpa_path} was built with another vocabulary: {record} names "
+                     f"{recorded.get('vocab_path')!r} (sha256 {recorded.get('vocab_sha256')}), "
+                     f"the model's vocabulary has sha256 {vocab_digest}")
+
+
 def estimate_workdir(workdir: str, order: int, output: str,
                      max_documents: Optional[int] = None, max_tokens: Optional[int] = None,
                      prune: Optional[Sequence[int]] = None, memory: str = "20%",
@@ -192,7 +220,7 @@ def estimate_workdir(workdir: str, order: int, output: str,
   Args:
     workdir: a train.py workdir (config.json and its vocabulary).
     order: n (>= 2).
-    output: the ARPA to write.
+    output: the ARPA to write; its vocabulary is recorded in arpa_vocabulary_path(output).
     max_documents / max_tokens: stop after that many documents / tokens (the document that
       crosses max_tokens is cut), None = the whole train split.
     prune: lmplz --prune thresholds (see parse_prune), for large orders.
@@ -252,6 +280,7 @@ def estimate_workdir(workdir: str, order: int, output: str,
   finally:
     if not keep and os.path.exists(corpus_path):
       os.remove(corpus_path)
+  write_arpa_vocabulary(output, workdir)
   counts = arpa_counts(output)
   size = os.path.getsize(output)
   log(f"lmplz order {order}{' prune ' + ' '.join(map(str, prune)) if prune else ''}: "
