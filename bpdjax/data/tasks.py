@@ -185,25 +185,16 @@ def shakespeare_chunks(path: str, eval_fraction: float) -> dict[str, list[str]]:
   return {"train": chunks[:len(chunks) - num_eval], "validation": chunks[len(chunks) - num_eval:]}
 
 
-def _shard_and_shuffle(items: Sequence, shard_info: Optional[seqio.ShardInfo], shuffle: bool,
-                       seed: Optional[int]) -> list:
-  """The in-memory sources' examples: shard i of n takes every n-th from i, then a seeded
-  permutation when shuffling."""
-  if shard_info is not None:
-    items = items[shard_info.index::shard_info.num_shards]
-  if shuffle:
-    items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
-  return list(items)
+class _InMemorySource(seqio.DataSource):
+  """A small in-memory corpus {split: [example, ...]}; shards by example (shard i of n takes
+  every n-th from i), then a seeded permutation when shuffling. Subclasses turn the examples
+  into a dataset (`_dataset`)."""
 
-
-class InMemoryTextSource(seqio.DataSource):
-  """A small in-memory corpus {split: [text, ...]} -> {"text": tf.string}; shards by example."""
-
-  def __init__(self, texts: Mapping[str, Sequence[str]]):
+  def __init__(self, examples: Mapping[str, Sequence]):
     # No num_input_examples: seqio would then .cache() the (cheap) source and warn on every
     # iterator that stops early.
-    super().__init__(splits=tuple(texts))
-    self._texts = {k: list(v) for k, v in texts.items()}
+    super().__init__(splits=tuple(examples))
+    self._examples = {k: list(v) for k, v in examples.items()}
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -216,8 +207,22 @@ class InMemoryTextSource(seqio.DataSource):
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
     del sequence_length, use_cached, num_epochs
-    texts = _shard_and_shuffle(self._texts[split], shard_info, shuffle, seed)
-    return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, dtype=tf.string)})
+    items = self._examples[split]
+    if shard_info is not None:
+      items = items[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+    return self._dataset(list(items))
+
+  def _dataset(self, items: list) -> tf.data.Dataset:
+    raise NotImplementedError
+
+
+class InMemoryTextSource(_InMemorySource):
+  """A small in-memory corpus {split: [text, ...]} -> {"text": tf.string}."""
+
+  def _dataset(self, items: list) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices({"text": tf.constant(items, dtype=tf.string)})
 
 
 # ------------------------------------------------------------------------------ token_file --
@@ -286,28 +291,12 @@ def read_token_split(token_dir: str, split: str, vocab_size: int) -> list[np.nda
   return sequences
 
 
-class TokenSequenceSource(seqio.DataSource):
-  """In-memory token-id sequences {split: [int32 [n], ...]} -> {"targets": int32 [n]}; shards
-  by example."""
+class TokenSequenceSource(_InMemorySource):
+  """In-memory token-id sequences {split: [int32 [n], ...]} -> {"targets": int32 [n]}."""
 
-  def __init__(self, sequences: Mapping[str, Sequence[np.ndarray]]):
-    super().__init__(splits=tuple(sequences))
-    self._sequences = {k: list(v) for k, v in sequences.items()}
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return [split]
-
-  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
-                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
-                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
-    del sequence_length, use_cached, num_epochs
-    seqs = _shard_and_shuffle(self._sequences[split], shard_info, shuffle, seed)
-    lengths = np.asarray([len(x) for x in seqs], np.int64)
-    flat = np.concatenate(seqs) if seqs else np.zeros((0,), np.int32)
+  def _dataset(self, items: list) -> tf.data.Dataset:
+    lengths = np.asarray([len(x) for x in items], np.int64)
+    flat = np.concatenate(items) if items else np.zeros((0,), np.int32)
     ragged = tf.RaggedTensor.from_row_lengths(tf.constant(flat, tf.int32), lengths)
     return tf.data.Dataset.from_tensor_slices({"targets": ragged})
 
