@@ -5,10 +5,10 @@
 #   bash benchmarks/refinement_pipeline.sh            # resumes every finished or cut step
 #
 # Run it alone on the machine: every stage uses both cores. Measured on 2 cores: small 600 steps
-# ~37 min (1,120 tok/s), rescorer_xs 300 and rescorer_s 200 steps of 32 x 256 tokens ~5 and
-# ~7 min (9,000 and 3,800 tok/s), n-gram LMs under a minute, the table 48 min (per task 100
-# tuning examples x 16 tokens x 4 alphas, 100 reported examples x 32 tokens, batch 1; some
-# other jobs shared the cores). Override the sizes with the variables below.
+# ~37 min (1,120 tok/s); rescorer_xs 300 and rescorer_s 200 steps of 32 x 256 tokens ~5 and
+# ~7 min (8,000-9,200 and 3,700-3,900 tok/s); n-gram LMs under a minute; the table 48 min (per
+# task 100 tuning examples x 16 tokens x 4 alphas, 100 reported examples x 32 tokens, batch 1;
+# some other jobs shared the cores). Override the sizes with the variables below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
