@@ -1,47 +1,16 @@
-"""Orbax checkpoints in a workdir, with the run's config stored beside the weights.
-
-Layout of a workdir written by train.py:
-  config.json        the full training config (what decode.py and `api.load` rebuild from)
-  vocab.model        the SentencePiece vocabulary (a run from a pretrained import keeps the
-                     model's tokenizer instead: hf_tokenizer/ or llama2c_tokenizer.bin, and
-                     base_checksum.json, the sha256 of its base parameters at start and end)
-  checkpoints/<step>/state    the TrainState (params, optimizer state, step)
-  metrics.jsonl, TensorBoard event files
-"""
+"""Orbax checkpoints of a workdir (see workdir.py for the layout): save, restore, compatibility."""
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from typing import Any, Optional
 
-import jax
-import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from bpdjax import workdir as workdir_lib
+
 # Fields whose change makes saved parameters unusable; a restore into a differing config fails.
 _SHAPE_FIELDS = ("vocab_size", "num_heads_bpd", "head_type", "num_layers", "emb_dim", "num_heads",
                  "num_kv_heads", "head_dim", "mlp_dim", "head_hidden_dim", "tie_embeddings",
                  "mlp_activation")
-
-
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No {CONFIG_FILE} in workdir {workdir!r}: is it a bpdjax workdir?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def check_compatible(saved_model_config, model_config, workdir: str) -> None:
@@ -61,8 +30,7 @@ def make_manager(workdir: str, save_every_steps: int = 1, max_to_keep: int = 3,
       preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
       create=not read_only, read_only=read_only,
       enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options)
+  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(workdir), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, force: bool = False) -> bool:
@@ -96,30 +64,3 @@ def restore_params(workdir: str, abstract_params: Any, step: Optional[int] = Non
       restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
       partial_restore=True)))
   return restored.state["params"], step
-
-
-def params_checksum(params: Any, exclude_prefix: Optional[str] = "head_") -> str:
-  """sha256 (hex) of a parameter tree's names, dtypes, shapes and bytes, in sorted name order.
-
-  Top-level entries whose name starts with `exclude_prefix` (default: the block heads) are
-  left out, so the checksum of a model's base does not depend on its heads; None includes all.
-  Bitwise: any change to any value (even -0.0 vs 0.0) changes it. Works on host, device and
-  sharded arrays (gathered from all processes when not fully addressable).
-  """
-  digest = hashlib.sha256()
-  leaves = jax.tree_util.tree_leaves_with_path(params)
-  named = []
-  for path, leaf in leaves:
-    top = path[0]
-    top = getattr(top, "key", getattr(top, "name", str(top)))
-    if exclude_prefix and str(top).startswith(exclude_prefix):
-      continue
-    named.append((jax.tree_util.keystr(path), leaf))
-  for name, leaf in sorted(named, key=lambda x: x[0]):
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      leaf = multihost_utils.process_allgather(leaf, tiled=True)
-    arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
-    digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-    digest.update(arr.tobytes())
-  return digest.hexdigest()

@@ -1,6 +1,8 @@
 """Input pipeline: SentencePiece vocabularies, seqio Tasks and the trainer's batch iterators.
 
-  vocab.py     ensure_vocabulary / load_vocabulary (+ `python -m bpdjax.data.vocab`).
+  tokenizers.py  text <-> ids without TensorFlow (SentencePiece, Hugging Face, llama2.c).
+  vocabulary.py  seqio views of them (load_vocabulary) for the pipelines.
+  vocab.py     ensure_vocabulary: train or copy a run's vocabulary (+ `python -m bpdjax.data.vocab`).
   tasks.py     register_task: seqio Tasks for "wiki", "tiny_shakespeare", "c4" and
                "token_file" (token-id shards, e.g. from `python -m bpdjax.distill`).
   pipeline.py  make_train_iterator / make_eval_iterator: process-local packed numpy batches.

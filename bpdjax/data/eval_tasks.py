@@ -10,7 +10,7 @@ yields, per example:
   num_truncated         int32: tokens cut from the START of the prompt (0 unless truncated).
 
 Pipeline: local files, parsed in Python at registration (so a missing/bad file fails there), ->
-`from_tensor_slices` of raw string fields -> `format_prompt` (fill `PROMPT_FORMATS[name]` with
+`from_tensor_slices` of raw string fields -> `format_prompt` (fill `eval_sets.PROMPT_FORMATS[name]` with
 tf.strings ops) -> tokenize -> drop examples whose prompt has no tokens (built-in sets only; a
 JSONL file with an empty prompt is an error at registration) -> `truncate_left` (keeps the last
 sequence_length["inputs"] tokens: the end of a prompt sits next to the generation point).
@@ -41,158 +41,26 @@ Documents are stripped of surrounding whitespace. Long documents are not cut her
 from __future__ import annotations
 
 import functools
-import json
-import os
 import string
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from bpdjax.data import eval_sets
 from bpdjax.data import hide_accelerators
-from bpdjax.data import vocab as vocab_lib
+from bpdjax.data import vocabulary as vocab_lib
 
 hide_accelerators()
 
-EVAL_TASKS = ("lambada", "squad", "xsum", "cnn_dailymail", "samsum", "gsm8k", "mt_bench", "jsonl")
+EVAL_TASKS = eval_sets.EVAL_TASKS
 SPLIT = "test"
-PROMPT_FORMATS = {
-    "lambada": "{context}",
-    "squad": "{context}\n\nQuestion: {question}\nAnswer:",
-    "xsum": "{document}\n\nSummary:",
-    "cnn_dailymail": "{document}\n\nSummary:",
-    "samsum": "{document}\n\nSummary:",
-    "gsm8k": "Question: {question}\nAnswer:",
-    "mt_bench": "{question}",
-    "jsonl": "{prompt}",
-}
-# Data files of each built-in set, relative to data_dir.
-DATA_FILES = {
-    "lambada": ("lambada/lambada_test.jsonl",),
-    "squad": ("squad_v1.1/dev-v1.1_part1_of_2.json", "squad_v1.1/dev-v1.1_part2_of_2.json"),
-    "xsum": ("xsum/test_1000.jsonl",),
-    "cnn_dailymail": ("cnn_dailymail/llama2_input_1000.jsonl",),
-    "samsum": ("samsum/test.jsonl",),
-    "gsm8k": ("gsm8k/test.jsonl",),
-    "mt_bench": ("mt_bench/question.jsonl",),
-}
-_CNN_PREFIX = "Article:"
-_CNN_SUFFIX = "Summarize the above article in 3 sentences."
 
 
 def task_name(name: str) -> str:
   """Name under which `register_eval_task` registers eval set `name`."""
   return f"bpdjax_eval_{name}"
-
-
-# ------------------------------------------------------------------------------ readers --
-
-
-def _read_jsonl(path: str) -> list[tuple[int, dict]]:
-  """(1-based line number, object) of each non-blank line; ValueError naming file and line."""
-  if not os.path.isfile(path):
-    raise ValueError(f"eval data file {path!r} does not exist.")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not valid JSON ({e}).") from e
-      if not isinstance(obj, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
-      rows.append((lineno, obj))
-  return rows
-
-
-def _lambada(paths):
-  records = []
-  for i, (_, obj) in enumerate(_read_jsonl(paths[0])):
-    words = obj["text"].strip().rsplit(None, 1)
-    context, target = (words[0].rstrip(), words[1]) if len(words) == 2 else ("", obj["text"])
-    records.append({"id": f"lambada-{i}", "context": context, "reference": target})
-  return records
-
-
-def _squad(paths):
-  records = []
-  for path in paths:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)["data"]
-    for article in data:
-      for paragraph in article["paragraphs"]:
-        for qa in paragraph["qas"]:
-          answers = qa.get("answers") or [{"text": ""}]
-          records.append({"id": qa["id"], "context": paragraph["context"].strip(),
-                          "question": qa["question"].strip(), "reference": answers[0]["text"]})
-  return records
-
-
-def _xsum(paths):
-  return [{"id": str(o.get("id", f"xsum-{i}")), "document": o["document"].strip(),
-           "reference": o.get("summary", "")} for i, (_, o) in enumerate(_read_jsonl(paths[0]))]
-
-
-def _cnn_dailymail(paths):
-  records = []
-  for i, (_, obj) in enumerate(_read_jsonl(paths[0])):
-    text = obj["instructions"].strip()
-    # Every prompt is 1-shot: the same demonstration (article, instruction, its 3 highlights),
-    # then "Article: <article>" and the instruction. Keep only the last article.
-    text = text[text.rfind(_CNN_PREFIX) + len(_CNN_PREFIX):] if _CNN_PREFIX in text else text
-    text = text[:-len(_CNN_SUFFIX)] if text.endswith(_CNN_SUFFIX) else text
-    records.append({"id": f"cnn_dailymail-{i}", "document": text.strip(), "reference": ""})
-  return records
-
-
-def _samsum(paths):
-  return [{"id": f"samsum-{i}", "document": o["context"].replace("\r\n", "\n").strip(),
-           "reference": o.get("response", "").replace("\r\n", "\n")}
-          for i, (_, o) in enumerate(_read_jsonl(paths[0]))]
-
-
-def _gsm8k(paths):
-  return [{"id": f"gsm8k-{i}", "question": o["question"].strip(), "reference": o["answer"]}
-          for i, (_, o) in enumerate(_read_jsonl(paths[0]))]
-
-
-def _mt_bench(paths):
-  return [{"id": f"mt_bench-{o['question_id']}", "question": o["turns"][0].strip(),
-           "reference": ""} for _, o in _read_jsonl(paths[0])]
-
-
-def read_jsonl_prompts(path: str) -> list[dict]:
-  """Records {"id", "prompt", "reference"} of a user JSONL file (see the module docstring).
-
-  ValueError naming the file (and line) for: a missing file, bad JSON, a line that is not an
-  object, a missing/non-string/empty (or whitespace-only) `prompt`, a non-string `reference`, a
-  file without any prompt.
-  """
-  records = []
-  name = os.path.basename(path)
-  for lineno, obj in _read_jsonl(path):
-    prompt = obj.get("prompt")
-    if not isinstance(prompt, str):
-      raise ValueError(f"{path}:{lineno}: needs a string field 'prompt' (got {prompt!r}).")
-    if not prompt.strip():
-      raise ValueError(f"{path}:{lineno}: the 'prompt' field is empty.")
-    reference = obj.get("reference", "")
-    if not isinstance(reference, str):
-      raise ValueError(f"{path}:{lineno}: the 'reference' field must be a string.")
-    records.append({"id": str(obj.get("id", f"{name}:{lineno}")), "prompt": prompt,
-                    "reference": reference})
-  if not records:
-    raise ValueError(f"{path}: holds no prompts.")
-  return records
-
-
-_READERS: Mapping[str, Callable[[Sequence[str]], list[dict]]] = {
-    "lambada": _lambada, "squad": _squad, "xsum": _xsum, "cnn_dailymail": _cnn_dailymail,
-    "samsum": _samsum, "gsm8k": _gsm8k, "mt_bench": _mt_bench,
-}
 
 
 # --------------------------------------------------------------------- source + task --
@@ -274,30 +142,14 @@ def register_eval_task(name: str, data_dir: str, vocab_path: str,
 
   Args:
     name: one of EVAL_TASKS.
-    data_dir: the shared data folder (config.data_dir); its files are listed in DATA_FILES.
+    data_dir: the shared data folder (config.data_dir); its files are listed in eval_sets.DATA_FILES.
     vocab_path: the SentencePiece model file.
     jsonl_path: the user's JSONL file; required for "jsonl", must be None otherwise.
 
   Raises:
     ValueError: unknown name, a missing data file (named), or a bad JSONL file (file and line).
   """
-  if name not in EVAL_TASKS:
-    raise ValueError(f"unknown eval task {name!r}; known: {', '.join(EVAL_TASKS)}.")
-  if name == "jsonl":
-    if not jsonl_path:
-      raise ValueError("eval task 'jsonl' needs jsonl_path (the user's JSONL file).")
-    records = read_jsonl_prompts(jsonl_path)
-  else:
-    if jsonl_path:
-      raise ValueError(f"jsonl_path is only used by eval task 'jsonl', not {name!r}.")
-    paths = [os.path.join(data_dir, p) for p in DATA_FILES[name]]
-    for path in paths:
-      if not os.path.isfile(path):
-        raise ValueError(f"eval data file {path!r} of task {name!r} does not exist (set "
-                         "config.data_dir).")
-    records = _READERS[name](paths)
-    if not records:
-      raise ValueError(f"eval data files {paths} of task {name!r} hold no examples.")
+  records = eval_sets.read_records(name, data_dir, jsonl_path)
   vocabulary = vocab_lib.load_vocabulary(vocab_path)
   registered = task_name(name)
   seqio.TaskRegistry.remove(registered)
@@ -305,7 +157,7 @@ def register_eval_task(name: str, data_dir: str, vocab_path: str,
       registered,
       source=RecordSource(records),
       preprocessors=[
-          functools.partial(format_prompt, template=PROMPT_FORMATS[name]),
+          functools.partial(format_prompt, template=eval_sets.PROMPT_FORMATS[name]),
           functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=True),
           drop_empty,
           truncate_left,
@@ -337,7 +189,7 @@ def load_prompts(name: str, data_dir: str, vocab_path: str, num_examples: Option
     raise ValueError(f"num_examples={num_examples} must be >= 0.")
   task = seqio.get_mixture_or_task(register_eval_task(name, data_dir, vocab_path, jsonl_path))
   # A pretrained model's tokenizer starts every text with BOS (as transformers does); the seqio
-  # view leaves it out (vocab.PretrainedVocabulary), so it is put back in front of the tail.
+  # view leaves it out (vocabulary.PretrainedVocabulary), so it is put back in front of the tail.
   vocabulary = task.output_features["inputs"].vocabulary
   bos = (vocabulary.bos_id if isinstance(vocabulary, vocab_lib.PretrainedVocabulary) else None)
   if bos is not None:

@@ -24,8 +24,6 @@ reads only its own files (wiki, when there are at least S files) or its own exam
 from __future__ import annotations
 
 import functools
-import glob
-import json
 import os
 import re
 from typing import Iterator, Mapping, Optional, Sequence
@@ -36,7 +34,8 @@ import seqio
 import tensorflow as tf
 
 from bpdjax.data import hide_accelerators
-from bpdjax.data import vocab as vocab_lib
+from bpdjax.data import token_files
+from bpdjax.data import vocabulary as vocab_lib
 
 hide_accelerators()
 
@@ -227,69 +226,6 @@ class InMemoryTextSource(_InMemorySource):
 
 # ------------------------------------------------------------------------------ token_file --
 
-TOKEN_MANIFEST = "manifest.json"
-
-
-def token_shard_files(token_dir: str, split: str) -> list[str]:
-  """The `<split>-*.npz` shards of a token folder, sorted."""
-  return sorted(glob.glob(os.path.join(glob.escape(token_dir), f"{split}-*.npz")))
-
-
-def read_token_manifest(token_dir: str) -> dict:
-  """manifest.json of a token folder ({} when there is none)."""
-  path = os.path.join(token_dir, TOKEN_MANIFEST)
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_token_shard(path: str, sequences: Sequence[np.ndarray]) -> None:
-  """Writes sequences (1-D int arrays) as one .npz shard (tokens, lengths), atomically."""
-  lengths = np.asarray([len(x) for x in sequences], np.int32)
-  tokens = (np.concatenate([np.asarray(x, np.int32) for x in sequences]) if len(sequences)
-            else np.zeros((0,), np.int32))
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, tokens=tokens, lengths=lengths)
-  os.replace(tmp, path)
-
-
-def read_token_split(token_dir: str, split: str, vocab_size: int) -> list[np.ndarray]:
-  """Every sequence of one split of a token folder, in shard order.
-
-  Raises:
-    ValueError: no such folder, no shards of the split, a malformed shard, an empty split, or
-      an id outside [0, vocab_size) (naming the file, the id and the vocabulary size).
-  """
-  if not os.path.isdir(token_dir):
-    raise ValueError(f"data.token_dir {token_dir!r} does not exist (write it with "
-                     "`python -m bpdjax.distill`).")
-  files = token_shard_files(token_dir, split)
-  if not files:
-    raise ValueError(f"data.token_dir {token_dir!r} has no {split}-*.npz shards.")
-  sequences: list[np.ndarray] = []
-  for path in files:
-    with np.load(path) as shard:
-      if "tokens" not in shard or "lengths" not in shard:
-        raise ValueError(f"token shard {path!r} lacks the arrays 'tokens' and 'lengths' "
-                         f"(has {sorted(shard.keys())}).")
-      tokens, lengths = shard["tokens"], shard["lengths"]
-    if tokens.ndim != 1 or lengths.ndim != 1 or np.any(lengths < 0) or (
-        int(lengths.sum()) != tokens.size):
-      raise ValueError(f"token shard {path!r} is malformed: {tokens.size} tokens, lengths sum "
-                       f"to {int(lengths.sum())}.")
-    if not np.issubdtype(tokens.dtype, np.integer):
-      raise ValueError(f"token shard {path!r} holds {tokens.dtype} tokens, not integer ids.")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-      bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())
-      raise ValueError(f"token shard {path!r} has token id {bad}, outside [0, {vocab_size}) "
-                       f"(model.vocab_size={vocab_size}): was it made with another model?")
-    sequences.extend(np.split(tokens.astype(np.int32), np.cumsum(lengths)[:-1]))
-  sequences = [x for x in sequences if x.size]
-  if not sequences:
-    raise ValueError(f"data.token_dir {token_dir!r}: split {split!r} holds no tokens.")
-  return sequences
-
 
 class TokenSequenceSource(_InMemorySource):
   """In-memory token-id sequences {split: [int32 [n], ...]} -> {"targets": int32 [n]}."""
@@ -309,7 +245,7 @@ def input_bos_id(config: ml_collections.ConfigDict, vocab_path: str) -> int:
   did in pretraining.
   """
   if config.data.task == "token_file":
-    bos = read_token_manifest(config.data.token_dir).get("bos_id")
+    bos = token_files.read_token_manifest(config.data.token_dir).get("bos_id")
     return 0 if bos is None else int(bos)
   if vocab_path and (os.path.isdir(vocab_path) or vocab_path.endswith(".bin")):
     bos = vocab_lib.load_vocabulary(vocab_path).bos_id
@@ -379,7 +315,7 @@ def register_task(config: ml_collections.ConfigDict, vocab_path: str) -> str:
     config: the run config (reads data.task, data.corpus_dir, data_dir, data.eval_fraction,
       data.tfds_data_dir, data.shuffle_buffer).
     vocab_path: the vocabulary (see `vocab.ensure_vocabulary`): a SentencePiece model file, or
-      a pretrained model's tokenizer (`vocab.load_vocabulary`); unused by "token_file".
+      a pretrained model's tokenizer (`vocabulary.load_vocabulary`); unused by "token_file".
 
   Raises:
     ValueError: unknown task, or a missing/empty local corpus (raised here, not at first batch).
@@ -414,11 +350,11 @@ def _register_token_task(config: ml_collections.ConfigDict) -> str:
   if not token_dir:
     raise ValueError("config.data.task='token_file' needs config.data.token_dir.")
   vocab_size = config.model.vocab_size
-  manifest = read_token_manifest(token_dir)
+  manifest = token_files.read_token_manifest(token_dir)
   if manifest.get("vocab_size") not in (None, vocab_size):
     raise ValueError(f"data.token_dir {token_dir!r} holds ids of a {manifest['vocab_size']}-id "
                      f"vocabulary (manifest.json) but model.vocab_size={vocab_size}.")
-  source = TokenSequenceSource({split: read_token_split(token_dir, split, vocab_size)
+  source = TokenSequenceSource({split: token_files.read_token_split(token_dir, split, vocab_size)
                                 for split in SPLITS})
   vocabulary = seqio.PassThroughVocabulary(size=vocab_size, eos_id=manifest.get("eos_id"))
   name = task_name(config)

@@ -18,7 +18,6 @@ document per line, runs lmplz and prints the counts, times and the ARPA's size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,11 @@ import sys
 import tempfile
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+from bpdjax import workdir as workdir_lib
+from bpdjax.data import tasks
+from bpdjax.data import token_files
+from bpdjax.data import vocabulary as vocabulary_lib
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_KENLM_BIN = os.path.join(_REPO, ".kenlm", "bin")
@@ -152,17 +156,6 @@ def arpa_counts(path: str) -> dict[int, int]:
   return counts
 
 
-def _workdir_vocab_path(workdir: str) -> str:
-  from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  find = getattr(vocab_lib, "workdir_vocab_path", None)
-  if find is not None:
-    return find(workdir)
-  path = os.path.join(workdir, vocab_lib.WORKDIR_VOCAB)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No {vocab_lib.WORKDIR_VOCAB} in workdir {workdir!r}")
-  return path
-
-
 def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
   """The training documents of a workdir's run as token ids, in corpus order (see module doc).
 
@@ -170,44 +163,14 @@ def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
     FileNotFoundError: no config.json or vocabulary in the workdir.
     ValueError: a task without local training text (c4).
   """
-  from bpdjax import checkpoints  # pylint: disable=g-import-not-at-top
-  from bpdjax.data import tasks  # pylint: disable=g-import-not-at-top
-  from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  config = checkpoints.load_config(workdir)  # Checked now, not at the first document.
+  config = workdir_lib.load_config(workdir)  # Checked now, not at the first document.
   if config.data.task == "token_file":
-    return iter(tasks.read_token_split(config.data.token_dir, "train", config.model.vocab_size))
-  vocabulary = vocab_lib.load_vocabulary(_workdir_vocab_path(workdir))
+    return iter(token_files.read_token_split(config.data.token_dir, "train", config.model.vocab_size))
+  vocabulary = vocabulary_lib.load_vocabulary(workdir_lib.vocab_path(workdir))
   if vocabulary.vocab_size != config.model.vocab_size:
     raise ValueError(f"The workdir's vocabulary has {vocabulary.vocab_size} ids, its model "
                      f"{config.model.vocab_size}")
   return (vocabulary.encode(document) for document in tasks.iter_training_documents(config))
-
-
-def arpa_vocabulary_path(arpa_path: str) -> str:
-  """Where estimate_workdir records the vocabulary an ARPA's token ids belong to."""
-  return arpa_path + ".vocab.json"
-
-
-def write_arpa_vocabulary(arpa_path: str, workdir: str) -> None:
-  from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  with open(arpa_vocabulary_path(arpa_path), "w") as f:
-    json.dump({"vocab_path": os.path.abspath(vocab_lib.workdir_vocab_path(workdir)),
-               "vocab_sha256": vocab_lib.vocab_digest(workdir)}, f, indent=2)
-
-
-def check_arpa_vocabulary(arpa_path: str, vocab_digest: str) -> None:
-  """Raises ValueError when the vocabulary recorded beside the ARPA is not the model's (sha256
-  vocab_digest). An ARPA with no record (made elsewhere) passes: then only arpa.parse_arpa's
-  checks of its token ids apply."""
-  record = arpa_vocabulary_path(arpa_path)
-  if not os.path.exists(record):
-    return
-  with open(record) as f:
-    recorded = json.load(f)
-  if recorded.get("vocab_sha256") != vocab_digest:
-    raise ValueError(f"{arpa_path} was built with another vocabulary: {record} names "
-                     f"{recorded.get('vocab_path')!r} (sha256 {recorded.get('vocab_sha256')}), "
-                     f"the model's vocabulary has sha256 {vocab_digest}")
 
 
 def estimate_workdir(workdir: str, order: int, output: str,
@@ -220,7 +183,7 @@ def estimate_workdir(workdir: str, order: int, output: str,
   Args:
     workdir: a train.py workdir (config.json and its vocabulary).
     order: n (>= 2).
-    output: the ARPA to write; its vocabulary is recorded in arpa_vocabulary_path(output).
+    output: the ARPA to write; its vocabulary is recorded in workdir.arpa_vocab_record_path(output).
     max_documents / max_tokens: stop after that many documents / tokens (the document that
       crosses max_tokens is cut), None = the whole train split.
     prune: lmplz --prune thresholds (see parse_prune), for large orders.
@@ -280,7 +243,7 @@ def estimate_workdir(workdir: str, order: int, output: str,
   finally:
     if not keep and os.path.exists(corpus_path):
       os.remove(corpus_path)
-  write_arpa_vocabulary(output, workdir)
+  workdir_lib.write_arpa_vocab_record(output, workdir)
   counts = arpa_counts(output)
   size = os.path.getsize(output)
   log(f"lmplz order {order}{' prune ' + ' '.join(map(str, prune)) if prune else ''}: "

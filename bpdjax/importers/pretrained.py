@@ -1,0 +1,59 @@
+"""Which importer reads a pretrained model: by path (`import_model`) or by a training config's
+`init` section (`import_for_config`)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import ml_collections
+
+from bpdjax import configuration
+from bpdjax.importers import llama
+from bpdjax.importers import llama2c
+
+
+def import_model(path: str, tokenizer_path: Optional[str] = None, **kwargs):
+  """A Hugging Face folder, or a llama2.c .bin with `tokenizer_path` (its tokenizer .bin).
+
+  kwargs: num_heads_bpd, head_type, head_hidden_dim, seed, dtype (see llama.import_llama).
+  Returns (TransformerConfig, params, tokenizer).
+  """
+  if os.path.isdir(path):
+    return llama.import_llama(path, **kwargs)
+  if os.path.isfile(path):
+    if not tokenizer_path:
+      raise ValueError(f"{path} is a llama2.c checkpoint: pass tokenizer_path (its tokenizer "
+                       ".bin)")
+    return llama2c.import_llama2c(path, tokenizer_path, **kwargs)
+  raise FileNotFoundError(f"Model not found: {path} (a Hugging Face folder or a llama2.c .bin)")
+
+
+def import_for_config(config: ml_collections.ConfigDict):
+  """Imports the pretrained model named by config.init (hf_model, or llama2c_bin +
+  llama2c_tokenizer) with the config's num_heads_bpd / head_type / head_hidden_dim / dtype
+  and fresh heads seeded by config.seed.
+
+  Returns:
+    (a copy of config whose model section is the import's, params (numpy float32 tree, fresh
+    heads included), tokenizer).
+  Raises:
+    ValueError if config.init names nothing; FileNotFoundError / ValueError from the import.
+  """
+  source = configuration.init_source(config)
+  m = config.model
+  kwargs = dict(num_heads_bpd=m.num_heads_bpd, head_type=m.head_type,
+                head_hidden_dim=m.head_hidden_dim, seed=config.seed, dtype=m.dtype)
+  if source == "hf":
+    cfg, params, tokenizer = llama.import_llama(config.init.hf_model, **kwargs)
+  elif source == "llama2c":
+    if not (config.init.llama2c_bin and config.init.llama2c_tokenizer):
+      raise ValueError("init.llama2c_bin and init.llama2c_tokenizer must be given together")
+    cfg, params, tokenizer = llama2c.import_llama2c(config.init.llama2c_bin,
+                                                    config.init.llama2c_tokenizer, **kwargs)
+  else:
+    raise ValueError("config.init names no pretrained model (init.hf_model or init.llama2c_bin)")
+  config = config.copy_and_resolve_references()
+  for field in dataclasses.fields(cfg):
+    config.model[field.name] = getattr(cfg, field.name)
+  return config, params, tokenizer
