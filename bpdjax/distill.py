@@ -5,7 +5,7 @@
 
 (or --llama2c_bin=... --llama2c_tokenizer=... for a llama2.c checkpoint). Every sequence starts
 from BOS (or from an opening of --openings, one text per line, used in turn) and is sampled with
-`generate.Generator(method="ar")` until EOS or --seq_len tokens. Stored per sequence: the
+`generator.Generator` with plain decoding until EOS or --seq_len tokens. Stored per sequence: the
 tokens after BOS (opening tokens, then generated ones, EOS included when sampled), at most
 --seq_len of them.
 
@@ -13,7 +13,7 @@ Output (the "token_file" data task reads it: data.task="token_file", data.token_
   train-NNNNN-of-MMMMM.npz, validation-NNNNN-of-MMMMM.npz   arrays tokens [sum n] int32 and
                                                              lengths [sequences] int32
   manifest.json   model, tokenizer, vocab_size, bos_id, eos_id, the settings, counts, timing and
-                  base_checksum (sha256 of the base parameters, `checkpoints.params_checksum`,
+                  base_checksum (sha256 of the base parameters, `params.params_checksum`,
                   the same value a train_heads_only run logs as base_checksum_imported).
 
 Split rule (deterministic, independent of the batch size): sequence i (0-based, in generation
@@ -30,7 +30,19 @@ import os
 import time
 from typing import Optional, Sequence
 
+from absl import app
+from absl import flags
+import jax
 import numpy as np
+
+from bpdjax import model as model_lib
+from bpdjax import params as params_lib
+from bpdjax.data import token_files
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
+from bpdjax.decoding import sampling
+from bpdjax.importers import llama
+from bpdjax.importers import llama2c
 
 FORMAT = "bpdjax-token-shards-v1"
 
@@ -41,17 +53,16 @@ def is_held_out(index: int, eval_fraction: float) -> bool:
 
 
 def _import(hf_model: str, llama2c_bin: str, llama2c_tokenizer: str):
-  from bpdjax import hf  # pylint: disable=g-import-not-at-top
   if bool(hf_model) == bool(llama2c_bin):
     raise ValueError("Give exactly one model: --hf_model, or --llama2c_bin with "
                      "--llama2c_tokenizer")
   if hf_model:
-    cfg, params, tok = hf.import_llama(hf_model, num_heads_bpd=1)
+    cfg, params, tok = llama.import_llama(hf_model, num_heads_bpd=1)
     return cfg, params, tok, {"model": os.path.abspath(hf_model), "model_format": "hf",
                               "tokenizer": os.path.abspath(tok.path)}
   if not llama2c_tokenizer:
     raise ValueError("--llama2c_bin needs --llama2c_tokenizer (its tokenizer .bin)")
-  cfg, params, tok = hf.import_llama2c(llama2c_bin, llama2c_tokenizer, num_heads_bpd=1)
+  cfg, params, tok = llama2c.import_llama2c(llama2c_bin, llama2c_tokenizer, num_heads_bpd=1)
   return cfg, params, tok, {"model": os.path.abspath(llama2c_bin), "model_format": "llama2c",
                             "tokenizer": os.path.abspath(llama2c_tokenizer)}
 
@@ -67,13 +78,6 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
   Returns the manifest. Raises ValueError on bad settings (before the model is loaded, except
   for checks that need it) and FileNotFoundError for a missing model file.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from bpdjax import checkpoints  # pylint: disable=g-import-not-at-top
-  from bpdjax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from bpdjax.data import tasks  # pylint: disable=g-import-not-at-top
-  from bpdjax.decoding import generate  # pylint: disable=g-import-not-at-top
-  from bpdjax.decoding import sampling  # pylint: disable=g-import-not-at-top
-
   if num_sequences < 1:
     raise ValueError(f"num_sequences must be >= 1, got {num_sequences}")
   if seq_len < 1:
@@ -82,7 +86,7 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
     raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
   if not 0.0 <= eval_fraction < 1.0:
     raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-  if os.path.exists(os.path.join(output, tasks.TOKEN_MANIFEST)) and not overwrite:
+  if os.path.exists(os.path.join(output, token_files.TOKEN_MANIFEST)) and not overwrite:
     raise ValueError(f"{output} already holds self-distillation data (manifest.json); pass "
                      f"--overwrite to replace it")
   sampling_config = sampling.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -108,8 +112,8 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
   if max(len(p) for p in prefixes) + max_new > cfg.max_len:
     raise ValueError(f"seq_len={seq_len} (+ BOS) exceeds the model's max_len={cfg.max_len}")
 
-  base_checksum = checkpoints.params_checksum(params, exclude_prefix="head_")
-  generator = generate.Generator(model_lib.Transformer(cfg), params, eos_id=tok.eos_id)
+  base_checksum = params_lib.params_checksum(params, exclude_prefix="head_")
+  generator = generator_lib.Generator(model_lib.Transformer(cfg), params, eos_id=tok.eos_id)
   prompts = [np.asarray(prefixes[i % len(prefixes)], np.int32) for i in range(num_sequences)]
   log(f"Sampling {num_sequences} sequences of up to {seq_len} tokens (T={temperature}, "
       f"top_k={top_k}, top_p={top_p}, seed={seed}, batch {batch_size}) from {source['model']}")
@@ -123,7 +127,7 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
     if done[1] % every == 0 or done[0] == num_sequences:
       log(f"  {done[0]}/{num_sequences} sequences, {time.time() - t0:.1f} s")
 
-  out, timings = generator.generate(prompts, method="ar", max_new_tokens=max_new,
+  out, timings = generator.generate(prompts, max_new_tokens=max_new,
                                     batch_size=batch_size, sampling_config=sampling_config,
                                     rng=jax.random.PRNGKey(seed), progress=progress)
   wall = time.time() - t0
@@ -145,7 +149,7 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
     files = []
     for s in range(num_shards):
       name = f"{split}-{s:05d}-of-{num_shards:05d}.npz"
-      tasks.write_token_shard(os.path.join(output, name),
+      token_files.write_token_shard(os.path.join(output, name),
                               seqs[s * shard_size:(s + 1) * shard_size])
       files.append(name)
     split_info[split] = {"files": files, "sequences": len(seqs),
@@ -154,7 +158,7 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
   generated = int(sum(len(g.tokens) for g in out))
   manifest = dict(
       format=FORMAT, **source, vocab_size=cfg.vocab_size, bos_id=tok.bos_id, eos_id=tok.eos_id,
-      base_checksum=base_checksum, method="ar", num_sequences=num_sequences, seq_len=seq_len,
+      base_checksum=base_checksum, method=methods.reference(), num_sequences=num_sequences, seq_len=seq_len,
       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
       openings=list(openings or []), eval_fraction=eval_fraction,
       split_rule="sequence i is held out iff floor((i+1)*eval_fraction) > floor(i*eval_fraction)",
@@ -165,10 +169,10 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
       decode_seconds=round(sum(t.seconds for t in timings), 2),
       generated_tokens_per_second=round(generated / max(wall, 1e-9), 1),
       device=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
-  tmp = os.path.join(output, tasks.TOKEN_MANIFEST + ".tmp")
+  tmp = os.path.join(output, token_files.TOKEN_MANIFEST + ".tmp")
   with open(tmp, "w") as f:
     json.dump(manifest, f, indent=2)
-  os.replace(tmp, os.path.join(output, tasks.TOKEN_MANIFEST))
+  os.replace(tmp, os.path.join(output, token_files.TOKEN_MANIFEST))
   log(f"Wrote {split_info['train']['sequences']} train / "
       f"{split_info['validation']['sequences']} validation sequences ({total_tokens:,} tokens, "
       f"mean length {manifest['mean_length']:.1f}, {manifest['ended_with_eos']} ended with EOS) "
@@ -179,8 +183,6 @@ def distill(output: str, num_sequences: int, seq_len: int, hf_model: str = "",
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import app  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
@@ -197,7 +199,6 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("hf_model", "", "Hugging Face Llama folder.")
   flags.DEFINE_string("llama2c_bin", "", "llama2.c checkpoint .bin (instead of --hf_model).")
   flags.DEFINE_string("llama2c_tokenizer", "", "Its tokenizer .bin.")
@@ -217,6 +218,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(main)

@@ -3,20 +3,18 @@
 Autoregressive decoding is this loop with a one-token draft; blockwise parallel decoding uses the
 heads' draft. One model call per iteration both verifies the current block and, from the heads
 at the last kept position, proposes the next one (Stern et al. 2018, combined scoring and
-proposal). The loop sees the model only through `ModelFns` and a cache pytree:
+proposal). The loop sees the model only through `protocol.ModelFns` and a cache pytree, and the drafter
+only through `protocol.Drafter`.
 
-  forward(params, tokens [B, L], positions [B, L], cache, block_mask [B, L, L] | None)
-      -> (hidden [B, L, D], cache)
-  heads(params, hidden [B, n, D], start, stop) -> logits [B, n, stop - start, V]
-
-A drafter with a `tree` (tree.py) proposes T tokens arranged as a tree instead of a chain; they
-are verified in the same one call under a tree attention mask, and the cache keeps only the
-accepted path (moved into place by cache.gather_block).
+Every drafter proposes the nodes of a static tree (a chain is a tree of one path); they are
+verified in one call, under the tree attention mask when the tree branches, and the cache keeps
+only the accepted path (moved into place by cache.gather_block when it is not the first slots).
 
 The forward writes the L tokens after each row's committed `cache.lengths` and leaves `lengths`
 alone; the loop commits the kept prefix per row, so rejected tokens are rolled back. The logits
 callback is split in two because the h vocabulary projections cost more than the layers of a
-small model: verification needs head 1 at every fed position, drafting needs all heads at one.
+small model: verification needs head 1 at every fed position, drafting needs heads
+2..drafter.last_head at one, and each is computed exactly once.
 
 Token accounting: a call that keeps n draft tokens also reveals the model's next token, so each
 call yields n tokens beyond the ones known before it, and plain decoding gets exactly 1.0
@@ -24,30 +22,18 @@ tokens per call (prefill included as a call, since it yields the first token).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
-
 import dataclasses
+from typing import Any, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from bpdjax import cache as cache_lib
-from bpdjax.decoding import drafters as drafters_lib
+from bpdjax.decoding import lattice
+from bpdjax.decoding import protocol
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
-
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFns:
-  """The model as the loop sees it (see module docstring). Hashable, so it can be static."""
-  forward: Callable[..., tuple[jax.Array, cache_lib.KVCache]]
-  heads: Callable[[Any, jax.Array, int, int], jax.Array]
-  num_heads: int
-
-  def logits(self, params, hidden, start=0, stop=None):
-    return self.heads(params, hidden, start, self.num_heads if stop is None else stop)
 
 
 @flax.struct.dataclass
@@ -68,15 +54,17 @@ class Records:
 
 @flax.struct.dataclass
 class DecodeState:
-  """Loop carry (B rows, M = max_new_tokens, L = draft length).
+  """Loop carry (B rows, M = max_new_tokens, T = tree nodes, L = its longest path).
 
   cache: the KV cache; lengths = prompt + tokens committed so far.
-  draft: [B, L] int32 the next block to verify; draft[:, 0] is the model's own next token.
+  drafter_state: the drafter's own per-row state (see protocol.Drafter.start).
+  draft: [B, T] int32 the next nodes to verify; draft[:, 0] is the model's own next token.
   tokens: [B, M + L] int32 output buffer; tokens[:, :num_tokens] are decided.
   num_tokens: [B] int32 decided tokens (the last of them is draft[:, 0], not yet in the cache).
   done: [B] bool rows that hit EOS or M tokens.
   calls: [B] int32 model calls that served each row (prefill included).
   step: [] int32 loop iterations so far.
+  rng: PRNG key of the sampling rule; records: see Records (None when not recorded).
   """
   cache: cache_lib.KVCache
   drafter_state: Any
@@ -125,7 +113,7 @@ def _record_slots(records: Records, head_logits: jax.Array, first_slot: jax.Arra
                   valid: jax.Array, k: int) -> Records:
   """Stores top-k and entropy of head_logits [B, n, h, V] at slots first_slot + j where valid."""
   b, n, h = head_logits.shape[:3]
-  topk = drafters_lib.head_topk(head_logits.reshape(b * n, h, -1), k).reshape(b, n, h, k)
+  topk = lattice.head_topk(head_logits.reshape(b * n, h, -1), k).reshape(b, n, h, k)
   idx = jnp.where(valid, first_slot[:, None] + jnp.arange(n)[None, :], records.topk.shape[1])
   rows = jnp.arange(b)[:, None]
   return records.replace(
@@ -133,144 +121,144 @@ def _record_slots(records: Records, head_logits: jax.Array, first_slot: jax.Arra
       entropy=records.entropy.at[rows, idx].set(_entropy(head_logits), mode="drop"))
 
 
-def block_size(drafter) -> int:
-  """Tokens one verify call writes into the cache: the tree's size, or the chain's length."""
-  topology = getattr(drafter, "tree", None)
-  return drafter.draft_len if topology is None else topology.size
+def block_size(drafter: protocol.Drafter) -> int:
+  """Tokens one verify call writes into the cache: the drafter's tree size."""
+  return drafter.topology.size
 
 
-def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
-           cache: cache_lib.KVCache, drafter, *, max_new_tokens: int, eos_id: Optional[int],
-           sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
-           rng: Optional[jax.Array] = None, record_topk: int = 0,
-           drafter_params: Any = None) -> DecodeResult:
-  """Decodes every row of a batch; jit-compatible (wrap it in jax.jit with static settings).
+def _last_heads(fns: protocol.ModelFns, params, hidden, logits, index, last_head: int,
+                all_heads: bool) -> jax.Array:
+  """Heads 2..last_head at node `index` [B] of a call: [B, last_head - 1, V]. Sliced from
+  `logits` [B, T, h, V] when the call computed every head (records), else computed here."""
+  if all_heads or last_head <= 1:
+    picked = jnp.take_along_axis(logits, index[:, None, None, None], axis=1)[:, 0]
+    return picked[:, 1:last_head]
+  picked = jnp.take_along_axis(hidden, index[:, None, None], axis=1)               # [B, 1, D]
+  return fns.heads(params, picked, 1, last_head)[:, 0]
 
-  Args:
-    fns: the model callbacks (see module docstring).
-    params: model parameters, passed through to the callbacks.
-    prompts: [B, P] int32, right-padded.
-    prompt_lengths: [B] int32 in [1, P]; 0 marks a filler row (batch padding), which is done
-      from the start and yields nothing.
-    cache: an empty KVCache with at least P + max_new_tokens + block_size(drafter) slots.
-    drafter: see drafters.py; draft_len 1 is plain autoregressive decoding.
-    max_new_tokens: M, tokens to generate per row (fewer if EOS comes first).
-    eos_id: token that ends a row (kept in the output), or None.
-    sampling_config: greedy (temperature 0) or the sampling distribution.
-    rng: PRNG key for sampling.
-    record_topk: K > 0 records each head's top-K and entropy at every output slot, plus drafts
-      and kept lengths per iteration, for the analyses; 0 records nothing.
-    drafter_params: weights of the drafter's own model (e.g. a rescoring LM), or None.
-  Returns:
-    DecodeResult.
-  """
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The loop's static settings (hashable): the drafter, M = max_new_tokens, the EOS id (or
+  None), greedy or the sampling distribution, and K > 0 to record the analyses (see Records)."""
+  drafter: protocol.Drafter
+  max_new_tokens: int
+  eos_id: Optional[int] = None
+  sampling_config: sampling.SamplingConfig = sampling.SamplingConfig()
+  record_topk: int = 0
+
+
+def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
+          cache: cache_lib.KVCache, drafter_params: Any, settings: Settings,
+          rng: Optional[jax.Array] = None) -> DecodeState:
+  """Prefill: the prompts [B, P] (lengths [B]; 0 marks a filler row) through the model, the
+  first token and the first draft. Returns the loop carry before the first iteration."""
   b, p = prompts.shape
-  topology = getattr(drafter, "tree", None)
-  l = drafter.draft_len                       # Longest path a call can keep.
-  if topology is not None:
-    if not sampling_config.greedy:
-      raise ValueError("Tree drafts are verified greedily only; use temperature 0")
-    if topology.max_depth + 1 != l:
-      raise ValueError(f"Drafter tree depth {topology.max_depth + 1} != draft_len {l}")
-    tree_depth = jnp.asarray(topology.depth)
-    tree_mask = jnp.asarray(topology.ancestor_mask)
-  primary = topology.primary if topology is not None else tuple(range(l))
-  m = max_new_tokens
+  drafter, m = settings.drafter, settings.max_new_tokens
+  topology = drafter.topology
+  l = topology.path_len                      # Longest path a call can keep.
+  h = fns.num_heads
+  last_head = drafter.last_head
+  if not 1 <= last_head <= h:
+    raise ValueError(f"The drafter reads heads 2..{last_head}; the model has {h}")
   if cache.max_len < p + m + block_size(drafter):
     raise ValueError(f"Cache of {cache.max_len} slots is too small: prompts of {p} + "
                      f"{m} new tokens + a block of {block_size(drafter)} need "
                      f"{p + m + block_size(drafter)}")
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  h = fns.num_heads
-  # Drafters that ignore the heads (plain decoding) get head 1 only, like a plain LM.
-  draft_heads = h if drafter.uses_heads else 1
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
   hidden, cache = fns.forward(params, prompts, positions, cache)
   cache = cache_lib.set_lengths(cache, prompt_lengths)
   filler = prompt_lengths == 0
   last_hidden = jnp.take_along_axis(
       hidden, jnp.maximum(prompt_lengths - 1, 0)[:, None, None], axis=1)        # [B, 1, D]
-  last = fns.logits(params, last_hidden, 0, max(draft_heads, h if record_topk else 1))[:, 0]
+  last = fns.heads(params, last_hidden, 0, h if settings.record_topk else last_head)[:, 0]
   rng, sub = jax.random.split(rng)
-  first = _first_token(last[:, 0], sampling_config, sub)                         # [B]
-  drafter_state = drafter.start(drafter_params, prompts, prompt_lengths)
-  draft, drafter_state = drafter.propose(drafter_state, last[:, :draft_heads], first)
-
+  first = _first_token(last[:, 0], settings.sampling_config, sub)                # [B]
+  drafter_state = drafter.start(drafter_params, prompts, prompt_lengths, cache.max_len)
+  draft, drafter_state = drafter.propose(drafter_params, drafter_state, last[:, 1:last_head],
+                                         first)
   records = None
-  if record_topk:
+  if settings.record_topk:
     records = Records(kept=jnp.zeros((m, b), jnp.int32),
-                      drafts=jnp.zeros((m, b, len(primary)), jnp.int32),
-                      topk=jnp.zeros((b, m + l, h, record_topk), jnp.int32),
+                      drafts=jnp.zeros((m, b, len(topology.primary)), jnp.int32),
+                      topk=jnp.zeros((b, m + l, h, settings.record_topk), jnp.int32),
                       entropy=jnp.zeros((b, m + l, h), jnp.float32))
     records = _record_slots(records, last[:, None], jnp.zeros((b,), jnp.int32),
-                            jnp.ones((b, 1), bool), record_topk)
+                            jnp.ones((b, 1), bool), settings.record_topk)
   done = filler | (m <= 1)
-  if eos_id is not None:
-    done |= first == eos_id
-  state = DecodeState(
+  if settings.eos_id is not None:
+    done |= first == settings.eos_id
+  return DecodeState(
       cache=cache, drafter_state=drafter_state, draft=draft,
       tokens=jnp.zeros((b, m + l), jnp.int32).at[:, 0].set(first),
       num_tokens=jnp.where(filler, 0, 1), done=done, calls=jnp.where(filler, 0, 1),
       step=jnp.zeros((), jnp.int32), rng=rng, records=records)
 
-  def cond(state: DecodeState):
-    return jnp.any(~state.done) & (state.step < m)
 
-  def body(state: DecodeState) -> DecodeState:
-    active = ~state.done
-    rng, sub = jax.random.split(state.rng)
-    if topology is None:
-      positions = state.cache.lengths[:, None] + jnp.arange(l, dtype=jnp.int32)[None, :]
-      hidden, cache = fns.forward(params, state.draft, positions, state.cache)   # [B, L, D]
-    else:
-      positions = state.cache.lengths[:, None] + tree_depth[None, :]
-      hidden, cache = fns.forward(params, state.draft, positions, state.cache,
-                                  jnp.broadcast_to(tree_mask, (b,) + tree_mask.shape))
-    # With records every head is needed at every position; otherwise head 1 only.
-    logits = fns.logits(params, hidden, 0, h if record_topk else 1)              # [B, T, h|1, V]
-    if topology is None:
-      num_kept, next_token = verify.accept(state.draft, logits[:, :, 0], sampling_config, sub)
-      path = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-      path_tokens = state.draft
-    else:
-      num_kept, next_token, path = verify.accept_tree(state.draft, logits[:, :, 0], topology)
-      path_tokens = jnp.take_along_axis(state.draft, path, axis=1)               # [B, L]
-      cache = cache_lib.gather_block(cache, path)
-      hidden = jnp.take_along_axis(hidden, path[:, :, None], axis=1)
-      logits = jnp.take_along_axis(logits, path[:, :, None, None], axis=1)
-    num_kept = jnp.where(active, num_kept, 0)
-    j = jnp.arange(l + 1)[None, :]
-    # The kept block followed by the model's next token: tokens[num_tokens - 1 + j], j <= kept.
-    appended = jnp.where(j < num_kept[:, None], jnp.pad(path_tokens, ((0, 0), (0, 1))),
-                         next_token[:, None])
-    valid = (j <= num_kept[:, None]) & active[:, None]
-    tokens = _write_rows(state.tokens, state.num_tokens - 1, appended, valid)
-    num_tokens = state.num_tokens + num_kept
-    done = state.done | (num_tokens >= m)
-    if eos_id is not None:
-      done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
-    cache = cache_lib.commit(cache, num_kept)
-    drafter_state = drafter.commit(state.drafter_state, appended, num_kept)
-    last_index = jnp.maximum(num_kept - 1, 0)
-    if record_topk or draft_heads == 1:
-      last = jnp.take_along_axis(logits, last_index[:, None, None, None], axis=1)[:, 0]
-    else:
-      last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)
-      last = fns.logits(params, last_hidden, 0, draft_heads)[:, 0]               # [B, h, V]
-    draft, drafter_state = drafter.propose(drafter_state, last[:, :draft_heads], next_token)
-    draft = jnp.where(active[:, None], draft, state.draft)
-    records = state.records
-    if records is not None:
-      records = records.replace(kept=records.kept.at[state.step].set(num_kept),
-                                drafts=records.drafts.at[state.step].set(
-                                    state.draft[:, jnp.asarray(primary)]))
-      records = _record_slots(records, logits, state.num_tokens,
-                              jnp.arange(l)[None, :] < num_kept[:, None], record_topk)
-    return state.replace(cache=cache, drafter_state=drafter_state, draft=draft, tokens=tokens,
-                         num_tokens=num_tokens, done=done, calls=state.calls + active,
-                         step=state.step + 1, rng=rng, records=records)
+def running(state: DecodeState, settings: Settings) -> jax.Array:
+  """[] bool: some row still decodes (and the iteration bound M is not reached)."""
+  return jnp.any(~state.done) & (state.step < settings.max_new_tokens)
 
-  state = jax.lax.while_loop(cond, body, state)
+
+def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params: Any,
+         settings: Settings) -> DecodeState:
+  """One iteration: verify the draft in one model call, keep the accepted path and the model's
+  next token, commit them, and propose the next draft. Finished rows are left unchanged."""
+  drafter, m, eos_id = settings.drafter, settings.max_new_tokens, settings.eos_id
+  topology = drafter.topology
+  l = topology.path_len
+  h = fns.num_heads
+  record_topk = settings.record_topk
+  b = state.draft.shape[0]
+  active = ~state.done
+  rng, sub = jax.random.split(state.rng)
+  positions = state.cache.lengths[:, None] + jnp.asarray(topology.depth)[None, :]
+  tree_mask = None
+  if not topology.is_chain:
+    tree_mask = jnp.broadcast_to(jnp.asarray(topology.ancestor_mask), (b,) + (topology.size,) * 2)
+  hidden, cache = fns.forward(params, state.draft, positions, state.cache, tree_mask)
+  # With records every head is needed at every node; otherwise head 1 only.
+  logits = fns.heads(params, hidden, 0, h if record_topk else 1)                 # [B, T, h|1, V]
+  num_kept, next_token, path = verify.accept(topology, state.draft, logits[:, :, 0],
+                                             settings.sampling_config, sub)
+  path_tokens = jnp.take_along_axis(state.draft, path, axis=1)                   # [B, L]
+  if not topology.is_chain:  # Move the kept path into the first slots of the block.
+    cache = cache_lib.gather_block(cache, path)
+    hidden = jnp.take_along_axis(hidden, path[:, :, None], axis=1)
+    logits = jnp.take_along_axis(logits, path[:, :, None, None], axis=1)
+  num_kept = jnp.where(active, num_kept, 0)
+  j = jnp.arange(l + 1)[None, :]
+  # The kept path followed by the model's next token: tokens[num_tokens - 1 + j], j <= kept.
+  appended = jnp.where(j < num_kept[:, None], jnp.pad(path_tokens, ((0, 0), (0, 1))),
+                       next_token[:, None])
+  valid = (j <= num_kept[:, None]) & active[:, None]
+  tokens = _write_rows(state.tokens, state.num_tokens - 1, appended, valid)
+  num_tokens = state.num_tokens + num_kept
+  done = state.done | (num_tokens >= m)
+  if eos_id is not None:
+    done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
+  cache = cache_lib.commit(cache, num_kept)
+  drafter_state = drafter.commit(drafter_params, state.drafter_state, appended, num_kept)
+  heads = _last_heads(fns, params, hidden, logits, jnp.maximum(num_kept - 1, 0),
+                      drafter.last_head, bool(record_topk))
+  draft, drafter_state = drafter.propose(drafter_params, drafter_state, heads, next_token)
+  draft = jnp.where(active[:, None], draft, state.draft)
+  records = state.records
+  if records is not None:
+    primary = jnp.asarray(topology.primary)
+    records = records.replace(kept=records.kept.at[state.step].set(num_kept),
+                              drafts=records.drafts.at[state.step].set(state.draft[:, primary]))
+    records = _record_slots(records, logits, state.num_tokens,
+                            jnp.arange(l)[None, :] < num_kept[:, None], record_topk)
+  return state.replace(cache=cache, drafter_state=drafter_state, draft=draft, tokens=tokens,
+                       num_tokens=num_tokens, done=done, calls=state.calls + active,
+                       step=state.step + 1, rng=rng, records=records)
+
+
+def finish(state: DecodeState, settings: Settings) -> DecodeResult:
+  """The outputs: each row's tokens up to M, or through its first EOS."""
+  m, eos_id = settings.max_new_tokens, settings.eos_id
   lengths = jnp.minimum(state.num_tokens, m)
   out = state.tokens[:, :m]
   if eos_id is not None:
@@ -282,23 +270,37 @@ def decode(fns: ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.A
                       records=state.records)
 
 
-@dataclasses.dataclass(frozen=True)
-class _TransformerFns:
-  model: Any
+def decode(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
+           cache: cache_lib.KVCache, drafter: protocol.Drafter, drafter_params: Any = None, *,
+           max_new_tokens: int, eos_id: Optional[int],
+           sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
+           rng: Optional[jax.Array] = None, record_topk: int = 0) -> DecodeResult:
+  """Decodes every row of a batch: start, then step under lax.while_loop, then finish;
+  jit-compatible (wrap it in jax.jit with static settings).
 
-  def forward(self, params, tokens, positions, cache, block_mask=None):
-    return self.model.apply({"params": params}, tokens, positions, cache=cache,
-                            block_mask=block_mask, method=self.model.hidden_states)
-
-  def heads(self, params, hidden, start, stop):
-    return self.model.apply({"params": params}, hidden, start, stop,
-                            method=self.model.head_logits)
-
-
-def model_fns(model) -> ModelFns:
-  """The callbacks for a bpdjax Transformer (flax module); equal models give equal ModelFns."""
-  fns = _TransformerFns(model)
-  return ModelFns(forward=fns.forward, heads=fns.heads, num_heads=model.config.num_heads_bpd)
+  Args:
+    fns: the model callbacks (protocol.ModelFns).
+    params: model parameters, passed through to the callbacks.
+    prompts: [B, P] int32, right-padded.
+    prompt_lengths: [B] int32 in [1, P]; 0 marks a filler row (batch padding), which is done
+      from the start and yields nothing.
+    cache: an empty KVCache with at least P + max_new_tokens + block_size(drafter) slots.
+    drafter: a protocol.Drafter; a chain of one token is plain autoregressive decoding.
+    drafter_params: the drafter's own weights (e.g. a rescoring LM), passed to its methods.
+    max_new_tokens: M, tokens to generate per row (fewer if EOS comes first).
+    eos_id: token that ends a row (kept in the output), or None.
+    sampling_config: greedy (temperature 0) or the sampling distribution.
+    rng: PRNG key for sampling.
+    record_topk: K > 0 records each head's top-K and entropy at every output slot, plus drafts
+      and kept lengths per iteration, for the analyses; 0 records nothing.
+  Returns:
+    DecodeResult.
+  """
+  settings = Settings(drafter, max_new_tokens, eos_id, sampling_config, record_topk)
+  state = start(fns, params, prompts, prompt_lengths, cache, drafter_params, settings, rng)
+  state = jax.lax.while_loop(lambda s: running(s, settings),
+                             lambda s: step(fns, params, s, drafter_params, settings), state)
+  return finish(state, settings)
 
 
 def decode_with_new_cache(fns, params, prompts, prompt_lengths, rng, drafter_params=None, *,
@@ -306,9 +308,9 @@ def decode_with_new_cache(fns, params, prompts, prompt_lengths, rng, drafter_par
                           cache_len, cache_init):
   """decode() with the cache allocated inside (cache_init(batch, cache_len)), for jit."""
   cache = cache_init(prompts.shape[0], cache_len)
-  return decode(fns, params, prompts, prompt_lengths, cache, drafter,
+  return decode(fns, params, prompts, prompt_lengths, cache, drafter, drafter_params,
                 max_new_tokens=max_new_tokens, eos_id=eos_id, sampling_config=sampling_config,
-                rng=rng, record_topk=record_topk, drafter_params=drafter_params)
+                rng=rng, record_topk=record_topk)
 
 
 jit_decode = jax.jit(decode_with_new_cache, static_argnames=(

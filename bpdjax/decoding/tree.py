@@ -44,6 +44,16 @@ class Tree:
   def max_depth(self) -> int:
     return int(self.depth.max())
 
+  @property
+  def path_len(self) -> int:
+    """Tokens of the longest root path: the most a call can keep (the draft length)."""
+    return self.max_depth + 1
+
+  @property
+  def is_chain(self) -> bool:
+    """One root path (node v's parent is v - 1): verified with the causal mask, no gather."""
+    return all(p == v - 1 for v, p in enumerate(self.parents))
+
   @functools.cached_property
   def ancestor_mask(self) -> np.ndarray:
     """[T, T] bool: mask[v, u] when u is v or an ancestor of v (what v attends to)."""
@@ -66,9 +76,19 @@ class Tree:
     return table
 
 
+@functools.lru_cache(maxsize=None)
+def chain(length: int) -> Tree:
+  """One chain of `length` >= 1 tokens (a block draft; length 1 is plain decoding)."""
+  if length < 1:
+    raise ValueError(f"A chain needs at least one token, got length {length}")
+  return Tree(parents=tuple(range(-1, length - 1)), primary=tuple(range(length)))
+
+
 def chains(num_chains: int, length: int) -> Tree:
   """p chains of `length` tokens sharing the root: node 1 + c*(length-1) + j is chain c's
   token j+1. Chain 0 is the primary draft."""
+  if length < 2:
+    return chain(1)
   parents = [-1]
   for c in range(num_chains):
     start = 1 + c * (length - 1)

@@ -1,4 +1,6 @@
-"""Acceptance rules: how many tokens of a verified block to keep, and the token that follows.
+"""Acceptance rules: which root path of a verified tree to keep, and the token that follows.
+
+`accept` is the loop's one entry point, for any topology (a chain is a tree of one path).
 
 A block d[0..L-1] was fed to the model; d[0] is already the model's own token. `logits[:, j]` is
 the model's next-token prediction after d[0..j]. Draft token d[j+1] is checked against it.
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpdjax.decoding import sampling
+from bpdjax.decoding import tree as tree_lib
 
 
 def _leading_true(matches: jax.Array) -> jax.Array:
@@ -25,9 +28,33 @@ def _leading_true(matches: jax.Array) -> jax.Array:
   return jnp.sum(jnp.cumprod(matches.astype(jnp.int32), axis=1), axis=1)
 
 
-def accept(draft: jax.Array, logits: jax.Array, config: sampling.SamplingConfig,
-           rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Applies the acceptance rule.
+def accept(topology: tree_lib.Tree, nodes: jax.Array, logits: jax.Array,
+           config: sampling.SamplingConfig, rng: jax.Array
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The acceptance rule of a verified tree.
+
+  Args:
+    topology: the static tree (tree.Tree) the nodes were fed as.
+    nodes: [B, T] int32 node tokens (node 0 already decided).
+    logits: [B, T, V] the model's next-token logits (head 1) after each node.
+    config: greedy when temperature == 0, else the sampling distribution.
+    rng: PRNG key (unused when greedy).
+  Returns:
+    (num_kept [B] in [1, D + 1], next_token [B], path [B, D + 1] node indices of the kept root
+    path, root first, padded by repeating its last node).
+  """
+  if topology.is_chain:
+    num_kept, next_token = accept_chain(nodes, logits, config, rng)
+    path = jnp.broadcast_to(jnp.arange(topology.size, dtype=jnp.int32), nodes.shape)
+    return num_kept, next_token, path
+  if not config.greedy:
+    raise ValueError("Tree drafts are verified greedily only; use temperature 0")
+  return accept_tree(nodes, logits, topology)
+
+
+def accept_chain(draft: jax.Array, logits: jax.Array, config: sampling.SamplingConfig,
+                 rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Applies the acceptance rule to a chain.
 
   Args:
     draft: [B, L] int32 tokens fed to the model (draft[:, 0] already decided).
