@@ -1,73 +1,52 @@
-"""AR vs BPD decoding speed, side by side in one process, at batch 1 and batch 8.
+"""Decoding speed of several methods side by side in one process, at each batch size.
 
-  python benchmarks/decode_speed.py --workdir=workdirs/small
+  python benchmarks/decode_speed.py --workdir=workdirs/small [--methods=ar,bpd] \
+      [--batch_sizes=1,8] [--rounds=3] [--config.options.pbest_0gram.p=8 ...]
 
-Both methods run the same prompts through the same jitted loop (compiled before timing); the
-rounds alternate methods so that machine noise hits both. Prints tokens/s, block efficiency and
-the wall-clock ratio, and checks BPD's speedup against 0.8 x its block efficiency at batch 1.
+Every method decodes the same prompts (the first --num_examples of --tasks' first task, default
+16 lambada prompts, 128 new tokens) through the same jitted loop, compiled before timing; the
+rounds alternate methods so that machine noise hits all of them. Prints tokens/s (median of the
+rounds), block efficiency, the ratio to the first method and whether outputs are identical.
+Method knobs come from the decode configuration (configs/decode.py).
 """
-import os
-import statistics
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
+from bpdjax import api
+from bpdjax.decoding import generator as generator_lib
 
-from bpdjax import api  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bpdjax.data import eval_tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bpdjax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from bpdjax.decoding import generate  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/small", "Trained workdir.")
-_TASK = flags.DEFINE_string("task", "lambada", "Evaluation task whose prompts are decoded.")
-_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 16, "Prompts per round.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens generated per prompt.")
+_CONFIG = common.define_config(methods="ar,bpd", num_examples=16, max_new_tokens=128,
+                               record_topk=0)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per method (median reported).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
 
 
-def measure(generator, prompts, method, batch_size, max_new_tokens):
-  generations, timings = generator.generate(prompts, method, max_new_tokens, batch_size)
-  tokens = sum(len(g.tokens) for g in generations)
-  calls = sum(g.calls for g in generations)
-  return tokens / sum(t.seconds for t in timings), tokens / calls, generations
-
-
 def main(argv):
   del argv
-  loaded = api.load(_WORKDIR.value)
+  s = common.settings(_CONFIG.value)
+  loaded = api.load(s.workdir)
   config = loaded.model.config
-  examples = eval_tasks.load_prompts(
-      _TASK.value, loaded.config.data_dir, vocab_lib.workdir_vocab_path(_WORKDIR.value),
-      _NUM_PROMPTS.value, max_prompt_tokens=config.max_len - _MAX_NEW.value)
-  prompts = [e["prompt_tokens"] for e in examples]
-  generator = generate.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
-  print(f"workdir {_WORKDIR.value} (step {loaded.step}), h={config.num_heads_bpd}, "
-        f"{len(prompts)} {_TASK.value} prompts, max_new_tokens={_MAX_NEW.value}")
+  prompts = common.prompts(s, loaded, s.tasks[0])
+  built = common.build_methods(s, loaded)
+  generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
+  width = generator_lib.bucket_width(max(len(p) for p in prompts), config.max_len,
+                                     s.max_new_tokens)
+  print(f"workdir {s.workdir} (step {loaded.step}), h={config.num_heads_bpd}, {len(prompts)} "
+        f"{s.tasks[0]} prompts, max_new_tokens={s.max_new_tokens}, methods {list(built)}")
   for batch_size in map(int, _BATCHES.value):
-    for method in ("ar", "bpd"):   # Compile (and warm up) outside the timed rounds.
-      measure(generator, prompts[:batch_size], method, batch_size, _MAX_NEW.value)
-    speed = {"ar": [], "bpd": []}
-    outputs = {}
-    for _ in range(_ROUNDS.value):
-      for method in ("ar", "bpd"):
-        tps, be, gens = measure(generator, prompts, method, batch_size, _MAX_NEW.value)
-        speed[method].append(tps)
-        outputs[method] = gens
-        if method == "bpd":
-          bpd_be = be
-    identical = all((a.tokens == b.tokens).all() and len(a.tokens) == len(b.tokens)
-                    for a, b in zip(outputs["ar"], outputs["bpd"]))
-    ar, bpd = statistics.median(speed["ar"]), statistics.median(speed["bpd"])
-    ratio = bpd / ar
-    print(f"batch {batch_size}: AR {ar:8.1f} tok/s | BPD {bpd:8.1f} tok/s | speedup {ratio:.2f}x "
-          f"| BPD block efficiency {bpd_be:.3f} | speedup / BE {ratio / bpd_be:.2f} "
-          f"| identical outputs {identical}")
-    if batch_size == 1:
-      print(f"  target speedup >= 0.8 x BE = {0.8 * bpd_be:.2f}: "
-            f"{'met' if ratio >= 0.8 * bpd_be else 'NOT met'}")
+    def measure(name, batch_size=batch_size):
+      b = built[name]
+      return generator.generate(prompts, b.drafter, b.params, s.max_new_tokens, batch_size,
+                                prompt_width=width)
+    results = common.alternating_rounds(list(built), measure, _ROUNDS.value)
+    first = s.methods[0]
+    base_tps, _, base_gens = results[first]
+    for name, (tps, entry, gens) in results.items():
+      identical = all(len(a.tokens) == len(b.tokens) and (a.tokens == b.tokens).all()
+                      for a, b in zip(base_gens, gens))
+      print(f"batch {batch_size}: {name:12s} {tps:8.1f} tok/s | {tps / base_tps:5.2f}x {first} | "
+            f"BE {entry['block_efficiency']:.3f} | identical to {first} {identical}")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax import api
+from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
-from bpdjax.data import vocab as vocab_lib
-from bpdjax.decoding import drafters
+from bpdjax.decoding import lattice
 from bpdjax.ngram import arpa
 from bpdjax.ngram import dp
-from tests.test_ngram import brute_force, run_dp
+from bpdjax.ngram import tables as ngram_tables
+from bpdjax.ngram.reference import brute_force
 
 
 def main():
@@ -42,10 +43,10 @@ def main():
   m = api.load(args.workdir)
   h = m.model.config.num_heads_bpd
   examples = eval_tasks.load_prompts(args.task, m.config.data_dir,
-                                     vocab_lib.workdir_vocab_path(args.workdir), args.prompts,
+                                     workdir_lib.vocab_path(args.workdir), args.prompts,
                                      max_prompt_tokens=64, seed=1)
   lm = arpa.parse_arpa(args.arpa, m.model.config.vocab_size)
-  tables = dp.build_tables(lm)
+  tables = ngram_tables.build_tables(lm)
   same = total = changed = 0
   for e in examples:
     tokens = np.asarray(e["prompt_tokens"], np.int32)[None]
@@ -54,14 +55,14 @@ def main():
     for cut in (tokens.shape[1] - 1, tokens.shape[1] - 5):
       head = logits[:, cut]                                                     # [1, h, V]
       root = int(jnp.argmax(head[0, 0]))
-      ids, logp = jax.device_get(drafters.head_lattice(head, h, args.k))
+      ids, logp = jax.device_get(lattice.head_lattice(head[:, 1:], args.k))
       lat_ids = np.concatenate([np.full((1, args.k), root, np.int32), ids[0]], 0)
       lat_lp = np.concatenate([np.full((1, args.k), -np.inf, np.float32), logp[0]], 0)
       lat_lp[0, 0] = 0.0
       history = [int(x) for x in tokens[0, :cut + 1]][-(lm.order - 1):]
       for alpha in (0.25, 0.5):
         ref = brute_force(lm, lat_ids, lat_lp, history, alpha)
-        paths, _ = run_dp(lm, lat_ids, lat_lp, history, alpha, args.p, tables)
+        paths, _ = dp.best_paths(tables, lat_ids, lat_lp, history, alpha, args.p)
         got = [tuple(x.tolist()) for x in paths]
         same += got == [r[2] for r in ref[:args.p]]
         total += 1

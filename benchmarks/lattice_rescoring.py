@@ -122,7 +122,8 @@ def main():
     _run_loaded(args, backends)
     return
 
-  from bpdjax.ngram import arpa, dp, estimate  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import arpa, estimate  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import tables as ngram_tables  # pylint: disable=g-import-not-at-top
 
   tmp = args.workdir or tempfile.mkdtemp(prefix="lattice_bench_")
   os.makedirs(tmp, exist_ok=True)
@@ -140,7 +141,7 @@ def main():
   t2 = time.time()
   rescorer = _wfst_rescorer(model, args.alpha, backends)
   t3 = time.time()
-  tables = dp.build_tables(model)
+  tables = ngram_tables.build_tables(model)
   t4 = time.time()
   counts = np.bincount(np.concatenate([np.asarray(x) for x in train]), minlength=vocab) + 1.0
   rng = np.random.default_rng(0)
@@ -165,13 +166,14 @@ def main():
 def _run_loaded(args, backends):
   """Times the saved lattices of --load_lattices; checks the DP's p-best paths against the saved
   ones (exact float ties may order differently on another backend: counted, not asserted)."""
-  from bpdjax.ngram import arpa, dp  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import arpa  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import tables as ngram_tables  # pylint: disable=g-import-not-at-top
   saved = np.load(args.load_lattices)
   ids, logp, hist = saved["ids"], saved["logp"], saved["hist"]
   args.lattices, args.h, args.k = ids.shape
   args.alpha, args.p, args.order = float(saved["alpha"]), int(saved["p"]), hist.shape[1] + 1
   model = arpa.parse_arpa(args.arpa or str(saved["arpa"]), int(saved["vocab"]))
-  tables = dp.build_tables(model)
+  tables = ngram_tables.build_tables(model)
   rescorer = _wfst_rescorer(model, args.alpha, backends)
   rows, _, dp_paths = _time_backends(args, backends, tables, rescorer, ids, logp, hist)
   _print_rows(args, rows)

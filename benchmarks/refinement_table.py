@@ -5,7 +5,7 @@
       --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa --output=out/refinement
 
 Protocol (Kim et al. 2024, section 5): per task, the evaluation examples are a seeded random
-permutation of the set; the first --num_tune examples tune alpha over --alphas for every
+permutation of the set (--permutation_seed); the first --num_tune examples tune alpha over --alphas for every
 (method, rescorer) pair by block efficiency (ties go to the smaller alpha), and the next
 --num_report examples are decoded with the tuned alpha and reported. Rows: bpd,
 local:<rescorer>, ngram:<order>, pbest_0gram, pbest_ngram:<order> (p = --p drafts), and the
@@ -17,27 +17,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
 from bpdjax import api
+from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
-from bpdjax.data import vocab as vocab_lib
-from bpdjax.decoding import evaluate
-from bpdjax.decoding import generate
-from bpdjax.decoding import report as report_lib
-from bpdjax.decoding import rescoring
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
+from bpdjax.decoding import resources
+from bpdjax.eval import metrics
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/small", "Trained BPD workdir.")
-_TASKS = flags.DEFINE_list("tasks", ["lambada", "squad", "xsum", "cnn_dailymail", "samsum"],
-                           "Evaluation tasks.")
+# Knobs k and p of the rows, batch size and data folder come from the decode configuration:
+# --k, --p, --data_dir, --config.options.<method>.<knob>.
+_CONFIG = common.define_config(workdir="workdirs/small", output="out/refinement",
+                               tasks="lambada,squad,xsum,cnn_dailymail,samsum",
+                               max_new_tokens=64)
 _RESCORERS = flags.DEFINE_list("rescorers", [], "name=workdir of rescoring LMs (method local).")
 _NGRAMS = flags.DEFINE_list("ngrams", [], "order=arpa_path of n-gram LMs (ngram methods).")
 _PBEST_NGRAM = flags.DEFINE_string("pbest_ngram_order", "",
@@ -45,24 +44,18 @@ _PBEST_NGRAM = flags.DEFINE_string("pbest_ngram_order", "",
 _ALPHAS = flags.DEFINE_list("alphas", ["0.25", "0.5", "0.75", "0.9"], "Alpha grid to tune.")
 _NUM_TUNE = flags.DEFINE_integer("num_tune", 100, "Examples per task that tune alpha.")
 _NUM_REPORT = flags.DEFINE_integer("num_report", 100, "Examples per task that are reported.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens generated per example.")
 _TUNE_MAX_NEW = flags.DEFINE_integer("tune_max_new_tokens", 0,
                                      "Tokens per tuning example (0: --max_new_tokens).")
 _MAX_PROMPT = flags.DEFINE_integer("max_prompt_tokens", 192, "Prompts keep their last N tokens.")
-_K = flags.DEFINE_integer("k", 16, "Candidates per head.")
-_P = flags.DEFINE_integer("p", 16, "Drafts verified per call (p-best methods).")
-_SEED = flags.DEFINE_integer("seed", 0, "Permutation seed of the examples.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Evaluation data (default: the run's data_dir).")
-_OUTPUT = flags.DEFINE_string("output", "out/refinement", "Output directory.")
+_SEED = flags.DEFINE_integer("permutation_seed", 0, "Permutation seed of the examples.")
 
 
 @dataclasses.dataclass
 class Row:
-  """One table row: `method` of generate.METHODS on its own Generator; tuned when alpha-based."""
+  """One table row: registered `method` with its resources; alpha tuned when `tuned`."""
   label: str
   method: str
-  rescorer: object = None     # (model, params) for local.
-  ngram: object = None        # dp.NgramTables for ngram / pbest_ngram.
+  res: resources.Resources = dataclasses.field(default_factory=resources.Resources)
   tuned: bool = False
 
 
@@ -77,25 +70,29 @@ def _pairs(values):
 
 
 class Runner:
-  """Keeps one Generator per (row, alpha) so each compiles once for every task."""
+  """One Generator; one drafter per (row, alpha), built once and kept (compiled once)."""
 
-  def __init__(self, loaded):
+  def __init__(self, loaded, config):
     self.loaded = loaded
-    self.generators = {}
+    self.config = config
+    self.generator = generator_lib.Generator(loaded.model, loaded.params,
+                                             eos_id=loaded.vocab.eos_id)
+    self.built = {}
 
-  def generator(self, row: Row, alpha: float) -> generate.Generator:
+  def drafter(self, row: Row, alpha: float):
     key = (row.label, alpha)
-    if key not in self.generators:
-      self.generators[key] = generate.Generator(
-          self.loaded.model, self.loaded.params, eos_id=self.loaded.vocab.eos_id,
-          options=generate.MethodOptions(k=_K.value, p=_P.value, alpha=alpha),
-          rescorer=row.rescorer, ngram=row.ngram)
-    return self.generators[key]
+    if key not in self.built:
+      options = methods.make_options(row.method, **self.config.options[row.method])
+      if "alpha" in methods.knobs(row.method):
+        options = dataclasses.replace(options, alpha=alpha)
+      self.built[key] = methods.build(row.method, self.loaded.model.config, row.res,
+                                      options=options)
+    return self.built[key]
 
   def run(self, row, alpha, prompts, max_new, record_topk=0):
-    gen = self.generator(row, alpha)
-    return gen.generate(prompts, row.method, max_new, 1, record_topk=record_topk,
-                        prompt_width=_MAX_PROMPT.value)
+    b = self.drafter(row, alpha)
+    return self.generator.generate(prompts, b.drafter, b.params, max_new, 1,
+                                   record_topk=record_topk, prompt_width=_MAX_PROMPT.value)
 
 
 def _be(generations) -> float:
@@ -105,37 +102,42 @@ def _be(generations) -> float:
 def main(argv):
   del argv
   t_start = time.time()
-  loaded = api.load(_WORKDIR.value)
+  settings = common.settings(_CONFIG.value)
+  workdir, max_new = settings.workdir, settings.max_new_tokens
+  loaded = api.load(workdir)
   config = loaded.model.config
   h = config.num_heads_bpd
-  rows = [Row("bpd", "bpd")]
+  rows = [Row(methods.vanilla(), methods.vanilla())]
   for name, path in _pairs(_RESCORERS.value):
-    rows.append(Row(f"local:{name}", "local",
-                    rescorer=evaluate.load_rescorer(path, _WORKDIR.value), tuned=True))
+    res = resources.Resources(rescorer=resources.load_rescorer(path, workdir))
+    rows.append(Row(f"local:{name}", "local", res=res, tuned=True))
   ngrams = {}
   for order, path in _pairs(_NGRAMS.value):
-    tables = rescoring.load_ngram_lm(path, config.vocab_size, "dp",
-                                     vocab_digest=vocab_lib.vocab_digest(_WORKDIR.value))
-    ngrams[order] = tables
-    rows.append(Row(f"ngram:{order}", "ngram", ngram=tables, tuned=True))
+    ngrams[order] = resources.Resources(
+        ngram_lm=resources.load_ngram_lm(path, config.vocab_size, workdir))
+    rows.append(Row(f"ngram:{order}", "ngram", res=ngrams[order], tuned=True))
   rows.append(Row("pbest_0gram", "pbest_0gram"))
   if ngrams:
     order = _PBEST_NGRAM.value or max(ngrams, key=int)
-    rows.append(Row(f"pbest_ngram:{order}", "pbest_ngram", ngram=ngrams[order], tuned=True))
+    rows.append(Row(f"pbest_ngram:{order}", "pbest_ngram", res=ngrams[order], tuned=True))
   alphas = [float(a) for a in _ALPHAS.value]
-  runner = Runner(loaded)
-  data_dir = _DATA_DIR.value or loaded.config.data_dir
-  vocab_path = vocab_lib.workdir_vocab_path(_WORKDIR.value)
-  tune_max_new = _TUNE_MAX_NEW.value or _MAX_NEW.value
-  result = {"settings": {f.name: f.value for f in _OWN_FLAGS}, "step": loaded.step,
-            "tasks": {}}
-  for task in _TASKS.value:
+  runner = Runner(loaded, _CONFIG.value)
+  data_dir = settings.data_dir or loaded.config.data_dir
+  vocab_path = workdir_lib.vocab_path(workdir)
+  tune_max_new = _TUNE_MAX_NEW.value or max_new
+  k = runner.drafter(rows[-1], 0.0).options.k
+  result = {"settings": dict({f.name: f.value for f in _OWN_FLAGS}, k=k,
+                             max_new_tokens=max_new, tasks=list(settings.tasks),
+                             options={r.method: dict(_CONFIG.value.options[r.method])
+                                      for r in rows}),
+            "step": loaded.step, "tasks": {}}
+  for task in settings.tasks:
     examples = eval_tasks.load_prompts(task, data_dir, vocab_path,
                                        _NUM_TUNE.value + _NUM_REPORT.value,
                                        max_prompt_tokens=_MAX_PROMPT.value, seed=_SEED.value)
     tune = [e["prompt_tokens"] for e in examples[:_NUM_TUNE.value]]
     report = [e["prompt_tokens"] for e in examples[_NUM_TUNE.value:]]
-    ar, _ = runner.run(Row("ar", "ar"), 0.0, report, _MAX_NEW.value)
+    ar, _ = runner.run(Row(methods.reference(), methods.reference()), 0.0, report, max_new)
     task_out = {"num_tune": len(tune), "num_report": len(report)}
     for row in rows:
       entry = {}
@@ -149,36 +151,33 @@ def main(argv):
                 f"({time.time() - t0:.0f} s)", flush=True)
         alpha = max(alphas, key=lambda a: (entry["tuning_be"][str(a)], -a))
       t0 = time.time()
-      recorded, timings = runner.run(row, alpha, report, _MAX_NEW.value, record_topk=_K.value)
+      recorded, timings = runner.run(row, alpha, report, max_new, record_topk=k)
       entry.update(alpha=alpha, block_efficiency=_be(recorded),
                    seconds=sum(t.seconds for t in timings),
                    identical_to_ar=all(np.array_equal(a.tokens, b.tokens)
                                        for a, b in zip(ar, recorded)))
-      draft_len = runner.generator(row, alpha).drafter(row.method).draft_len
-      entry.update(report_lib.draft_analyses(recorded, draft_len, h))
-      entry.update(report_lib.refinement_analyses(recorded, draft_len, greedy=True))
+      draft_len = runner.drafter(row, alpha).drafter.topology.path_len
+      entry.update(metrics.draft_analyses(recorded, draft_len, h))
+      entry.update(metrics.refinement_analyses(recorded, draft_len, greedy=True))
       task_out[row.label] = entry
       print(f"{task} {row.label}: alpha {alpha} BE {entry['block_efficiency']:.3f} identical "
             f"{entry['identical_to_ar']} repetition {entry['repetition_rate']} "
             f"({time.time() - t0:.0f} s)", flush=True)
-    bpd_be = task_out["bpd"]["block_efficiency"]
-    for row in rows:
-      task_out[row.label]["be_gain_vs_bpd"] = task_out[row.label]["block_efficiency"] / bpd_be - 1
+    metrics.compare_to_vanilla({r.label: task_out[r.label] for r in rows}, rows[0].label)
     result["tasks"][task] = task_out
-    _write(result, rows)
+    _write(result, rows, settings.output, k)
   result["wall_minutes"] = (time.time() - t_start) / 60
-  _write(result, rows)
-  print(open(os.path.join(_OUTPUT.value, "refinement.md")).read())
+  _write(result, rows, settings.output, k)
+  print(open(os.path.join(settings.output, "refinement.md")).read())
 
 
-_OWN_FLAGS = (_WORKDIR, _TASKS, _RESCORERS, _NGRAMS, _PBEST_NGRAM, _ALPHAS, _NUM_TUNE,
-              _NUM_REPORT, _MAX_NEW, _TUNE_MAX_NEW, _MAX_PROMPT, _K, _P, _SEED, _DATA_DIR,
-              _OUTPUT)
+_OWN_FLAGS = (_RESCORERS, _NGRAMS, _PBEST_NGRAM, _ALPHAS, _NUM_TUNE, _NUM_REPORT, _TUNE_MAX_NEW,
+              _MAX_PROMPT, _SEED)
 
 
-def _write(result: dict, rows) -> None:
-  os.makedirs(_OUTPUT.value, exist_ok=True)
-  with open(os.path.join(_OUTPUT.value, "refinement.json"), "w") as f:
+def _write(result: dict, rows, output: str, k: int) -> None:
+  os.makedirs(output, exist_ok=True)
+  with open(os.path.join(output, "refinement.json"), "w") as f:
     json.dump(result, f, indent=2, default=float)
   tasks = list(result["tasks"])
   lines = ["| row | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
@@ -187,16 +186,16 @@ def _write(result: dict, rows) -> None:
     for task in tasks:
       e = result["tasks"][task][row.label]
       cell = f"{e['block_efficiency']:.3f}"
-      if row.label != "bpd":
+      if row is not rows[0]:
         cell += f" ({100 * e['be_gain_vs_bpd']:+.1f}%"
         cell += f", a={e['alpha']})" if row.tuned else ")"
       if not e["identical_to_ar"]:
         cell += " NOT IDENTICAL"
       cells.append(cell)
     lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-  oracle = [f"{result['tasks'][t]['bpd']['oracle_topk'].get(str(_K.value), float('nan')):.3f}"
+  oracle = [f"{result['tasks'][t][rows[0].label]['oracle_topk'].get(str(k), float('nan')):.3f}"
             for t in tasks]
-  lines.append(f"| oracle top-{_K.value} | " + " | ".join(oracle) + " |")
+  lines.append(f"| oracle top-{k} | " + " | ".join(oracle) + " |")
   lines += ["", "Repetition rate of the verified drafts (consecutive repeated tokens; the bpd row "
             "is the vanilla draft, i.e. before rescoring):", "",
             "| row | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
@@ -215,7 +214,7 @@ def _write(result: dict, rows) -> None:
                    f"{wtl['loss_fraction']:.0%}"
                    + (f" ({repair:.0%})" if repair is not None else ""))
     lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
-  with open(os.path.join(_OUTPUT.value, "refinement.md"), "w") as f:
+  with open(os.path.join(output, "refinement.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
 
 

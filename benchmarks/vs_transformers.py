@@ -1,17 +1,14 @@
 """bpdjax vs Hugging Face transformers on TinyStories-656K at batch 1, in one process.
 
-  .venv-bench/bin/python benchmarks/vs_transformers.py --heads_workdir=workdirs/ts_ffn \
+  .venv-bench/bin/python benchmarks/vs_transformers.py --workdir=workdirs/ts_ffn \
       --rescorer_workdir=workdirs/ts_rescorer
 
 (.venv-bench: requirements.txt + requirements-bench.txt, i.e. the project plus the CPU torch
 wheel and transformers.) Rows, all on the same story openings (benchmarks/story_openings.jsonl)
 and the same machine, measured in one run:
 
-  bpdjax ar              plain greedy decoding on the imported model (head 1 only)
-  bpdjax bpd             blockwise parallel decoding with the trained heads
-  bpdjax bpd+local       ... with local neural rescoring of the draft (Kim et al. 2024, Alg. 2)
-  bpdjax medusa          Medusa sparse-tree drafts verified with a tree attention mask
-  bpdjax medusa+local    ... with the tree's candidates reranked by local rescoring
+  bpdjax <method>        each of --methods (default ar, bpd, local, medusa, medusa_local; the
+                         first is the "vs bpdjax" reference), knobs from the decode config
   transformers greedy    model.generate(do_sample=False)
   transformers PLD       model.generate(do_sample=False, prompt_lookup_num_tokens=N)
 
@@ -25,58 +22,46 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
 from bpdjax import api
-from bpdjax.decoding import evaluate
-from bpdjax.decoding import generate
+from bpdjax.data import eval_sets
+from bpdjax.decoding import generator as generator_lib
 
+# The bpdjax rows and their knobs (--k, --alpha, --tree_size, --config.options...) come from the
+# decode configuration; --workdir is the heads workdir.
+_CONFIG = common.define_config(
+    workdir="workdirs/ts_ffn", rescorer_workdir="workdirs/ts_rescorer", tasks="jsonl",
+    jsonl=os.path.join(os.path.dirname(__file__), "story_openings.jsonl"),
+    methods="ar,bpd,local,medusa,medusa_local", max_new_tokens=200, record_topk=0)
 _HF_MODEL = flags.DEFINE_string("hf_model", "", "HF Llama folder (default: data_dir/models/"
                                 "TinyStories-656K).")
-_HEADS = flags.DEFINE_string("heads_workdir", "workdirs/ts_ffn",
-                             "Workdir of heads trained on the frozen base (train.py).")
-_RESCORER = flags.DEFINE_string("rescorer_workdir", "workdirs/ts_rescorer",
-                                "Rescoring LM with the same tokenizer (rows with local).")
-_PROMPTS = flags.DEFINE_string("prompts", os.path.join(os.path.dirname(__file__),
-                                                       "story_openings.jsonl"), "JSONL prompts.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "Tokens generated per prompt.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per row (median reported).")
-_ALPHA = flags.DEFINE_float("alpha", 0.5, "Local rescoring weight.")
-_K = flags.DEFINE_integer("k", 16, "Candidates per head.")
-_TREE = flags.DEFINE_integer("tree_size", 0, "Medusa tree nodes (0: the default).")
 _PLD = flags.DEFINE_integer("prompt_lookup_num_tokens", 10, "transformers PLD draft length.")
-_OUTPUT = flags.DEFINE_string("output", "", "Optional JSON output path.")
+_JSON = flags.DEFINE_string("json_output", "", "Optional JSON output path.")
 
 
-def _bpdjax_rows(loaded, rescorer, prompts, max_new):
-  options = generate.MethodOptions(k=_K.value, alpha=_ALPHA.value)
-  if _TREE.value:
-    options = generate.MethodOptions(k=_K.value, alpha=_ALPHA.value, tree_size=_TREE.value)
-  generator = generate.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id,
-                                 options=options, rescorer=rescorer)
+def _bpdjax_rows(settings, loaded, prompts, max_new):
+  built = common.build_methods(settings, loaded)
+  generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
   rows = {}
-  for label, method in (("bpdjax ar", "ar"), ("bpdjax bpd", "bpd"),
-                        ("bpdjax bpd+local", "local"), ("bpdjax medusa", "medusa"),
-                        ("bpdjax medusa+local", "medusa_local")):
-    generator.generate(prompts[:1], method, max_new)                  # Compile (+ warm-up).
+  for name, b in built.items():
+    generator.generate(prompts[:1], b.drafter, b.params, max_new)     # Compile (+ warm-up).
     seconds, outputs = [], None
     for _ in range(_ROUNDS.value):
-      gens, timings = generator.generate(prompts, method, max_new)
+      gens, timings = generator.generate(prompts, b.drafter, b.params, max_new)
       seconds.append(sum(t.seconds for t in timings))
       outputs = gens
     tokens = sum(len(g.tokens) for g in outputs)
-    rows[label] = {"tokens": tokens, "calls": sum(g.calls for g in outputs),
-                   "seconds": statistics.median(seconds),
-                   "outputs": [g.tokens.tolist() for g in outputs]}
-    print(f"  {label}: done", flush=True)
+    rows[f"bpdjax {name}"] = {"tokens": tokens, "calls": sum(g.calls for g in outputs),
+                              "seconds": statistics.median(seconds),
+                              "outputs": [g.tokens.tolist() for g in outputs]}
+    print(f"  bpdjax {name}: done", flush=True)
   return rows
 
 
@@ -112,22 +97,22 @@ def _transformers_rows(folder, prompts, max_new):
 
 def main(argv):
   del argv
-  loaded = api.load(_HEADS.value)
+  settings = common.settings(_CONFIG.value)
+  loaded = api.load(settings.workdir)
   tokenizer = loaded.vocab                      # The imported model's HFTokenizer.
   folder = _HF_MODEL.value or os.path.join(loaded.config.data_dir, "models", "TinyStories-656K")
-  with open(_PROMPTS.value) as f:
-    texts = [json.loads(line)["prompt"] for line in f if line.strip()]
+  texts = [r["prompt"] for r in eval_sets.read_jsonl_prompts(settings.jsonl)]
   prompts = [np.asarray(tokenizer.encode(t), np.int32) for t in texts]
-  rescorer = evaluate.load_rescorer(_RESCORER.value, _HEADS.value)
-  max_new = _MAX_NEW.value
+  max_new = settings.max_new_tokens
   print(f"{len(prompts)} prompts, {max_new} new tokens, batch 1, {_ROUNDS.value} rounds; "
-        f"heads {_HEADS.value} (h={loaded.model.config.num_heads_bpd}, "
-        f"{loaded.model.config.head_type}), rescorer {_RESCORER.value}", flush=True)
-  rows = _bpdjax_rows(loaded, rescorer, prompts, max_new)
+        f"heads {settings.workdir} (h={loaded.model.config.num_heads_bpd}, "
+        f"{loaded.model.config.head_type}), rescorer {settings.rescorer_workdir}", flush=True)
+  rows = _bpdjax_rows(settings, loaded, prompts, max_new)
   rows.update(_transformers_rows(folder, [p.tolist() for p in prompts], max_new))
   reference = rows["transformers greedy"]["outputs"]
   base = rows["transformers greedy"]["tokens"] / rows["transformers greedy"]["seconds"]
-  ours = rows["bpdjax ar"]["tokens"] / rows["bpdjax ar"]["seconds"]
+  first = rows[f"bpdjax {settings.methods[0]}"]
+  ours = first["tokens"] / first["seconds"]
   print("\n| row | tokens/s | block efficiency | vs transformers greedy | vs bpdjax ar | "
         "identical |\n|---|---|---|---|---|---|")
   for label, r in rows.items():
@@ -136,8 +121,8 @@ def main(argv):
              identical=r["outputs"] == reference)
     print(f"| {label} | {tps:.1f} | {r['block_efficiency']:.3f} | {tps / base:.2f}x | "
           f"{tps / ours:.2f}x | {r['identical']} |")
-  if _OUTPUT.value:
-    with open(_OUTPUT.value, "w") as f:
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
       json.dump({k: {kk: vv for kk, vv in v.items() if kk != "outputs"} for k, v in rows.items()},
                 f, indent=2)
   if not all(r["identical"] for r in rows.values()):

@@ -2,6 +2,8 @@
 import jax
 import pytest
 
+from tests import helpers
+
 # The tests compare two computations of the same float32 math (cached vs full forward, tree vs
 # chain). GPUs default to TF32 matmuls, which moved those logits by up to 4e-4 on an H200; ask
 # for full float32 (no effect on CPU).
@@ -27,20 +29,19 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def trained_tiny_workdir(tmp_path_factory, tiny_vocab_path) -> str:
   """A configs/tiny.py workdir trained for 30 steps (~15 s), shared by decoding tests."""
-  from bpdjax import trainer  # pylint: disable=g-import-not-at-top
+  from bpdjax.train import loop  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.num_train_steps = 30
   config.data.vocab_path = tiny_vocab_path
   workdir = str(tmp_path_factory.mktemp("trained_tiny"))
-  trainer.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return workdir
 
 
-# KenLM n-gram LMs shared by test_ngram.py and test_wfst_drafter.py: ids 0..11 of a
-# Markov-chain corpus, read for a model vocabulary of NGRAM_VOCAB (12..15 are <unk> to the LM).
-NGRAM_VOCAB = 16
-NGRAM_CORPUS_V = 12
+# KenLM n-gram LMs shared by test_ngram.py and test_wfst_drafter.py (sizes in helpers.py).
+NGRAM_VOCAB = helpers.NGRAM_VOCAB
+NGRAM_CORPUS_V = helpers.NGRAM_CORPUS_V
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,10 @@ from bpdjax import model as model_lib
 from bpdjax import partitioning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_NAMES = sorted(
+CONFIG_NAMES = sorted(   # Training configs; decode.py is decode.py's (tests/test_decode_cli.py).
     os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-    if not os.path.basename(p).startswith("_"))   # _*.py: shared helpers, not configs.
+    if not os.path.basename(p).startswith("_")    # _*.py: shared helpers, not configs.
+    and os.path.basename(p) != "decode.py")
 
 
 def load(name):

@@ -9,7 +9,9 @@ import tensorflow_datasets as tfds
 
 from bpdjax.data import pipeline
 from bpdjax.data import tasks
+from bpdjax import workdir as workdir_lib
 from bpdjax.data import vocab
+from bpdjax.data import vocabulary
 from configs import tiny
 
 N_RESUME = 6
@@ -43,8 +45,8 @@ def first_batches(tiny_vocab_path):
 
 
 def test_vocabulary_ids_and_roundtrip(tiny_vocab_path):
-  assert os.path.basename(tiny_vocab_path) == vocab.WORKDIR_VOCAB
-  v = vocab.load_vocabulary(tiny_vocab_path)
+  assert os.path.basename(tiny_vocab_path) == workdir_lib.VOCAB_FILE
+  v = vocabulary.load_vocabulary(tiny_vocab_path)
   assert (v.vocab_size, v.pad_id, v.eos_id, v.unk_id) == (512, 0, 1, 2)
   text = "First Citizen:\nBefore we proceed, héllo 日本!\n\nAll:\nSpeak."
   ids = v.encode(text)
@@ -208,7 +210,7 @@ def test_wiki_task(tiny_vocab_path, tmp_path):
   # Source sharding: shard 0 of 2 reads the first file only.
   shard0 = _source_texts(name, "train", seqio.ShardInfo(0, 2))
   assert sorted(shard0) == sorted(docs[i] for i in ("100", "101", "102", "103", "105"))
-  v = vocab.load_vocabulary(tiny_vocab_path)
+  v = vocabulary.load_vocabulary(tiny_vocab_path)
   batch = next(pipeline.make_train_iterator(config, tiny_vocab_path))
   row = batch["decoder_target_tokens"][0]
   assert "Article" in v.decode(row[row > 0].tolist())

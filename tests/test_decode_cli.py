@@ -1,4 +1,6 @@
-"""decode.py end to end on a trained tiny workdir, and its bad inputs."""
+"""decode.py end to end on a trained tiny workdir: every method (with tiny resources where it
+needs them), one compiled program per (task, method, purpose), the configuration and its flag
+aliases, a Mesh of 8 simulated devices, and bad input."""
 import json
 import os
 import subprocess
@@ -8,49 +10,125 @@ import numpy as np
 import pytest
 
 from bpdjax import api
-from bpdjax.decoding import evaluate
-from bpdjax.decoding import generate
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
+from bpdjax.decoding import resources
+from bpdjax.eval import flags as alias_flags
+from bpdjax.ngram import estimate
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FIELDS = ("block_efficiency", "accepted_tokens_per_call", "calls", "tokens", "wall_seconds",
                  "tokens_per_second", "speedup_vs_ar", "identical_to_ar", "repetition_rate",
                  "head_entropy", "h_max", "oracle_topk", "accepted_length_histogram",
-                 "head_acceptance")
+                 "head_acceptance", "output_sha256")
+RESOURCE_FREE = [m for m in methods.names() if not methods.get(m).resources]
+SMALL_KNOBS = ["--k=4", "--p=4", "--tree_size=12"]
 
 
-def _run_decode(*args):
+def _run_decode(*args, env=None):
   return subprocess.run([sys.executable, os.path.join(ROOT, "decode.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=900, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny_resources(trained_tiny_workdir, lmplz, tmp_path_factory):
+  """(rescorer workdir: an h = 1 LM in the tiny vocabulary, 2-gram ARPA of the tiny corpus)."""
+  from bpdjax.train import loop  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  d = tmp_path_factory.mktemp("tiny_resources")
+  config = tiny.get_config()
+  config.num_train_steps = 10
+  config.model.num_heads_bpd = 1
+  config.data.vocab_path = os.path.join(trained_tiny_workdir, "vocab.model")
+  loop.train_and_evaluate(config, str(d / "rescorer"))
+  arpa = str(d / "ngram2.arpa")
+  estimate.estimate_workdir(trained_tiny_workdir, 2, arpa, max_documents=50, lmplz=lmplz,
+                            log=lambda _: None)
+  return str(d / "rescorer"), arpa
 
 
 @pytest.mark.slow
-def test_decode_py_writes_full_report(trained_tiny_workdir, tmp_path):
+def test_every_method_through_decode_py(trained_tiny_workdir, tiny_resources, tmp_path):
+  """All registered methods in one decode.py run: full report, output identical to ar, one
+  timed and one recording program per (task, method) (the tasks' prompts pad to one width)."""
+  rescorer, arpa = tiny_resources
   out = tmp_path / "report"
   proc = _run_decode(f"--workdir={trained_tiny_workdir}", "--tasks=lambada,squad",
-                     "--methods=ar,bpd", "--num_examples=3", "--max_new_tokens=12",
-                     "--batch_size=2", f"--output={out}")
+                     f"--methods={','.join(methods.names())}", "--num_examples=3",
+                     "--max_new_tokens=12", "--batch_size=2", f"--output={out}",
+                     f"--rescorer_workdir={rescorer}", f"--ngram_arpa={arpa}", *SMALL_KNOBS)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((out / "report.json").read_text())
   assert report["complete"] is True
   for task in ("lambada", "squad"):
-    for method in ("ar", "bpd"):
-      entry = report["tasks"][task][method]
+    assert list(report["tasks"][task]) == methods.names()
+    for method, entry in report["tasks"][task].items():
       for field in REPORT_FIELDS:
         assert field in entry, (task, method, field)
-      assert entry["identical_to_ar"] is True
+      assert entry["identical_to_ar"] is True, (task, method)
       assert len(entry["head_entropy"]) == 4
-      assert set(entry["oracle_topk"]) == {"1", "2", "4", "8", "16"}
     assert report["tasks"][task]["ar"]["block_efficiency"] == 1.0
     bpd = report["tasks"][task]["bpd"]
     # Oracle with k = 1 replays BPD's own acceptance: equal to its measured block efficiency.
     assert bpd["oracle_topk"]["1"] == pytest.approx(bpd["block_efficiency"])
+  assert report["compilations"] <= 2 * 2 * len(methods.names())
+  assert f"{report['compilations']} decode programs compiled" in proc.stdout
   assert (out / "report.md").exists() and (out / "lambada.png").exists()
+
+
+@pytest.mark.slow
+def test_resource_free_methods_under_a_mesh_of_8_devices(trained_tiny_workdir, tmp_path):
+  """Parameters sharded over (data 2, fsdp 2, tensor 2), batch over data: the same outputs as
+  on one device, for every method that needs no resource."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  digests = {}
+  for name, extra, run_env in (("one", [], None), ("mesh", ["--mesh=2,2,2"], env)):
+    out = tmp_path / name
+    proc = _run_decode(f"--workdir={trained_tiny_workdir}", "--tasks=lambada",
+                       f"--methods={','.join(RESOURCE_FREE)}", "--num_examples=4",
+                       "--max_new_tokens=10", "--batch_size=4", "--record_topk=0",
+                       f"--output={out}", *SMALL_KNOBS, *extra, env=run_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    digests[name] = {m: e["output_sha256"] for m, e in report["tasks"]["lambada"].items()}
+    assert report["settings"]["device"].startswith("8 x" if extra else "1 x")
+  assert digests["one"] == digests["mesh"]
+  assert len(set(digests["one"].values())) == 1       # Every method's output equals ar's.
+
+
+def test_help_lists_every_method_and_task():
+  proc = _run_decode("--help")   # absl prints the usage and exits with 1.
+  assert "Methods:" in proc.stdout and "Tasks:" in proc.stdout, proc.stderr[-2000:]
+  from bpdjax.data import eval_sets  # pylint: disable=g-import-not-at-top
+  for name in methods.names():
+    assert f"  {name}: {methods.get(name).summary}" in proc.stdout
+  for task in eval_sets.EVAL_TASKS:
+    assert f"  {task}: {eval_sets.SUMMARIES[task]}" in proc.stdout
+
+
+def test_flag_aliases_set_the_config(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  flags.FLAGS(["decode.py", "--alpha=0.25", "--k=4", "--methods=ar,local", "--ngram_backend=wfst"])
+  try:
+    config = decode_config.get_config()
+    alias_flags.apply_aliases(config)
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert config.methods == "ar,local"
+  assert config.options.local.alpha == config.options.pbest_ngram.alpha == 0.25
+  assert config.options.medusa.k == config.options.local.k == 4
+  assert config.options.ngram.backend == "wfst" and "alpha" not in config.options.medusa
 
 
 @pytest.mark.parametrize("flags,message", [
     (["--tasks=nope"], "Unknown task 'nope'"),
     (["--methods=ar,magic"], "Unknown decoding method 'magic'"),
     (["--max_new_tokens=0"], "max_new_tokens must be >= 1"),
+    (["--methods=local"], "needs --rescorer_workdir"),
+    (["--config.options.pbest_0gram.q=3"], "Unknown config key 'options.pbest_0gram.q'"),
 ])
 def test_bad_settings_fail_before_loading(flags, message, tmp_path):
   proc = _run_decode(f"--workdir={tmp_path}/missing", f"--output={tmp_path}/out", *flags)
@@ -68,31 +146,53 @@ def test_workdir_without_checkpoint(tmp_path):
 
 def test_generator_rejects_bad_prompts(trained_tiny_workdir):
   loaded = api.load(trained_tiny_workdir)
-  gen = generate.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
+  gen = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
+  bpd = methods.build("bpd", loaded.model.config).drafter
   max_len = loaded.model.config.max_len
   with pytest.raises(ValueError, match="Prompt 1 is empty"):
-    gen.generate([np.array([5, 6]), np.array([], np.int32)], "bpd", 4)
+    gen.generate([np.array([5, 6]), np.array([], np.int32)], bpd, max_new_tokens=4)
   with pytest.raises(ValueError, match=f"exceeds the model's max_len={max_len}"):
-    gen.generate([np.arange(max_len) % 50 + 3], "bpd", 4)
+    gen.generate([np.arange(max_len) % 50 + 3], bpd, max_new_tokens=4)
   with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
-    gen.generate([np.array([5, 6])], "ar", 0)
+    gen.generate([np.array([5, 6])], max_new_tokens=0)
   with pytest.raises(ValueError, match="outside"):
-    gen.generate([np.array([5, 10**6])], "ar", 3)
+    gen.generate([np.array([5, 10**6])], max_new_tokens=3)
 
 
-def test_settings_validation():
-  with pytest.raises(ValueError, match="needs --jsonl"):
-    evaluate.EvalSettings(tasks=("jsonl",), methods=("ar",), num_examples=1,
-                          max_new_tokens=4).validate()
-  with pytest.raises(ValueError, match="need --ngram_arpa"):
-    evaluate.EvalSettings(tasks=("lambada",), methods=("pbest_ngram",), num_examples=1,
-                          max_new_tokens=4).validate()
-  with pytest.raises(ValueError, match="needs --rescorer_workdir"):
-    evaluate.EvalSettings(tasks=("lambada",), methods=("local",), num_examples=1,
-                          max_new_tokens=4).validate()
+def test_settings_validation(trained_tiny_workdir):
+  base = dict(workdir="w", output="o", num_examples=1, max_new_tokens=4)
+  cases = [
+      (dict(tasks="jsonl", methods="ar"), "needs --jsonl"),
+      (dict(tasks="lambada", methods="pbest_ngram"), "needs --ngram_arpa"),
+      (dict(tasks="lambada", methods="local"), "needs --rescorer_workdir"),
+      (dict(tasks="lambada", methods="ar", num_examples=0), "num_examples"),
+      (dict(tasks="lambada", methods="ar", temperature=-1.0), "temperature must be >= 0"),
+      (dict(tasks="lambada", methods="pbest_0gram", temperature=1.0), "greedily only"),
+  ]
+  for values, match in cases:
+    with pytest.raises(ValueError, match=match):
+      helpers.decode_settings(**dict(base, **values)).validate()
   with pytest.raises(ValueError, match="alpha"):
-    evaluate.EvalSettings(tasks=("lambada",), methods=("ar",), num_examples=1,
-                          max_new_tokens=4, alpha=1.5).validate()
-  with pytest.raises(ValueError, match="num_examples"):
-    evaluate.EvalSettings(tasks=("lambada",), methods=("ar",), num_examples=0,
-                          max_new_tokens=4).validate()
+    helpers.decode_settings(**base, tasks="lambada", methods="local", rescorer_workdir="r",
+                            options={"local": {"alpha": 1.5}}).validate()
+  with pytest.raises(ValueError, match="has no option"):
+    helpers.decode_settings(**base, tasks="lambada", methods="bpd",
+                            options={"bpd": {"alpha": 0.5}})
+  # Checks that need the model's shape (from config.json, no weights): p against the lattice.
+  model = api.load(trained_tiny_workdir).model.config
+  settings = helpers.decode_settings(**base, tasks="lambada", methods="pbest_0gram",
+                                     options={"pbest_0gram": {"k": 2, "p": 9}})
+  settings.validate()
+  with pytest.raises(ValueError, match="p=9 exceeds the k\\^\\(h-1\\) = 2\\^3"):
+    settings.validate(model)
+  with pytest.raises(ValueError, match="needs a rescoring LM"):
+    methods.build("local", model, resources.Resources())
+
+
+def test_decode_config_defaults_are_the_methods_own():
+  from configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  config = decode_config.get_config()
+  assert set(config.options) == set(methods.names())
+  for name in methods.names():
+    assert dict(config.options[name]) == methods.knobs(name)
+    methods.make_options(name, **config.options[name]).validate()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
+from bpdjax.data import eval_sets
 from bpdjax.data import eval_tasks
 from configs import default
 
@@ -59,7 +60,7 @@ def test_builtin_tasks(tiny_vocab_path, name):
 @needs_data
 def test_lambada_reference_is_last_word(tiny_vocab_path):
   examples = _load("lambada", tiny_vocab_path)
-  with open(os.path.join(DATA_DIR, eval_tasks.DATA_FILES["lambada"][0])) as f:
+  with open(os.path.join(DATA_DIR, eval_sets.DATA_FILES["lambada"][0])) as f:
     texts = [json.loads(next(f))["text"] for _ in range(3)]
   for ex, text in zip(examples, texts):
     word = ex["reference"]

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 
 from bpdjax import api
-from bpdjax import checkpoints
 from bpdjax import configuration
 from bpdjax import distill
-from bpdjax import hf
-from bpdjax import trainer
+from bpdjax import params as params_lib
+from bpdjax import workdir as workdir_lib
+from bpdjax.data import tokenizers
+from bpdjax.decoding import resources
+from bpdjax.importers import llama
+from bpdjax.train import loop as train_loop
 from bpdjax.data import pipeline
-from bpdjax.data import tasks
+from bpdjax.data import token_files
 from configs import tinystories_heads
 
 MODEL = tinystories_heads.get_config().init.hf_model
@@ -67,7 +70,7 @@ def distilled(tmp_path_factory):
 def trained(request, distilled, tmp_path_factory):
   """(head_type, workdir, result) of an N-step train_heads_only run."""
   workdir = str(tmp_path_factory.mktemp(f"heads_{request.param}"))
-  result = trainer.train_and_evaluate(_config(distilled[0], request.param), workdir)
+  result = train_loop.train_and_evaluate(_config(distilled[0], request.param), workdir)
   return request.param, workdir, result
 
 
@@ -78,11 +81,11 @@ def test_distill_output(distilled):
   assert held_out == [3, 7, 11, 15, 19, 23]
   assert manifest["splits"]["validation"]["sequences"] == 6
   assert manifest["splits"]["train"]["sequences"] == 18
-  train = tasks.read_token_split(out, "train", 2048)
+  train = token_files.read_token_split(out, "train", 2048)
   assert len(train) == 18 and all(1 <= len(x) <= SEQ_LEN for x in train)
   assert sum(len(x) for x in train) == manifest["splits"]["train"]["tokens"]
-  _, params, _ = hf.import_llama(MODEL)
-  assert manifest["base_checksum"] == checkpoints.params_checksum(params)
+  _, params, _ = llama.import_llama(MODEL)
+  assert manifest["base_checksum"] == params_lib.params_checksum(params)
   # The pipeline feeds [BOS, t1, ...] -> [t1, t2, ...], packed, as the model saw in pretraining.
   batch = pipeline.make_eval_iterator(_config(out), "", num_batches=1)[0]
   starts = batch["decoder_positions"] == 0
@@ -92,14 +95,14 @@ def test_distill_output(distilled):
 
 def test_frozen_base_and_trained_heads(trained, distilled):
   head_type, workdir, result = trained
-  with open(os.path.join(workdir, trainer.BASE_CHECKSUM_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.BASE_CHECKSUM_FILE)) as f:
     sums = json.load(f)
   imported = distilled[1]["base_checksum"]
   assert sums["imported"] == sums["start"] == sums["end"] == imported
   assert sums["end_step"] == N
-  assert checkpoints.params_checksum(result["params"], exclude_prefix="head_") == imported
+  assert params_lib.params_checksum(result["params"], exclude_prefix="head_") == imported
 
-  _, fresh, _ = hf.import_llama(MODEL, num_heads_bpd=4, head_type=head_type)
+  _, fresh, _ = llama.import_llama(MODEL, num_heads_bpd=4, head_type=head_type)
   before, after = _leaves(fresh), _leaves(result["params"])
   assert before.keys() == after.keys()
   changed = {k for k in before if not np.array_equal(before[k], after[k])}
@@ -140,8 +143,8 @@ def test_load_and_heads_onto_fresh_import(trained):
 def test_resume_is_exact(trained, distilled, tmp_path):
   _, straight, result = trained
   workdir = str(tmp_path)
-  trainer.train_and_evaluate(_config(distilled[0], num_train_steps=N // 2), workdir)
-  resumed = trainer.train_and_evaluate(_config(distilled[0]), workdir)
+  train_loop.train_and_evaluate(_config(distilled[0], num_train_steps=N // 2), workdir)
+  resumed = train_loop.train_and_evaluate(_config(distilled[0]), workdir)
   assert resumed["step"] == N
   ref, got = _leaves(result["params"]), _leaves(resumed["params"])
   for k in ref:
@@ -149,35 +152,35 @@ def test_resume_is_exact(trained, distilled, tmp_path):
   a, b = _train_metrics(workdir), _train_metrics(straight)
   assert [r["step"] for r in a] == list(range(1, N + 1))
   np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
-  with open(os.path.join(workdir, trainer.BASE_CHECKSUM_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.BASE_CHECKSUM_FILE)) as f:
     sums = json.load(f)
   assert sums["start_step"] == N // 2 and sums["start"] == sums["end"] == sums["imported"]
 
   # Resuming with train_heads_only flipped is refused (the optimizer states differ).
   with pytest.raises(ValueError, match="train_heads_only=True; the config has False"):
-    trainer.train_and_evaluate(_config(distilled[0], train_heads_only=False,
+    train_loop.train_and_evaluate(_config(distilled[0], train_heads_only=False,
                                        num_train_steps=N + 1), workdir)
 
 
 def test_token_ids_beyond_vocab(distilled, tmp_path):
   out = tmp_path / "tokens"
   shutil.copytree(distilled[0], out)
-  tasks.write_token_shard(str(out / "train-00000-of-00001.npz"),
+  token_files.write_token_shard(str(out / "train-00000-of-00001.npz"),
                           [np.asarray([5, 6, 2048, 7], np.int32)])
   with pytest.raises(ValueError, match=r"train-00000-of-00001.npz.*token id 2048, outside "
                                        r"\[0, 2048\)"):
     pipeline.make_train_iterator(_config(str(out)), "")
   with pytest.raises(ValueError, match=r"token id 2048"):
-    trainer.train_and_evaluate(_config(str(out)), str(tmp_path / "run"))
+    train_loop.train_and_evaluate(_config(str(out)), str(tmp_path / "run"))
   with pytest.raises(ValueError, match="has no validation-\\*.npz shards"):
-    tasks.read_token_split(str(tmp_path), "validation", 2048)
+    token_files.read_token_split(str(tmp_path), "validation", 2048)
 
 
 def test_missing_model_and_bad_config(distilled, tmp_path):
   config = _config(distilled[0])
   config.init.hf_model = str(tmp_path / "no_such_model")
   with pytest.raises(FileNotFoundError, match="Model folder not found.*no_such_model"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    train_loop.train_and_evaluate(config, str(tmp_path / "run"))
   with pytest.raises(FileNotFoundError, match="Model folder not found.*no_such_model"):
     distill.distill(str(tmp_path / "out"), 4, 16, hf_model=str(tmp_path / "no_such_model"))
   folder = tmp_path / "model"
@@ -185,7 +188,7 @@ def test_missing_model_and_bad_config(distilled, tmp_path):
   os.remove(folder / "tokenizer.json")
   config.init.hf_model = str(folder)
   with pytest.raises(FileNotFoundError, match="tokenizer.json not found"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    train_loop.train_and_evaluate(config, str(tmp_path / "run"))
 
   config = _config(distilled[0])
   config.init.hf_model = ""
@@ -222,10 +225,10 @@ def test_llama2c_base(tmp_path):
   config.init.llama2c_bin, config.init.llama2c_tokenizer = bin_path, tok_path
   config.data.seq_len = 32
   workdir = str(tmp_path / "run")
-  result = trainer.train_and_evaluate(config, workdir)
-  assert checkpoints.params_checksum(result["params"]) == manifest["base_checksum"]
+  result = train_loop.train_and_evaluate(config, workdir)
+  assert params_lib.params_checksum(result["params"]) == manifest["base_checksum"]
   loaded = api.load(workdir)
-  assert isinstance(loaded.vocab, hf.Llama2cTokenizer) and loaded.model.config.vocab_size == 512
+  assert isinstance(loaded.vocab, tokenizers.Llama2cTokenizer) and loaded.model.config.vocab_size == 512
   assert loaded.vocab.decode(loaded.vocab.encode("Once upon a time")) == "Once upon a time"
   onto = api.load_heads_onto(bin_path, workdir, tokenizer_path=tok_path)
   reference = _leaves(result["params"])
@@ -241,7 +244,6 @@ def test_llama2c_base(tmp_path):
 def test_rescorer_from_scratch_on_distill_data(trained, distilled, tiny_vocab_path, tmp_path):
   """A from-scratch LM on token_file data keeps the tokenizer its manifest names, so it can
   rescore the heads model's drafts; a rescorer with another vocabulary is refused by name."""
-  from bpdjax.decoding import evaluate  # pylint: disable=g-import-not-at-top
   from configs import tinystories_rescorer  # pylint: disable=g-import-not-at-top
   config = tinystories_rescorer.get_config()
   config.data.token_dir = distilled[0]
@@ -250,15 +252,15 @@ def test_rescorer_from_scratch_on_distill_data(trained, distilled, tiny_vocab_pa
   config.update(batch_size=4, num_train_steps=2, warmup_steps=1, log_every_steps=1,
                 eval_every_steps=1000, num_eval_batches=1, checkpoint_every_steps=1000)
   rescorer_dir = str(tmp_path / "rescorer")
-  trainer.train_and_evaluate(config, rescorer_dir)
+  train_loop.train_and_evaluate(config, rescorer_dir)
   assert os.path.isfile(os.path.join(rescorer_dir, "hf_tokenizer", "tokenizer.json"))
   loaded = api.load(rescorer_dir)
-  assert loaded.vocab.encode("Once upon a time") == hf.load_tokenizer(MODEL).encode(
+  assert loaded.vocab.encode("Once upon a time") == tokenizers.load_tokenizer(MODEL).encode(
       "Once upon a time")
-  model, _ = evaluate.load_rescorer(rescorer_dir, trained[1])
+  model = resources.load_rescorer(rescorer_dir, trained[1]).model
   assert model.config.vocab_size == 2048 and model.config.num_heads_bpd == 1
   other = str(tmp_path / "other")
   os.makedirs(other)
   shutil.copy(tiny_vocab_path, os.path.join(other, "vocab.model"))
   with pytest.raises(ValueError, match="uses another vocabulary"):
-    evaluate.load_rescorer(other, trained[1])
+    resources.load_rescorer(other, trained[1])

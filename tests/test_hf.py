@@ -11,9 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bpdjax import hf
+from bpdjax import params as params_lib
+from bpdjax.importers import heads as heads_lib
+from bpdjax.importers import llama
+from bpdjax.importers import llama2c
 from bpdjax import model as model_lib
-from bpdjax.decoding import generate
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
 from configs import default
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
@@ -48,7 +52,7 @@ def _logits(cfg, params, tokens):
 
 @needs_tinystories
 def test_import_config_and_tokenizer(golden):
-  cfg, params, tok = hf.import_llama(TINYSTORIES)
+  cfg, params, tok = llama.import_llama(TINYSTORIES)
   assert (cfg.vocab_size, cfg.num_layers, cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads,
           cfg.head_dim, cfg.mlp_dim, cfg.max_len) == (2048, 2, 128, 8, 4, 16, 384, 512)
   assert cfg.tie_embeddings and cfg.norm_eps == 1e-6 and cfg.num_heads_bpd == 1
@@ -63,7 +67,7 @@ def test_import_config_and_tokenizer(golden):
 @needs_tinystories
 def test_logits_match_transformers():
   ref = np.load(os.path.join(FIXTURES, "tinystories656k_logits.npz"))
-  cfg, params, _ = hf.import_llama(TINYSTORIES, num_heads_bpd=2)
+  cfg, params, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=2)
   logits = _logits(cfg, params, ref["tokens"])
   diff = np.abs(logits[:, :, 0] - ref["logits"]).max()
   print(f"max |logit diff| vs transformers: {diff:.3g} "
@@ -84,11 +88,13 @@ def test_logits_match_transformers():
 @pytest.mark.parametrize("method,h,head_type", [("ar", 1, "ffn"), ("bpd", 4, "ffn"),
                                                 ("bpd", 3, "medusa"), ("medusa", 4, "medusa")])
 def test_greedy_matches_transformers(golden, method, h, head_type):
-  cfg, params, _ = hf.import_llama(TINYSTORIES, num_heads_bpd=h, head_type=head_type)
-  gen = generate.Generator(model_lib.Transformer(cfg), params, eos_id=None)
+  cfg, params, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=h, head_type=head_type)
+  gen = generator_lib.Generator(model_lib.Transformer(cfg), params, eos_id=None)
   prompts = [np.asarray(g["prompt_ids"], np.int32) for g in golden["greedy"]]
   n = golden["new_tokens"]
-  out, _ = gen.generate(prompts, method=method, max_new_tokens=n, batch_size=len(prompts))
+  built = methods.build(method, cfg)
+  out, _ = gen.generate(prompts, built.drafter, built.params, max_new_tokens=n,
+                        batch_size=len(prompts))
   for g, o in zip(golden["greedy"], out):
     assert o.tokens.tolist() == g["new_ids"], (g["prompt"], method)
   print(f"{method} h={h} {head_type}: all {len(out)} x {n} tokens equal transformers'; "
@@ -118,7 +124,7 @@ def test_missing_file(tmp_path, missing):
   folder = _model_copy(tmp_path, skip=missing)
   pattern = "safetensors" if missing == "model.safetensors" else missing
   with pytest.raises(FileNotFoundError, match=pattern):
-    hf.import_llama(str(folder))
+    llama.import_llama(str(folder))
 
 
 @needs_tinystories
@@ -137,7 +143,7 @@ def test_unsupported_config(tmp_path, changes, field):
   folder = _model_copy(tmp_path)
   _edit_json(folder / "config.json", **changes)
   with pytest.raises(ValueError, match=field):
-    hf.import_llama(str(folder))
+    llama.import_llama(str(folder))
 
 
 @needs_tinystories
@@ -151,29 +157,29 @@ def test_tokenizer_vocab_mismatch(tmp_path):
   with open(folder / "tokenizer.json", "w") as f:
     json.dump(data, f)
   with pytest.raises(ValueError, match="Tokenizer vocabulary size 2049.*2048"):
-    hf.import_llama(str(folder))
+    llama.import_llama(str(folder))
 
 
 @needs_tinystories
 def test_merge_heads():
-  cfg, base, _ = hf.import_llama(TINYSTORIES, num_heads_bpd=1)
-  cfg3, fresh, _ = hf.import_llama(TINYSTORIES, num_heads_bpd=3)
+  cfg, base, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=1)
+  cfg3, fresh, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=3)
   rng = np.random.default_rng(0)
   trained = {k: {layer: {n: rng.normal(size=np.shape(a)).astype(np.float32) * 0.01
                          for n, a in p.items()} for layer, p in v.items()}
              for k, v in fresh.items() if k.startswith("head_")}
-  merged = hf.merge_heads(base, trained)
-  hf.check_params(cfg3, merged)
+  merged = heads_lib.merge_heads(base, trained)
+  params_lib.check_params(cfg3, merged)
   assert merged["head_3"] is trained["head_3"]
   assert merged["layer_0"] is base["layer_0"]
   logits = _logits(cfg3, merged, [[1, 80, 147]])
   assert not np.allclose(logits[:, :, 0], logits[:, :, 1])
   with pytest.raises(ValueError, match="head_params has no head_"):
-    hf.merge_heads(base, {"layer_0": base["layer_0"]})
+    heads_lib.merge_heads(base, {"layer_0": base["layer_0"]})
   bad = {"head_1": {"hidden": {"kernel": np.zeros((64, 8)), "bias": np.zeros(8)},
                     "output": {"kernel": np.zeros((8, 64)), "bias": np.zeros(64)}}}
   with pytest.raises(ValueError, match="head_1/hidden/kernel has shape"):
-    hf.merge_heads(base, bad)
+    heads_lib.merge_heads(base, bad)
 
 
 # --- stories260K (llama2.c) -------------------------------------------------------------------
@@ -240,16 +246,17 @@ def _runc_reference_logits(bin_path, tokens):
 @needs_stories260k
 def test_stories260k_matches_runc_reference_and_doc():
   bin_path = os.path.join(STORIES260K, "stories260K.bin")
-  cfg, params, tok = hf.import_llama2c(bin_path, os.path.join(STORIES260K, "tok512.bin"),
-                                       num_heads_bpd=2)
+  cfg, params, tok = llama2c.import_llama2c(bin_path, os.path.join(STORIES260K, "tok512.bin"),
+                                            num_heads_bpd=2)
   assert (cfg.vocab_size, cfg.num_layers, cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads,
           cfg.mlp_dim, cfg.max_len, cfg.tie_embeddings) == (512, 5, 64, 8, 4, 172, 512, True)
-  gen = generate.Generator(model_lib.Transformer(cfg), params, eos_id=tok.eos_id)
-  out, _ = gen.generate([np.asarray([tok.bos_id], np.int32)], method="ar", max_new_tokens=60)
+  gen = generator_lib.Generator(model_lib.Transformer(cfg), params, eos_id=tok.eos_id)
+  out, _ = gen.generate([np.asarray([tok.bos_id], np.int32)], max_new_tokens=60)
   text = tok.decode(out[0].tokens)
   print("stories260K greedy from BOS:", repr(text))
   assert text.startswith(STORIES260K_DOC)
-  bpd, _ = gen.generate([np.asarray([tok.bos_id], np.int32)], method="bpd", max_new_tokens=60)
+  bpd, _ = gen.generate([np.asarray([tok.bos_id], np.int32)], methods.build("bpd", cfg).drafter,
+                        max_new_tokens=60)
   np.testing.assert_array_equal(bpd[0].tokens, out[0].tokens)
 
   seq = [tok.bos_id] + out[0].tokens.tolist()
@@ -265,9 +272,9 @@ def test_stories260k_matches_runc_reference_and_doc():
 @needs_stories260k
 def test_stories260k_bad_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.bin"):
-    hf.import_llama2c(str(tmp_path / "nope.bin"), os.path.join(STORIES260K, "tok512.bin"))
+    llama2c.import_llama2c(str(tmp_path / "nope.bin"), os.path.join(STORIES260K, "tok512.bin"))
   truncated = tmp_path / "short.bin"
   with open(os.path.join(STORIES260K, "stories260K.bin"), "rb") as f:
     truncated.write_bytes(f.read()[:50_000])
   with pytest.raises(ValueError, match="truncated"):
-    hf.import_llama2c(str(truncated), os.path.join(STORIES260K, "tok512.bin"))
+    llama2c.import_llama2c(str(truncated), os.path.join(STORIES260K, "tok512.bin"))

@@ -1,21 +1,23 @@
 """Medusa sparse trees: construction, exact greedy output, and Medusa + local rescoring."""
-import functools
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bpdjax import cache as cache_lib
-from bpdjax.decoding import evaluate
-from bpdjax.decoding import generate
+from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import loop
-from bpdjax.decoding import medusa
-from bpdjax.decoding import sampling
-from tests.test_decoding import _naive_greedy, _random_model, _rows
+from bpdjax.decoding import methods
+from bpdjax.decoding import model_fns
+from bpdjax.decoding import resources
+from bpdjax.decoding import sparse_tree
+from bpdjax.decoding.drafters import medusa
+from tests import helpers
 
 MAX_NEW = 20
 CACHE_LEN = 9 + MAX_NEW + 40       # Prompt width + new tokens + the largest tree below.
+_naive_greedy, _rows = helpers.naive_greedy, helpers.rows
 
 
 def _brute_force_greedy(acc, size):
@@ -45,10 +47,10 @@ def test_sparse_tree_structure_and_greedy_order(seed):
   rng = np.random.RandomState(seed)
   acc = -np.sort(-rng.uniform(0, 1, (3, 3)), axis=1)            # [L-1 = 3, k = 3], no ties.
   if seed == 1:
-    acc = medusa.default_accuracy(4, 3)                         # Exact ties (0.6 / 2 ...).
+    acc = sparse_tree.default_accuracy(4, 3)                         # Exact ties (0.6 / 2 ...).
   capacity = 1 + 3 + 9 + 27
   for size in (1, 2, 5, 13, 27, capacity):
-    sparse = medusa.build_sparse_tree(acc, size)
+    sparse = sparse_tree.build_sparse_tree(acc, size)
     tree = sparse.tree
     assert tree.size == size == len(sparse.ranks)
     assert all(0 <= p < v for v, p in enumerate(tree.parents) if v > 0)
@@ -57,17 +59,17 @@ def test_sparse_tree_structure_and_greedy_order(seed):
     assert paths == _brute_force_greedy(acc, size)
     assert len(set(paths)) == size                                # Siblings differ in rank.
     assert [paths[v] for v in tree.primary] == [(0,) * d for d in range(tree.max_depth + 1)]
-  assert medusa.build_sparse_tree(acc, capacity).tree.max_depth == 3
+  assert sparse_tree.build_sparse_tree(acc, capacity).tree.max_depth == 3
 
 
 def test_default_tree_shape():
-  sparse = medusa.build_sparse_tree(medusa.default_accuracy(9, 16), 64)
+  sparse = sparse_tree.build_sparse_tree(sparse_tree.default_accuracy(9, 16), 64)
   assert np.bincount(sparse.tree.depth).tolist() == [1, 16, 33, 13, 1]
   drafter = medusa.MedusaTreeDrafter(9, 16, 64)
   assert drafter.draft_len == 5 and loop.block_size(drafter) == 64
   single = medusa.MedusaTreeDrafter(4, 3, 1)                     # Size 1: plain decoding.
-  assert single.draft_len == 1
-  draft, _ = single.propose((), jnp.zeros((2, 4, 8)), jnp.array([5, 6]))
+  assert single.draft_len == 1 and single.last_head == 1
+  draft, _ = single.propose(None, (), jnp.zeros((2, 0, 8)), jnp.array([5, 6]))
   np.testing.assert_array_equal(draft, [[5], [6]])
 
 
@@ -77,68 +79,55 @@ def test_accuracy_from_records():
   topk[0, :, 1, 0] = [6, 0, 8, 0]       # Head 2, rank 0: right at slots 0 and 2 of 3.
   topk[0, :, 1, 1] = [0, 7, 0, 0]       # Rank 1: right at slot 1.
   topk[0, :, 2, 1] = [7, 8, 0, 0]       # Head 3, rank 1: right at both slots.
-  acc = medusa.accuracy_from_records(topk, tokens, np.array([4]))
+  acc = sparse_tree.accuracy_from_records(topk, tokens, np.array([4]))
   np.testing.assert_allclose(acc, [[2 / 3, 1 / 3], [0.0, 0.0]])    # Running min over ranks.
 
 
 def test_bad_inputs(setup):
-  acc = medusa.default_accuracy(4, 3)
+  acc = sparse_tree.default_accuracy(4, 3)
   with pytest.raises(ValueError, match="size must be >= 1"):
-    medusa.build_sparse_tree(acc, 0)
+    sparse_tree.build_sparse_tree(acc, 0)
   with pytest.raises(ValueError, match="exceeds the 40 nodes"):
-    medusa.build_sparse_tree(acc, 41)
+    sparse_tree.build_sparse_tree(acc, 41)
   with pytest.raises(ValueError, match="non-increasing"):
-    medusa.build_sparse_tree([[0.1, 0.5]], 2)
+    sparse_tree.build_sparse_tree([[0.1, 0.5]], 2)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    medusa.build_sparse_tree([[1.5]], 2)
+    sparse_tree.build_sparse_tree([[1.5]], 2)
   with pytest.raises(ValueError, match="size must be >= 1"):
     medusa.MedusaTreeDrafter(4, 3, 0)
   with pytest.raises(ValueError, match="shape"):
     medusa.MedusaTreeDrafter(4, 3, 5, accuracy=((0.5,),))
   with pytest.raises(ValueError, match="alpha"):
     medusa.MedusaLocalDrafter(4, 3, 5, alpha=2.0)
-  with pytest.raises(ValueError, match="vocabulary"):
-    medusa.MedusaTreeDrafter(4, 100, 8).propose((), jnp.zeros((1, 4, 64)), jnp.zeros((1,), int))
-  model, params = setup[0], setup[2]
-  for options, match in ((generate.MethodOptions(tree_size=0), "tree_size"),
-                         (generate.MethodOptions(k=100), "vocabulary")):
+  cfg = setup[1]
+  for knobs, match in ((dict(tree_size=0), "tree_size"), (dict(k=100), "vocabulary")):
     with pytest.raises(ValueError, match=match):
-      generate.Generator(model, params, eos_id=None, options=options).drafter("medusa")
-  drafter = generate.Generator(model, params, eos_id=None).drafter("medusa")
-  assert isinstance(drafter, medusa.MedusaTreeDrafter) and drafter.tree.size == 64
-  with pytest.raises(ValueError, match="rescoring LM"):
-    generate.Generator(model, params, eos_id=None).drafter("medusa_local")
-  with pytest.raises(ValueError, match="rescorer_workdir"):
-    evaluate.EvalSettings(("lambada",), ("medusa_local",), 1, 4).validate()
-  with pytest.raises(ValueError, match="tree_size"):
-    evaluate.EvalSettings(("lambada",), ("medusa",), 1, 4, tree_size=0).validate()
+      methods.build("medusa", cfg, **knobs)
+  built = methods.build("medusa", cfg)
+  assert isinstance(built.drafter, medusa.MedusaTreeDrafter)
+  assert built.drafter.topology.size == 64
+  with pytest.raises(ValueError, match="needs a rescoring LM .*rescorer_workdir"):
+    methods.build("medusa_local", cfg, resources.Resources())
 
 
 @pytest.fixture(scope="module")
 def setup():
-  model, cfg, params = _random_model()
-  rescorer, rcfg, rparams = _random_model(h=1, seed=7)
-  rng = np.random.RandomState(0)
-  lengths = np.array([9, 3, 1, 6, 9])
-  prompts = rng.randint(3, 64, (5, 9)) * (np.arange(9)[None] < lengths[:, None])
+  model, cfg, params = helpers.random_model()
+  rescorer, rcfg, rparams = helpers.random_model(h=1, seed=7)
+  prompts, lengths = helpers.uneven_prompts()
   return model, cfg, params, rescorer, rcfg, rparams, prompts, lengths
 
 
 def _local(setup, alpha, tree_size=12, k=3):
-  rescorer, rcfg = setup[3], setup[4]
-  return medusa.MedusaLocalDrafter(
-      4, k, tree_size, alpha=alpha, rescorer=loop.model_fns(rescorer),
-      cache_init=functools.partial(cache_lib.init_for_model, rcfg), cache_len=CACHE_LEN)
+  return medusa.MedusaLocalDrafter(4, k, tree_size, alpha=alpha,
+                                   rescorer=model_fns.TransformerFns(setup[3]))
 
 
 def _run(setup, drafter, eos_id, drafter_params=None, fns=None):
-  model, cfg, params, _, _, _, prompts, lengths = setup
-  return jax.device_get(loop.jit_decode(
-      fns or loop.model_fns(model), params, jnp.asarray(prompts, jnp.int32),
-      jnp.asarray(lengths, jnp.int32), jax.random.PRNGKey(0), drafter_params, drafter=drafter,
-      max_new_tokens=MAX_NEW, eos_id=eos_id, sampling_config=sampling.SamplingConfig(),
-      record_topk=2, cache_len=CACHE_LEN,
-      cache_init=functools.partial(cache_lib.init_for_model, cfg)))
+  model, _, params, _, _, _, prompts, lengths = setup
+  return helpers.decode(model, params, prompts, lengths, drafter, MAX_NEW, eos_id,
+                        record_topk=2, drafter_params=drafter_params, fns=fns,
+                        cache_len=CACHE_LEN)
 
 
 def _off_primary(result):
@@ -180,13 +169,31 @@ def test_medusa_equals_naive_greedy(setup):
   assert _rows(one) == expected
   assert np.any(one.records.drafts != tree.records.drafts), "the rescorer changed no draft"
   # alpha = 0.5 through the Generator ("medusa_local"), which pads prompts to 32 tokens.
-  gen = generate.Generator(model, params, eos_id=eos_id,
-                           options=generate.MethodOptions(k=3, tree_size=12, alpha=0.5),
-                           rescorer=(setup[3], rparams))
-  out, _ = gen.generate([prompts[b, :lengths[b]] for b in range(len(lengths))], "medusa_local",
-                        MAX_NEW, batch_size=len(lengths))
+  built = methods.build("medusa_local", model.config,
+                        resources.Resources(rescorer=resources.Rescorer(setup[3], rparams)),
+                        k=3, tree_size=12, alpha=0.5)
+  gen = generator_lib.Generator(model, params, eos_id=eos_id)
+  out, _ = gen.generate([prompts[b, :lengths[b]] for b in range(len(lengths))], built.drafter,
+                        built.params, MAX_NEW, batch_size=len(lengths))
   assert [g.tokens.tolist() for g in out] == expected
   assert sum(g.calls for g in out) < sum(len(g.tokens) for g in out)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SwappedFns:
+  """protocol.ModelFns with another heads callback."""
+  base: model_fns.TransformerFns
+  swapped_heads: object
+
+  @property
+  def num_heads(self):
+    return self.base.num_heads
+
+  def forward(self, *args):
+    return self.base.forward(*args)
+
+  def heads(self, *args):
+    return self.swapped_heads(*args)
 
 
 def test_forced_non_primary_paths(setup):
@@ -194,8 +201,8 @@ def test_forced_non_primary_paths(setup):
   of every head, so the loop keeps paths off the (rescored) chain; with rescoring the rescorer
   is re-fed. Output stays exact."""
   rparams, prompts, lengths = setup[5], setup[6], setup[7]
-  model, cfg, params = _random_model(scale=0.0)       # Every head equals head 1.
-  base = loop.model_fns(model)
+  model, cfg, params = helpers.random_model(scale=0.0)   # Every head equals head 1.
+  base = model_fns.TransformerFns(model)
 
   def heads(p, hidden, start, stop):
     logits = base.heads(p, hidden, start, stop)                     # [B, n, heads, V]
@@ -206,7 +213,7 @@ def test_forced_non_primary_paths(setup):
     later = (jnp.arange(start, stop) >= 1)[None, None, :, None]
     return jnp.where(later, logits + swap, logits)
 
-  fns = loop.ModelFns(forward=base.forward, heads=heads, num_heads=base.num_heads)
+  fns = _SwappedFns(base, heads)
   swapped = (model, cfg, params) + tuple(setup[3:])
   expected = [_naive_greedy(model, params, prompts[b, :lengths[b]], MAX_NEW, None)
               for b in range(len(lengths))]
@@ -218,12 +225,13 @@ def test_forced_non_primary_paths(setup):
 
 def test_medusa_local_alpha_zero_proposes_medusa_tree(setup):
   rparams = setup[5]
-  logits = jax.random.normal(jax.random.PRNGKey(3), (5, 4, 64))
+  logits = jax.random.normal(jax.random.PRNGKey(3), (5, 3, 64))       # Heads 2..4.
   next_token = jnp.arange(5, dtype=jnp.int32)
   prompts, lengths = jnp.asarray(setup[6], jnp.int32), jnp.asarray(setup[7], jnp.int32)
-  plain, _ = jax.jit(medusa.MedusaTreeDrafter(4, 3, 12).propose)((), logits, next_token)
+  plain, _ = jax.jit(medusa.MedusaTreeDrafter(4, 3, 12).propose)(None, (), logits, next_token)
   local = _local(setup, 0.0)
-  rescored, _ = jax.jit(lambda *a: local.propose(local.start(*a[:3]), *a[3:]))(
+  rescored, _ = jax.jit(lambda p, *a: local.propose(p, local.start(p, *a[:2], CACHE_LEN),
+                                                    *a[2:]))(
       rparams, prompts, lengths, logits, next_token)
   np.testing.assert_array_equal(rescored, plain)
 
@@ -233,21 +241,22 @@ def test_rescorer_cache_after_accepting_a_non_primary_path(setup):
   equals one started fresh on the prompt plus the accepted tokens."""
   rparams, prompts, lengths = setup[5], setup[6][:2], setup[7][:2]
   drafter = _local(setup, 1.0, tree_size=30)
-  start, propose, commit = map(jax.jit, (drafter.start, drafter.propose, drafter.commit))
+  start = jax.jit(lambda p, x, n: drafter.start(p, x, n, CACHE_LEN))
+  propose, commit = map(jax.jit, (drafter.propose, drafter.commit))
   local_commit = jax.jit(drafter.local.commit)
   paths = _paths(drafter.sparse)
   node = max(range(drafter.sparse.size), key=lambda v: (len(paths[v]), paths[v][:2] != (0, 0)))
   assert len(paths[node]) == 3 and paths[node][:2] != (0, 0), paths[node]
-  logits = jax.random.normal(jax.random.PRNGKey(5), (2, 4, 64))
+  logits = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 64))
   state = start(rparams, jnp.asarray(prompts), jnp.asarray(lengths))
-  nodes, state = propose(state, logits, jnp.array([11, 12], jnp.int32))
-  path_table = drafter.tree.path_table
+  nodes, state = propose(rparams, state, logits, jnp.array([11, 12], jnp.int32))
+  path_table = drafter.topology.path_table
   row0 = np.asarray(nodes[0])[path_table[node]]                  # Off the chain, all kept.
-  row1 = np.asarray(nodes[1])[path_table[drafter.tree.primary[-1]]]   # The chain, 2 kept.
+  row1 = np.asarray(nodes[1])[path_table[drafter.topology.primary[-1]]]   # The chain, 2 kept.
   tokens = jnp.asarray(np.stack([np.append(row0, 40), np.append(row1, 41)]), jnp.int32)
   num_kept = jnp.array([4, 2], jnp.int32)
-  committed = commit(state, tokens, num_kept)
-  naive = state.replace(rescorer=local_commit(state.rescorer, tokens, num_kept))
+  committed = commit(rparams, state, tokens, num_kept)
+  naive = state.replace(rescorer=local_commit(rparams, state.rescorer, tokens, num_kept))
 
   ref_prompts = np.zeros((2, 14), np.int32)
   for b, n in enumerate((4, 2)):
@@ -262,7 +271,7 @@ def test_rescorer_cache_after_accepting_a_non_primary_path(setup):
       np.testing.assert_allclose(ours[b, :n], theirs[b, :n], atol=1e-5)
       if b == 0:     # Without the re-feed the cache holds the rescored chain's tokens.
         assert not np.allclose(bad[b, :n], theirs[b, :n], atol=1e-5)
-  logits2 = jax.random.normal(jax.random.PRNGKey(6), (2, 4, 64))
+  logits2 = jax.random.normal(jax.random.PRNGKey(6), (2, 3, 64))
   next2 = jnp.array([21, 22], jnp.int32)
-  np.testing.assert_array_equal(propose(committed, logits2, next2)[0],
-                                propose(ref, logits2, next2)[0])
+  np.testing.assert_array_equal(propose(rparams, committed, logits2, next2)[0],
+                                propose(rparams, ref, logits2, next2)[0])

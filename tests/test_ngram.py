@@ -1,41 +1,21 @@
 """Global n-gram rescoring: KenLM estimation, ARPA queries, WFST (pynini) and exact DP (JAX)."""
-import functools
-import itertools
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
+from bpdjax.decoding.drafters import heads
+from bpdjax.decoding.drafters import ngram
 from bpdjax.ngram import arpa, dp, estimate, fst
-from tests.conftest import NGRAM_CORPUS_V, NGRAM_VOCAB
+from bpdjax.ngram import tables as ngram_tables
+from bpdjax.ngram.reference import brute_force
+from tests import helpers
 
 # The `lms` fixture (conftest.py): KenLM models over ids 0..CORPUS_V-1, read for VOCAB ids.
-VOCAB = NGRAM_VOCAB
-CORPUS_V = NGRAM_CORPUS_V
-
-
-def brute_force(model, ids, logp, history, alpha):
-  """All distinct token paths, exact scores, sorted by (score desc, slot sequence asc).
-
-  Duplicate tokens at a position: the slot with the higher head logp is kept (equal: lower slot).
-  """
-  h, k = ids.shape
-  slots = []
-  for i in range(h):
-    kept = {}
-    for r in range(k):
-      t, lp = int(ids[i][r]), float(logp[i][r])
-      if np.isfinite(lp) and (t not in kept or lp > logp[i][kept[t]]):
-        kept[t] = r
-    slots.append(sorted(kept.values()))
-  out = []
-  for ranks in itertools.product(*slots):
-    toks = tuple(int(ids[i][r]) for i, r in enumerate(ranks))
-    lm = model.score_sequence(history, toks) if alpha > 0 else 0.0
-    sc = sum((1 - alpha) * float(logp[i][r]) for i, r in enumerate(ranks)) + alpha * lm
-    out.append((sc, ranks, toks))
-  return sorted(out, key=lambda x: (-x[0], x[1]))
+VOCAB = helpers.NGRAM_VOCAB
+CORPUS_V = helpers.NGRAM_CORPUS_V
 
 
 def random_lattice(rng, h, k, dup=False, lo=0, hi=VOCAB):
@@ -46,20 +26,8 @@ def random_lattice(rng, h, k, dup=False, lo=0, hi=VOCAB):
   return ids.astype(np.int32), logp
 
 
-@functools.lru_cache(None)
-def _jit_dp():
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.jit(dp.pbest_dp, static_argnames=("p", "ks"))
-
-
 def run_dp(model, ids, logp, history, alpha, p, tables=None):
-  tables = tables or dp.build_tables(model)
-  hist = np.full((1, model.order - 1), -1, np.int32)
-  if model.order > 1 and history:
-    tail = list(history)[-(model.order - 1):]
-    hist[0, -len(tail):] = tail
-  paths, scores = _jit_dp()(tables, ids[None], logp[None], hist, alpha, p=p)
-  return np.asarray(paths[0]), np.asarray(scores[0])
+  return dp.best_paths(tables or ngram_tables.build_tables(model), ids, logp, history, alpha, p)
 
 
 # ---------------------------------------------------------------- estimation and ARPA queries
@@ -145,7 +113,7 @@ def test_dp_and_wfst_equal_brute_force(lms, h, k, dup):
   n = 0
   for order in (2, 3, 4):
     _, model = lms[order]
-    tables = dp.build_tables(model)
+    tables = ngram_tables.build_tables(model)
     for alpha in (1.0, 0.6, 0.25):
       r = fst.WfstRescorer(model, alpha)
       for trial in range(3):
@@ -205,13 +173,14 @@ def test_distinct_paths_with_duplicates_and_padding(lms):
 
 def test_batched_jit_and_first_position_single(lms):
   _, model = lms[4]
-  tables = dp.build_tables(model)
+  tables = ngram_tables.build_tables(model)
   rng = np.random.default_rng(5)
   b, h, k, p = 3, 4, 3, 5
   ids = rng.integers(0, VOCAB, size=(b, h, k)).astype(np.int32)
   logp = np.log(rng.dirichlet(np.ones(k), size=(b, h))).astype(np.float32)
   hist = np.array([[-1, -1, -1], [-1, 2, 3], [4, 5, 6]], np.int32)
-  paths, scores = _jit_dp()(tables, ids, logp, hist, 0.7, p=p, ks=(1, k, k, k))
+  paths, scores = jax.jit(dp.pbest_dp, static_argnames=("p", "ks"))(
+      tables, ids, logp, hist, 0.7, p=p, ks=(1, k, k, k))
   for i in range(b):
     lp = logp[i].copy()
     lp[0, 1:] = -np.inf
@@ -222,7 +191,7 @@ def test_batched_jit_and_first_position_single(lms):
 
 def test_bad_inputs(lms):
   _, model = lms[3]
-  tables = dp.build_tables(model)
+  tables = ngram_tables.build_tables(model)
   ids = np.zeros((1, 2, 2), np.int32)
   logp = np.zeros((1, 2, 2), np.float32)
   hist = np.zeros((1, 2), np.int32)
@@ -244,33 +213,23 @@ def test_bad_inputs(lms):
 def test_ngram_drafters_in_the_decode_loop_are_exact(lms, order):
   """n-gram BPD (p = 1) and p-best n-gram drafts keep the output identical to plain greedy
   decoding; with alpha = 0 the n-gram drafter proposes exactly the p-best 0-gram drafts."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from bpdjax import cache as cache_lib  # pylint: disable=g-import-not-at-top
-  from bpdjax.decoding import drafters, loop, rescoring, sampling  # pylint: disable=g-import-not-at-top
-  from tests.test_decoding import _random_model  # pylint: disable=g-import-not-at-top
-  model, cfg, params = _random_model(vocab_size=VOCAB, h=4, seed=2, scale=0.2)
-  tables = dp.build_tables(lms[order][1])
+  model, _, params = helpers.random_model(vocab_size=VOCAB, h=4, seed=2, scale=0.2)
+  tables = ngram_tables.build_tables(lms[order][1])
   rng = np.random.RandomState(1)
   lengths = np.array([5, 2, 1, 4])
   prompts = rng.randint(0, CORPUS_V, (4, 5)) * (np.arange(5)[None] < lengths[:, None])
 
   def run(drafter, drafter_params=None):
-    cache_len = 5 + 16 + loop.block_size(drafter)
-    return jax.device_get(loop.jit_decode(
-        loop.model_fns(model), params, jnp.asarray(prompts), jnp.asarray(lengths),
-        jax.random.PRNGKey(0), drafter_params, drafter=drafter, max_new_tokens=16, eos_id=None,
-        sampling_config=sampling.SamplingConfig(), record_topk=1, cache_len=cache_len,
-        cache_init=functools.partial(cache_lib.init_for_model, cfg)))
+    return helpers.decode(model, params, prompts, lengths, drafter, 16, record_topk=1,
+                          drafter_params=drafter_params)
 
-  ar = run(drafters.NoDraft())
+  ar = run(heads.NoDraft())
   expected = [list(ar.tokens[b, :ar.lengths[b]]) for b in range(4)]
   for p, alpha in ((1, 0.7), (5, 0.5), (5, 0.0)):
-    out = run(rescoring.NgramPBestDrafter(4, k=3, p=p, alpha=alpha, order=order), tables)
+    out = run(ngram.NgramPBestDrafter(4, k=3, p=p, alpha=alpha, order=order), tables)
     assert [list(out.tokens[b, :out.lengths[b]]) for b in range(4)] == expected, (p, alpha)
     if alpha == 0.0:
-      zero = run(drafters.PBestDrafter(4, k=3, p=5))
+      zero = run(heads.PBestDrafter(4, k=3, p=5))
       np.testing.assert_array_equal(out.records.drafts, zero.records.drafts)
   with pytest.raises(ValueError, match="alpha"):
-    rescoring.NgramPBestDrafter(4, k=3, p=1, alpha=-0.1, order=order)
+    ngram.NgramPBestDrafter(4, k=3, p=1, alpha=-0.1, order=order)

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from bpdjax import checkpoints
+from bpdjax import workdir as workdir_lib
 from bpdjax.data import tasks
-from bpdjax.data import vocab as vocab_lib
-from bpdjax.decoding import rescoring
+from bpdjax.data import vocabulary as vocabulary_lib
+from bpdjax.decoding import resources
 from bpdjax.ngram import arpa
 from bpdjax.ngram import estimate
 
@@ -21,8 +21,8 @@ def test_estimate_workdir_holds_out_eval_documents(trained_tiny_workdir, lmplz, 
   lines = []
   stats = estimate.main([f"--workdir={trained_tiny_workdir}", "--order=2", f"--output={out}",
                          f"--corpus={corpus}", f"--lmplz={lmplz}"])
-  config = checkpoints.load_config(trained_tiny_workdir)
-  vocabulary = vocab_lib.load_vocabulary(os.path.join(trained_tiny_workdir, "vocab.model"))
+  config = workdir_lib.load_config(trained_tiny_workdir)
+  vocabulary = vocabulary_lib.load_vocabulary(os.path.join(trained_tiny_workdir, "vocab.model"))
   chunks = tasks.shakespeare_chunks(tasks.corpus_path(config), config.data.eval_fraction)
   assert chunks["validation"], "the tiny config holds out documents"
   encode = lambda text: " ".join(map(str, vocabulary.encode(text)))  # noqa: E731
@@ -54,23 +54,21 @@ def test_arpa_vocabulary_is_recorded_and_checked(trained_tiny_workdir, lmplz, tm
   out = str(tmp_path / "ngram2.arpa")
   estimate.estimate_workdir(trained_tiny_workdir, 2, out, max_documents=20, lmplz=lmplz,
                             log=lambda _: None)
-  own = vocab_lib.vocab_digest(trained_tiny_workdir)
-  with open(estimate.arpa_vocabulary_path(out)) as f:
+  own = workdir_lib.vocab_digest(trained_tiny_workdir)
+  with open(workdir_lib.arpa_vocab_record_path(out)) as f:
     record = json.load(f)
   assert record == {"vocab_path": os.path.join(trained_tiny_workdir, "vocab.model"),
                     "vocab_sha256": own}
-  vocab_size = checkpoints.load_config(trained_tiny_workdir).model.vocab_size
-  assert rescoring.load_ngram_lm(out, vocab_size, "dp", vocab_digest=own).order == 2
+  vocab_size = workdir_lib.load_config(trained_tiny_workdir).model.vocab_size
+  assert resources.load_ngram_lm(out, vocab_size, trained_tiny_workdir).order == 2
   other = tmp_path / "other"
   other.mkdir()
   (other / "vocab.model").write_bytes(b"another sentencepiece model")
   with pytest.raises(ValueError, match=r"ngram2.arpa was built with another vocabulary: .*"
                      r"ngram2.arpa.vocab.json names '.*vocab.model'"):
-    rescoring.load_ngram_lm(out, vocab_size, "dp",
-                            vocab_digest=vocab_lib.vocab_digest(str(other)))
-  os.remove(estimate.arpa_vocabulary_path(out))  # An ARPA made elsewhere: its ids are checked.
-  assert rescoring.load_ngram_lm(out, vocab_size, "dp",
-                                 vocab_digest=vocab_lib.vocab_digest(str(other))).order == 2
+    resources.load_ngram_lm(out, vocab_size, str(other))
+  os.remove(workdir_lib.arpa_vocab_record_path(out))  # Made elsewhere: its ids are checked.
+  assert resources.load_ngram_lm(out, vocab_size, str(other)).order == 2
 
 
 def test_estimate_command_line(trained_tiny_workdir, lmplz, tmp_path):

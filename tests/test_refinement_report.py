@@ -3,9 +3,12 @@ repetition repairs, repetition before/after rescoring, rescoring cost per step."
 import numpy as np
 import pytest
 
-from bpdjax.decoding import analysis
-from bpdjax.decoding import generate
-from bpdjax.decoding import report
+from bpdjax.decoding import generator
+from bpdjax.eval import analysis
+from bpdjax.eval import metrics
+from bpdjax.eval import report
+from bpdjax.eval import run
+from tests import helpers
 
 L = 4   # draft length = heads
 M = 8   # max_new_tokens
@@ -93,7 +96,7 @@ def test_vanilla_records_are_all_ties():
 
 def _generations():
   outputs, kept, topk, tokens, lengths, drafts = _records()
-  gens = [generate.Generation(
+  gens = [generator.Generation(
       tokens=np.asarray(out, np.int32), calls=int(np.sum(kept[:, b] > 0)) + 1,
       records={"kept": kept[:, b], "drafts": drafts[:, b], "topk": topk[b],
                "entropy": np.zeros((M + L, L), np.float32)}) for b, out in enumerate(outputs)]
@@ -102,48 +105,47 @@ def _generations():
 
 def test_report_fields_from_generations():
   gens = _generations()
-  got = report.refinement_analyses(gens, L, greedy=True)
+  got = metrics.refinement_analyses(gens, L, greedy=True)
   assert got["steps_vs_vanilla"]["wins"] == 3 and got["repetition_repair_share"] == 1 / 3
   assert got["vanilla_repetition_rate"] == pytest.approx(3 / 21)
-  sampled = report.refinement_analyses(gens, L, greedy=False)
+  sampled = metrics.refinement_analyses(gens, L, greedy=False)
   assert sampled["steps_vs_vanilla"] is None and sampled["repetition_repair_share"] is None
   assert sampled["vanilla_repetition_rate"] == pytest.approx(3 / 21)
-  assert set(report.refinement_analyses(gens, 1, True).values()) == {None}
+  assert set(metrics.refinement_analyses(gens, 1, True).values()) == {None}
 
 
 def test_speed_steps_gain_and_share():
   gens = _generations()  # calls 4, 3, 3
-  timings = [generate.BatchTiming(seconds=0.5, tokens=13, rows=2),
-             generate.BatchTiming(seconds=0.25, tokens=6, rows=1)]
-  speed = report.speed_metrics(gens, timings)
+  timings = [generator.BatchTiming(seconds=0.5, tokens=13, rows=2),
+             generator.BatchTiming(seconds=0.25, tokens=6, rows=1)]
+  speed = metrics.speed_metrics(gens, timings)
   assert speed["loop_steps"] == 4 + 3  # max calls of batch [4, 3], then of [3]
   assert speed["ms_per_step"] == pytest.approx(750 / 7)
   entry = dict(speed)
-  report.add_rescoring_share(entry, {"propose_ms": 3.0, "vanilla_propose_ms": 1.0,
+  metrics.add_rescoring_share(entry, {"propose_ms": 3.0, "vanilla_propose_ms": 1.0,
                                      "rescoring_ms_per_step": 2.0})
   assert entry["rescoring_share"] == pytest.approx(2.0 / (750 / 7))
   none = {}
-  report.add_rescoring_share(none, {"rescoring_ms_per_step": None})
+  metrics.add_rescoring_share(none, {"rescoring_ms_per_step": None})
   assert none["rescoring_share"] is None
   task = {"ar": {"block_efficiency": 1.0}, "bpd": {"block_efficiency": 1.6},
           "pbest_0gram": {"block_efficiency": 2.0}}
-  report.compare_to_bpd(task)
+  metrics.compare_to_vanilla(task, "bpd")
   assert task["bpd"]["be_gain_vs_bpd"] == 0.0
   assert task["pbest_0gram"]["be_gain_vs_bpd"] == pytest.approx(0.25)
   assert task["ar"]["be_gain_vs_bpd"] == pytest.approx(1 / 1.6 - 1)
   without = {"ar": {"block_efficiency": 1.0}}
-  report.compare_to_bpd(without)
+  metrics.compare_to_vanilla(without, "bpd")
   assert "be_gain_vs_bpd" not in without["ar"]
 
 
 @pytest.mark.slow
 def test_evaluate_run_refinement_fields(trained_tiny_workdir, tmp_path):
-  from bpdjax import api  # pylint: disable=g-import-not-at-top
-  from bpdjax.decoding import evaluate  # pylint: disable=g-import-not-at-top
-  loaded = api.load(trained_tiny_workdir)
-  settings = evaluate.EvalSettings(tasks=("lambada",), methods=("ar", "bpd", "pbest_0gram"),
-                                   num_examples=3, max_new_tokens=12, batch_size=2, k=4, p=4)
-  result = evaluate.run(loaded, settings, str(tmp_path / "out"), trained_tiny_workdir)
+  settings = helpers.decode_settings(
+      workdir=trained_tiny_workdir, output=str(tmp_path / "out"), tasks="lambada",
+      methods="ar,bpd,pbest_0gram", num_examples=3, max_new_tokens=12, batch_size=2,
+      options={"pbest_0gram": {"k": 4, "p": 4}})
+  result = run.run(settings)
   methods = result["tasks"]["lambada"]
   for method, e in methods.items():
     for field in ("be_gain_vs_bpd", "steps_vs_vanilla", "repetition_repair_share",
@@ -173,5 +175,5 @@ def test_evaluate_run_refinement_fields(trained_tiny_workdir, tmp_path):
       pbest["rescoring_ms_per_step"] / pbest["ms_per_step"])
   md = (tmp_path / "out" / "report.md").read_text()
   assert "Draft refinement against vanilla BPD" in md and "| lambada | pbest_0gram |" in md
-  lines = evaluate.summary_lines(result)
+  lines = report.summary_lines(result)
   assert any("pbest_0gram" in line and "vs bpd" in line and "W/T/L" in line for line in lines)

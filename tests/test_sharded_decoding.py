@@ -14,7 +14,7 @@ _SCRIPT = textwrap.dedent("""
     import flax.linen as nn
     from configs import tiny
     from bpdjax import model as model_lib, partitioning
-    from bpdjax.decoding import generate
+    from bpdjax.decoding import generator, methods
     assert jax.device_count() == 8, jax.devices()
     config = tiny.get_config()
     cfg = model_lib.TransformerConfig.from_config(config.model)
@@ -28,13 +28,14 @@ _SCRIPT = textwrap.dedent("""
     rng = np.random.RandomState(0)
     prompts = [rng.randint(3, cfg.vocab_size, n) for n in (5, 9, 2, 7, 11, 3, 8, 6)]
     out = {}
-    single = generate.Generator(model, params, eos_id=None)
+    single = generator.Generator(model, params, eos_id=None)
     mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sharded = generate.Generator(model, params, eos_id=None, mesh=mesh,
-                                 rules=config.logical_axis_rules)
+    sharded = generator.Generator(model, params, eos_id=None, mesh=mesh,
+                                  rules=config.logical_axis_rules)
     for method in ("ar", "bpd"):
       for name, gen in (("single", single), ("sharded", sharded)):
-        results, _ = gen.generate(prompts, method, max_new_tokens=20, batch_size=8)
+        drafter = methods.build(method, cfg).drafter
+        results, _ = gen.generate(prompts, drafter, max_new_tokens=20, batch_size=8)
         out[f"{name}_{method}"] = [r.tokens.tolist() for r in results]
     leaf = sharded.params["layer_0"]["mlp"]["up"]["kernel"]
     out["up_kernel_sharding"] = str(leaf.sharding.spec)

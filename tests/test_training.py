@@ -21,7 +21,8 @@ import pytest
 
 from bpdjax import api
 from bpdjax import checkpoints
-from bpdjax import trainer
+from bpdjax.train import loop as train_loop
+from bpdjax.train import state as train_state
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def _assert_losses_match(losses, reference, steps):
 def straight(tiny_vocab_path, tmp_path_factory):
   """(workdir, result) of the reference run: N steps from scratch."""
   workdir = str(tmp_path_factory.mktemp("straight"))
-  result = trainer.train_and_evaluate(_config(tiny_vocab_path), workdir)
+  result = train_loop.train_and_evaluate(_config(tiny_vocab_path), workdir)
   return workdir, result
 
 
@@ -132,16 +133,16 @@ def test_load_errors(straight, tmp_path):
 def test_batch_size_must_divide_mesh_and_processes():
   rules = tuple(tuple(r) for r in tiny.get_config().logical_axis_rules)
   mesh = jax.sharding.AbstractMesh((2, 2, 2), ("data", "fsdp", "tensor"))
-  trainer.check_batch_size(8, mesh, rules)
+  train_state.check_batch_size(8, mesh, rules)
   with pytest.raises(ValueError, match=r"batch_size=6 .* size 4 of the batch mesh axes"):
-    trainer.check_batch_size(6, mesh, rules)
+    train_state.check_batch_size(6, mesh, rules)
 
 
 def test_resume_is_exact(straight, tiny_vocab_path, tmp_path):
   workdir = str(tmp_path)
-  trainer.train_and_evaluate(_config(tiny_vocab_path, num_train_steps=N // 2), workdir)
+  train_loop.train_and_evaluate(_config(tiny_vocab_path, num_train_steps=N // 2), workdir)
   assert checkpoints.make_manager(workdir, read_only=True).latest_step() == N // 2
-  result = trainer.train_and_evaluate(_config(tiny_vocab_path), workdir)
+  result = train_loop.train_and_evaluate(_config(tiny_vocab_path), workdir)
   assert result["step"] == N
   params_diff = _assert_params_close(result["params"], straight[1]["params"])
   resumed, reference = _train_metrics(workdir), _train_metrics(straight[0])
@@ -179,7 +180,7 @@ def test_sigterm_checkpoints_and_resumes(straight, tiny_vocab_path, tmp_path):
   assert _train_metrics(workdir)[-1]["step"] == stopped
   if stopped >= N:
     pytest.skip(f"stopped at step {stopped} >= {N}: nothing left to resume against the reference")
-  result = trainer.train_and_evaluate(_config(tiny_vocab_path), workdir)
+  result = train_loop.train_and_evaluate(_config(tiny_vocab_path), workdir)
   params_diff = _assert_params_close(result["params"], straight[1]["params"])
   print(f"SIGTERM stopped at step {stopped}; resumed to {N}: max |param difference| "
         f"{params_diff:.3g}")

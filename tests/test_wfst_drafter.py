@@ -4,34 +4,29 @@ It must keep decoding exact (output identical to plain greedy decoding) and prop
 drafts as the exact on-device DP drafter wherever pynini's epsilon back-off approximation does
 not change the p best paths (see ngram/fst.py).
 """
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bpdjax import cache as cache_lib
-from bpdjax.decoding import drafters
-from bpdjax.decoding import evaluate
-from bpdjax.decoding import generate
-from bpdjax.decoding import loop
-from bpdjax.decoding import rescoring
-from bpdjax.decoding import sampling
-from bpdjax.ngram import dp
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import lattice
+from bpdjax.decoding import methods
+from bpdjax.decoding import resources
+from bpdjax.decoding.drafters import heads
+from bpdjax.decoding.drafters import ngram
 from bpdjax.ngram import fst
-from tests.test_decoding import _random_model
-from tests.conftest import NGRAM_CORPUS_V, NGRAM_VOCAB
+from bpdjax.ngram import tables as ngram_tables
+from tests import helpers
 
 # The `lms` fixture (conftest.py): KenLM models over ids 0..CORPUS_V-1, read for VOCAB ids.
-VOCAB = NGRAM_VOCAB
-CORPUS_V = NGRAM_CORPUS_V
+VOCAB = helpers.NGRAM_VOCAB
+CORPUS_V = helpers.NGRAM_CORPUS_V
 H = 4
 
 
 @pytest.fixture(scope="module")
 def model():
-  return _random_model(vocab_size=VOCAB, h=H, seed=2, scale=0.2)
+  return helpers.random_model(vocab_size=VOCAB, h=H, seed=2, scale=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +37,12 @@ def prompts():
 
 
 def _run(model, prompts, drafter, drafter_params=None, max_new=16):
-  mdl, cfg, params = model
   tokens, lengths = prompts
-  cache_len = tokens.shape[1] + max_new + loop.block_size(drafter)
-  return jax.device_get(loop.jit_decode(
-      loop.model_fns(mdl), params, jnp.asarray(tokens), jnp.asarray(lengths),
-      jax.random.PRNGKey(0), drafter_params, drafter=drafter, max_new_tokens=max_new,
-      eos_id=None, sampling_config=sampling.SamplingConfig(), record_topk=1,
-      cache_len=cache_len, cache_init=functools.partial(cache_lib.init_for_model, cfg)))
+  return helpers.decode(model[0], model[2], tokens, lengths, drafter, max_new, record_topk=1,
+                        drafter_params=drafter_params)
 
 
-def _rows(result):
-  return [list(result.tokens[b, :result.lengths[b]]) for b in range(result.tokens.shape[0])]
+_rows = helpers.rows
 
 
 @pytest.mark.parametrize("order", [2, 4])
@@ -61,18 +50,18 @@ def test_wfst_decoding_is_exact_and_2gram_drafts_equal_dp(lms, model, prompts, o
   """Output identical to plain greedy decoding for n-gram BPD (p = 1) and p-best n-gram BPD.
   With a 2-gram LM (no epsilon shortcut can beat the exact score, see fst.py) every draft of
   the whole decode equals the exact DP drafter's."""
-  expected = _rows(_run(model, prompts, drafters.NoDraft()))
-  bpd = _run(model, prompts, drafters.TopOneDrafter(H))
+  expected = _rows(_run(model, prompts, heads.NoDraft()))
+  bpd = _run(model, prompts, heads.TopOneDrafter(H))
   lm = lms[order][1]
-  tables = dp.build_tables(lm) if order == 2 else None
+  tables = ngram_tables.build_tables(lm) if order == 2 else None
   changed = False
   for p, alpha in ((1, 0.7), (5, 0.5)):
-    wfst = _run(model, prompts, rescoring.WfstPBestDrafter(H, k=3, p=p,
+    wfst = _run(model, prompts, ngram.WfstPBestDrafter(H, k=3, p=p,
                                                            rescorer=fst.WfstRescorer(lm, alpha)))
     assert _rows(wfst) == expected, (p, alpha)
     if order == 2:  # (the DP drafter's own exactness is tests/test_ngram.py's)
-      exact = _run(model, prompts, rescoring.NgramPBestDrafter(H, k=3, p=p, alpha=alpha,
-                                                               order=order), tables)
+      exact = _run(model, prompts, ngram.NgramPBestDrafter(H, k=3, p=p, alpha=alpha,
+                                                           order=order), tables)
       np.testing.assert_array_equal(wfst.records.drafts, exact.records.drafts)
       np.testing.assert_array_equal(wfst.records.kept, exact.records.kept)
     changed |= bool(np.any(wfst.records.drafts != bpd.records.drafts))
@@ -81,12 +70,12 @@ def test_wfst_decoding_is_exact_and_2gram_drafts_equal_dp(lms, model, prompts, o
 
 def _random_inputs(seed, b=32, order=4):
   rng = np.random.default_rng(seed)
-  logits = rng.normal(0, 2.0, size=(b, H, VOCAB)).astype(np.float32)
+  logits = rng.normal(0, 2.0, size=(b, H - 1, VOCAB)).astype(np.float32)     # Heads 2..H.
   next_token = rng.integers(0, VOCAB, size=b).astype(np.int32)
   hist = rng.integers(0, VOCAB, size=(b, order - 1)).astype(np.int32)
   pad = rng.integers(0, order, size=b)  # 0 .. n-1 missing history tokens (start of a text)
   hist[np.arange(order - 1)[None, :] < pad[:, None]] = -1
-  return jnp.asarray(logits), jnp.asarray(next_token), jnp.asarray(hist)
+  return logits, next_token, hist
 
 
 @pytest.mark.parametrize("order,p", [(2, 5), (3, 5), (4, 5), (4, 1)])
@@ -97,16 +86,16 @@ def test_wfst_proposals_equal_dp_where_epsilon_is_harmless(lms, order, p):
   lm = lms[order][1]
   k, alpha = 3, 0.6
   rescorer = fst.WfstRescorer(lm, alpha)
-  wfst = rescoring.WfstPBestDrafter(H, k=k, p=p, rescorer=rescorer)
-  exact = rescoring.NgramPBestDrafter(H, k=k, p=p, alpha=alpha, order=order)
+  wfst = ngram.WfstPBestDrafter(H, k=k, p=p, rescorer=rescorer)
+  exact = ngram.NgramPBestDrafter(H, k=k, p=p, alpha=alpha, order=order)
   logits, next_token, hist = _random_inputs(order, order=order)
-  state = rescoring.NgramState(tables=dp.build_tables(lm), history=hist)
-  got, _ = jax.jit(wfst.propose)(state.replace(tables=None), logits, next_token)
-  want, _ = jax.jit(exact.propose)(state, logits, next_token)
+  state = ngram.NgramState(history=hist)
+  got, _ = jax.jit(wfst.propose)(None, state, logits, next_token)
+  want, _ = jax.jit(exact.propose)(ngram_tables.build_tables(lm), state, logits, next_token)
   got, want = np.asarray(got), np.asarray(want)
   assert got.shape == want.shape == (32, 1 + p * (H - 1))
   np.testing.assert_array_equal(got[:, 0], next_token)
-  ids, logp = jax.device_get(drafters.head_lattice(logits, H, k))
+  ids, logp = jax.device_get(lattice.head_lattice(logits, k))
   harmless = same = 0
   for r in range(got.shape[0]):
     history = [int(t) for t in np.asarray(hist[r]) if t >= 0]
@@ -133,11 +122,11 @@ def test_wfst_propose_under_vmap(lms):
   """vmap over an extra leading axis (vmap_method='broadcast_all') equals the unbatched calls,
   also when only some inputs carry the mapped axis."""
   lm = lms[3][1]
-  drafter = rescoring.WfstPBestDrafter(H, k=3, p=4, rescorer=fst.WfstRescorer(lm, 0.5))
+  drafter = ngram.WfstPBestDrafter(H, k=3, p=4, rescorer=fst.WfstRescorer(lm, 0.5))
   logits, next_token, hist = _random_inputs(7, b=8, order=3)
-  logits2 = logits.reshape(2, 4, H, VOCAB)
+  logits2 = logits.reshape(2, 4, H - 1, VOCAB)
   propose = lambda lg, nt, hs: drafter.propose(  # noqa: E731
-      rescoring.NgramState(tables=None, history=hs), lg, nt)[0]
+      None, ngram.NgramState(history=hs), lg, nt)[0]
   batched = jax.jit(jax.vmap(propose))(logits2, next_token.reshape(2, 4), hist.reshape(2, 4, 2))
   single = np.concatenate([np.asarray(propose(logits2[i], next_token.reshape(2, 4)[i],
                                               hist.reshape(2, 4, 2)[i])) for i in range(2)])
@@ -147,56 +136,45 @@ def test_wfst_propose_under_vmap(lms):
   np.testing.assert_array_equal(np.asarray(shared_hist[0]), single[:4])
 
 
-def test_generator_backends_and_bad_inputs(lms, model, prompts, tmp_path):
+def test_generator_backends_and_bad_inputs(lms, model, prompts):
   mdl, cfg, params = model
   path = lms[3][0]
   rows = [np.asarray(t[:n]) for t, n in zip(*prompts)]
+  res = resources.Resources(ngram_lm=resources.load_ngram_lm(path, VOCAB))
+  gen = generator_lib.Generator(mdl, params, eos_id=None)
   outs = {}
   for backend in ("dp", "wfst"):
-    opts = generate.MethodOptions(k=3, p=4, alpha=0.5, ngram_backend=backend)
-    gen = generate.Generator(mdl, params, eos_id=None, options=opts,
-                             ngram=rescoring.load_ngram_lm(path, VOCAB, backend, 0.5))
-    drafter = gen.drafter("pbest_ngram")
-    assert isinstance(drafter, rescoring.WfstPBestDrafter if backend == "wfst"
-                      else rescoring.NgramPBestDrafter)
-    assert drafter.p == 4 and gen.drafter("ngram").p == 1
-    for method in ("ar", "pbest_ngram") if backend == "dp" else ("ngram", "pbest_ngram"):
-      outs[backend, method] = [g.tokens.tolist() for g in
-                               gen.generate(rows, method, 10, batch_size=2)[0]]
-  assert all(v == outs["dp", "ar"] for v in outs.values())
+    built = {name: methods.build(name, cfg, res, k=3, alpha=0.5, backend=backend,
+                                 **({"p": 4} if name == "pbest_ngram" else {}))
+             for name in ("ngram", "pbest_ngram")}
+    kind = ngram.WfstPBestDrafter if backend == "wfst" else ngram.NgramPBestDrafter
+    assert isinstance(built["pbest_ngram"].drafter, kind)
+    assert built["pbest_ngram"].drafter.p == 4 and built["ngram"].drafter.p == 1
+    for name, b in built.items():
+      outs[backend, name] = [g.tokens.tolist() for g in
+                             gen.generate(rows, b.drafter, b.params, 10, batch_size=2)[0]]
+  expected = [g.tokens.tolist() for g in gen.generate(rows, max_new_tokens=10, batch_size=2)[0]]
+  assert all(v == expected for v in outs.values())
+  assert res.ngram_lm.wfst(0.5) is res.ngram_lm.wfst(0.5)           # Built once per alpha.
 
-  tables = rescoring.load_ngram_lm(path, VOCAB, "dp")
-  wfst_lm = rescoring.load_ngram_lm(path, VOCAB, "wfst", 0.5)
-  opts = lambda backend, alpha=0.5: generate.MethodOptions(  # noqa: E731
-      k=3, p=4, alpha=alpha, ngram_backend=backend)
   with pytest.raises(ValueError, match="Unknown n-gram backend 'fst'"):
-    generate.Generator(mdl, params, None, options=opts("fst"), ngram=tables).drafter("ngram")
-  with pytest.raises(ValueError, match="needs an ngram.fst.WfstRescorer, got NgramTables"):
-    generate.Generator(mdl, params, None, options=opts("wfst"), ngram=tables).drafter("ngram")
-  with pytest.raises(ValueError, match="needs ngram.dp.NgramTables, got WfstRescorer"):
-    generate.Generator(mdl, params, None, options=opts("dp"), ngram=wfst_lm).drafter("ngram")
-  with pytest.raises(ValueError, match="built with alpha=0.5, the options ask for alpha=0.3"):
-    generate.Generator(mdl, params, None, options=opts("wfst", 0.3),
-                       ngram=wfst_lm).drafter("ngram")
-  with pytest.raises(ValueError, match="vocab_size=32"):
-    generate.Generator(mdl, params, None, options=opts("wfst"),
-                       ngram=rescoring.load_ngram_lm(path, 32, "wfst", 0.5)).drafter("ngram")
-  with pytest.raises(ValueError, match="Unknown n-gram backend"):
-    rescoring.load_ngram_lm(path, VOCAB, "kenlm")
-  with pytest.raises(ValueError, match="Unknown n-gram backend 'x'"):
-    evaluate.EvalSettings(tasks=("lambada",), methods=("ngram",), num_examples=1,
-                          max_new_tokens=4, ngram_arpa=path, ngram_backend="x").validate()
+    methods.build("ngram", cfg, res, backend="fst")
+  with pytest.raises(ValueError, match="read for vocab_size=32"):
+    methods.build("ngram", cfg, resources.Resources(ngram_lm=resources.load_ngram_lm(path, 32)))
+  with pytest.raises(ValueError, match="needs an n-gram LM"):
+    methods.build("ngram", cfg, resources.Resources())
+  wfst_lm = res.ngram_lm.wfst(0.5)
   with pytest.raises(ValueError, match="p=28 exceeds"):
-    rescoring.WfstPBestDrafter(H, k=3, p=28, rescorer=wfst_lm)
+    ngram.WfstPBestDrafter(H, k=3, p=28, rescorer=wfst_lm)
   with pytest.raises(TypeError, match="WfstRescorer, got NgramTables"):
-    rescoring.WfstPBestDrafter(H, k=3, p=2, rescorer=tables)
-  too_long = rescoring.WfstPBestDrafter(H + 1, k=3, p=2, rescorer=wfst_lm)
+    ngram.WfstPBestDrafter(H, k=3, p=2, rescorer=res.ngram_lm.tables())
+  too_long = ngram.WfstPBestDrafter(H + 1, k=3, p=2, rescorer=wfst_lm)
+  with pytest.raises(ValueError, match="reads heads 2..5; the model has 4"):
+    _run(model, prompts, too_long)
   logits, next_token, hist = _random_inputs(0, b=2, order=3)
-  with pytest.raises(ValueError, match="draft_len 5 exceeds the model's 4 heads"):
-    too_long.propose(rescoring.NgramState(None, hist), logits, next_token)
-  other = rescoring.WfstPBestDrafter(H, k=3, p=2, rescorer=fst.WfstRescorer(path, 0.5, 32))
+  other = ngram.WfstPBestDrafter(H, k=3, p=2, rescorer=fst.WfstRescorer(path, 0.5, 32))
   with pytest.raises(ValueError, match="vocab_size=32, the model has 16"):
-    other.propose(rescoring.NgramState(None, hist), logits, next_token)
+    other.propose(None, ngram.NgramState(hist), logits, next_token)
 
 
 @pytest.mark.parametrize("order", [3, 4])

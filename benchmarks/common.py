@@ -1,0 +1,81 @@
+"""What the benchmarks share: the decode configuration (configs/decode.py, with each
+benchmark's own defaults and the decode.py flag aliases), its prompts, drafters and resources,
+and alternating timed rounds. Benchmarks build on bpdjax's evaluation code instead of
+re-declaring method knobs or re-computing report fields.
+
+  config = common.define_config(methods="ar,bpd", num_examples=16, max_new_tokens=128)
+  ...
+  settings = common.settings(config.value)      # after absl parsed the command line
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from typing import Callable, Sequence
+
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from bpdjax import workdir as workdir_lib
+from bpdjax.data import eval_tasks
+from bpdjax.decoding import methods
+from bpdjax.eval import flags as alias_flags  # noqa: F401  (defines --workdir, --methods, ...)
+from bpdjax.eval import metrics
+from bpdjax.eval import run
+from bpdjax.eval import settings as settings_lib
+from configs import decode as decode_config
+
+
+def define_config(**defaults):
+  """--config (a configs/decode.py ConfigDict with these defaults), --config.KEY overrides."""
+  config = decode_config.get_config()
+  config.update(defaults)
+  return config_flags.DEFINE_config_dict("config", config, "Decode configuration.")
+
+
+def settings(config) -> settings_lib.DecodeSettings:
+  """The checked settings, with the decode.py flag aliases applied."""
+  alias_flags.apply_aliases(config)
+  if not config.output:
+    config.output = "out/benchmark"     # Unused by most benchmarks; must be a valid path.
+  s = settings_lib.DecodeSettings.from_config(config)
+  s.validate()
+  return s
+
+
+def prompts(s: settings_lib.DecodeSettings, loaded, task: str,
+            max_prompt_tokens: int = 0) -> list:
+  """Token ids of the first num_examples prompts of `task` (the seeded sample, as decode.py)."""
+  limit = max_prompt_tokens or loaded.model.config.max_len - s.max_new_tokens
+  examples = eval_tasks.load_prompts(task, s.data_dir or loaded.config.data_dir,
+                                     workdir_lib.vocab_path(s.workdir), s.num_examples,
+                                     max_prompt_tokens=limit, jsonl_path=s.jsonl or None)
+  return [e["prompt_tokens"] for e in examples]
+
+
+def build_methods(s: settings_lib.DecodeSettings, loaded) -> dict:
+  """{method: registry.Built} for the settings' methods, resources loaded once."""
+  config = loaded.model.config
+  s.validate(config)
+  res = run.load_resources(s, config.vocab_size)
+  return {m: methods.build(m, config, res, options=s.options[m]) for m in s.methods}
+
+
+def alternating_rounds(names: Sequence[str], measure: Callable[[str], tuple], rounds: int):
+  """Calls measure(name) -> (generations, timings) for every name in turn, `rounds` times
+  (after one warm-up call each, which also compiles); returns {name: (median tokens/s,
+  metrics.speed_metrics of the last round, its generations)}."""
+  for name in names:
+    measure(name)
+  speeds = {name: [] for name in names}
+  last = {}
+  for _ in range(rounds):
+    for name in names:
+      gens, timings = measure(name)
+      entry = metrics.speed_metrics(gens, timings)
+      speeds[name].append(entry["tokens_per_second"])
+      last[name] = (entry, gens)
+  return {name: (statistics.median(speeds[name]),) + last[name] for name in names}

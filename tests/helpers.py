@@ -1,0 +1,93 @@
+"""Shared test helpers (tests import this module, never each other)."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpdjax import cache as cache_lib
+from bpdjax import model as model_lib
+from bpdjax.decoding import loop
+from bpdjax.decoding import model_fns
+from bpdjax.decoding import sampling
+
+# KenLM n-gram LMs of the `lms` fixture (conftest.py): ids 0..NGRAM_CORPUS_V-1 of a Markov-chain
+# corpus, read for a model vocabulary of NGRAM_VOCAB (the other ids are <unk> to the LM).
+NGRAM_VOCAB = 16
+NGRAM_CORPUS_V = 12
+
+
+def random_model(vocab_size=64, h=4, seed=0, scale=0.3, head_type="ffn"):
+  """(model, config, params) of a small random Transformer whose heads disagree."""
+  cfg = model_lib.TransformerConfig(
+      vocab_size=vocab_size, num_layers=2, emb_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
+      mlp_dim=64, max_len=128, num_heads_bpd=h, head_hidden_dim=32, head_type=head_type)
+  model = model_lib.Transformer(cfg)
+  tok = jnp.zeros((1, 4), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), tok, tok)["params"])
+  # Heads start as copies of the next-token head; perturb so they disagree as trained heads do.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  params = jax.tree.unflatten(
+      tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  return model, cfg, params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def full_forward(model, params, tokens):
+  return model.apply({"params": params}, tokens, jnp.arange(tokens.shape[1])[None])[0]
+
+
+def naive_greedy(model, params, prompt, n, eos_id):
+  """Plain greedy decoding by full re-computation: no cache, no drafts. The sequence sits in a
+  fixed-size buffer (causal attention makes the padding after it irrelevant)."""
+  seq, out = list(prompt), []
+  for _ in range(n):
+    buffer = np.zeros((1, 64), np.int32)
+    buffer[0, :len(seq)] = seq
+    token = int(jnp.argmax(full_forward(model, params, jnp.asarray(buffer))[0, len(seq) - 1, 0]))
+    out.append(token)
+    seq.append(token)
+    if token == eos_id:
+      break
+  return out
+
+
+def decode(model, params, prompts, lengths, drafter, max_new, eos_id=None,
+           config=sampling.SamplingConfig(), rng=None, record_topk=0, drafter_params=None,
+           fns=None, cache_len=None):
+  """loop.jit_decode of a batch (numpy in, host DecodeResult out); fns defaults to the model's
+  own callbacks, cache_len to what the decode needs."""
+  prompts = np.asarray(prompts)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return jax.device_get(loop.jit_decode(
+      fns or model_fns.TransformerFns(model), params, jnp.asarray(prompts, jnp.int32),
+      jnp.asarray(lengths, jnp.int32), rng, drafter_params, drafter=drafter,
+      max_new_tokens=max_new, eos_id=eos_id, sampling_config=config, record_topk=record_topk,
+      cache_len=cache_len or prompts.shape[1] + max_new + loop.block_size(drafter),
+      cache_init=functools.partial(cache_lib.init_for_model, model.config)))
+
+
+def rows(result):
+  return [list(result.tokens[b, :result.lengths[b]]) for b in range(result.tokens.shape[0])]
+
+
+def uneven_prompts(vocab=64):
+  """(prompts [5, 9] right-padded, lengths [5]) of uneven lengths 9, 3, 1, 6, 9."""
+  rng = np.random.RandomState(0)
+  lengths = np.array([9, 3, 1, 6, 9])
+  prompts = rng.randint(3, vocab, (5, 9)) * (np.arange(9)[None] < lengths[:, None])
+  return prompts, lengths
+
+
+def decode_settings(options=None, **values):
+  """eval.settings.DecodeSettings from configs/decode.py's defaults with `values` over them
+  (options: {method: {knob: value}})."""
+  from bpdjax.eval import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  from configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  config = decode_config.get_config()
+  config.update(values)
+  for method, knobs in (options or {}).items():
+    config.options[method].update(knobs)
+  return settings_lib.DecodeSettings.from_config(config)
