@@ -9,6 +9,8 @@ Layout of a workdir written by train.py:
   base_checksum.json   (runs from an import) sha256 of the base parameters at start and end
   checkpoints/<step>/  orbax checkpoints of the TrainState
   metrics.jsonl        one JSON line per logged step; TensorBoard event files beside it
+  cost_tables.json     (optional, decode.py --config.cost_cache=workdir) measured costs of one
+                       decode iteration per verify size, keyed by what they were measured for
 Beside an ARPA n-gram LM written by `bpdjax.ngram.estimate`: <arpa>.vocab.json, the
 vocabulary its token ids belong to.
 """
@@ -29,6 +31,7 @@ LLAMA2C_TOKENIZER_FILE = "llama2c_tokenizer.bin"
 BASE_CHECKSUM_FILE = "base_checksum.json"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+COST_TABLES_FILE = "cost_tables.json"  # Measured decode-iteration costs (decode.py cost_cache).
 _VOCAB_NAMES = (VOCAB_FILE, HF_TOKENIZER_DIR, LLAMA2C_TOKENIZER_FILE)
 _ARPA_VOCAB_SUFFIX = ".vocab.json"
 

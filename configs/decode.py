@@ -33,6 +33,7 @@ def get_config():
   c.mesh = ""                    # "data,fsdp,tensor" sizes to shard decoding, e.g. "2,2,2".
   c.rescorer_workdir = ""        # Rescoring LM (methods that need a rescorer).
   c.ngram_arpa = ""              # ARPA n-gram LM over the model's token ids (n-gram methods).
+  c.cost_cache = ""              # Measured cost tables (auto): "" memory only, "workdir", a path.
   c.options = ml_collections.ConfigDict(
       {name: ml_collections.ConfigDict(methods.knobs(name)) for name in methods.names()})
   return c

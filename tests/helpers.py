@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from bpdjax import cache as cache_lib
 from bpdjax import model as model_lib
@@ -91,3 +92,56 @@ def decode_settings(options=None, **values):
   for method, knobs in (options or {}).items():
     config.options[method].update(knobs)
   return settings_lib.DecodeSettings.from_config(config)
+
+
+def last_heads(logits):
+  """protocol.LastHeads of given logits [B, L-1, V] of heads 2..L (head 1, unused by drafters,
+  as zeros in front)."""
+  from bpdjax.decoding import protocol  # pylint: disable=g-import-not-at-top
+  logits = jnp.asarray(logits)
+  return protocol.LastHeads.from_logits(jnp.concatenate([jnp.zeros_like(logits[:, :1]), logits],
+                                                        axis=1))
+
+
+def jit_propose(drafter):
+  """jax.jit of drafter.propose taking logits [B, L-1, V] of heads 2..L instead of LastHeads."""
+  return jax.jit(lambda params, state, logits, next_token: drafter.propose(
+      params, state, last_heads(logits), next_token))
+
+
+# ------------------------------------------------ distributional exactness (chi-square)
+def joint_counts(tokens, vocab):
+  """[n, 2] token pairs -> counts of each (t1, t2) cell, [vocab * vocab]."""
+  idx = tokens[:, 0] * vocab + tokens[:, 1]
+  return np.bincount(idx, minlength=vocab * vocab)
+
+
+def exact_joint(model, params, prompt, vocab, config):
+  """Exact p(t1, t2 | prompt) under the sampling distribution, by enumeration."""
+  seqs = jnp.array([list(prompt) + [a] for a in range(vocab)])
+  logits, _ = model.apply({"params": params}, seqs, jnp.broadcast_to(jnp.arange(seqs.shape[1]),
+                                                                     seqs.shape))
+  p2 = jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1)   # [V, V]
+  p1 = jax.nn.softmax(sampling.processed_logits(logits[0, -2, 0], config), -1)   # [V]
+  return np.asarray(p1[:, None] * p2).reshape(-1)
+
+
+def chi2_pvalue(counts, probs):
+  probs, counts = np.asarray(probs, np.float64), np.asarray(counts, np.float64)
+  keep = probs * counts.sum() >= 5          # Pool cells with small expectation.
+  obs = np.append(counts[keep], counts[~keep].sum())
+  exp = np.append(probs[keep], probs[~keep].sum())
+  obs, exp = obs[exp > 0], exp[exp > 0]
+  exp = exp / exp.sum() * obs.sum()
+  return stats.chisquare(obs, exp).pvalue
+
+
+def sample_first_two(model, params, prompt, drafter, config, n, decode_fn=None,
+                     drafter_params=None):
+  """[n, 2] the first two sampled tokens of n decodes of `prompt` (one batch of n rows)."""
+  prompts = np.tile(np.asarray(prompt)[None], (n, 1))
+  lengths = np.full((n,), len(prompt))
+  if decode_fn is None:
+    return decode(model, params, prompts, lengths, drafter, 3, config=config,
+                  rng=jax.random.PRNGKey(42), drafter_params=drafter_params).tokens[:, :2]
+  return np.asarray(decode_fn(prompts, lengths).tokens[:, :2])

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from bpdjax import cache as cache_lib
 from bpdjax.decoding import lattice
@@ -96,40 +95,6 @@ def test_ar_block_efficiency_is_one_and_oracle_k1_matches_bpd(random_model, unev
   assert sum((i + 1) * n for i, n in enumerate(hist)) >= int(np.sum(bpd.lengths)) - len(lengths)
 
 
-def _joint_counts(tokens, vocab):
-  idx = tokens[:, 0] * vocab + tokens[:, 1]
-  return np.bincount(idx, minlength=vocab * vocab)
-
-
-def _exact_joint(model, params, prompt, vocab, config):
-  """Exact p(t1, t2 | prompt) under the sampling distribution, by enumeration."""
-  seqs = jnp.array([list(prompt) + [a] for a in range(vocab)])
-  logits, _ = model.apply({"params": params}, seqs, jnp.broadcast_to(jnp.arange(seqs.shape[1]),
-                                                                     seqs.shape))
-  p2 = jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1)   # [V, V]
-  p1 = jax.nn.softmax(sampling.processed_logits(logits[0, -2, 0], config), -1)   # [V]
-  return np.asarray(p1[:, None] * p2).reshape(-1)
-
-
-def _chi2_pvalue(counts, probs):
-  probs, counts = np.asarray(probs, np.float64), np.asarray(counts, np.float64)
-  keep = probs * counts.sum() >= 5          # Pool cells with small expectation.
-  obs = np.append(counts[keep], counts[~keep].sum())
-  exp = np.append(probs[keep], probs[~keep].sum())
-  obs, exp = obs[exp > 0], exp[exp > 0]
-  exp = exp / exp.sum() * obs.sum()
-  return stats.chisquare(obs, exp).pvalue
-
-
-def _sample_first_two(model, cfg, params, prompt, drafter, config, n, decode_fn=None):
-  prompts = np.tile(np.asarray(prompt)[None], (n, 1))
-  lengths = np.full((n,), len(prompt))
-  if decode_fn is None:
-    return _decode(model, cfg, params, prompts, lengths, drafter, 3, config=config,
-                   rng=jax.random.PRNGKey(42)).tokens[:, :2]
-  return np.asarray(decode_fn(prompts, lengths).tokens[:, :2])
-
-
 def test_lossless_sampling_chi_square():
   """BPD sampling draws (t1, t2) from exactly the model's distribution; a broken acceptance
   rule (resampling from the full distribution after a rejection) is detected by the same test."""
@@ -137,13 +102,13 @@ def test_lossless_sampling_chi_square():
   model, cfg, params = _random_model(vocab_size=vocab, h=3, seed=3, scale=0.1)
   config = sampling.SamplingConfig(temperature=1.0)
   prompt = [1, 5, 2]
-  probs = _exact_joint(model, params, prompt, vocab, config)
+  probs = helpers.exact_joint(model, params, prompt, vocab, config)
   n = 20000
-  ar = _sample_first_two(model, cfg, params, prompt, heads.NoDraft(), config, n)
+  ar = helpers.sample_first_two(model, params, prompt, heads.NoDraft(), config, n)
   bpd_drafter = heads.TopOneDrafter(3)
-  bpd = _sample_first_two(model, cfg, params, prompt, bpd_drafter, config, n)
-  p_ar = _chi2_pvalue(_joint_counts(ar, vocab), probs)
-  p_bpd = _chi2_pvalue(_joint_counts(bpd, vocab), probs)
+  bpd = helpers.sample_first_two(model, params, prompt, bpd_drafter, config, n)
+  p_ar = helpers.chi2_pvalue(helpers.joint_counts(ar, vocab), probs)
+  p_bpd = helpers.chi2_pvalue(helpers.joint_counts(bpd, vocab), probs)
   assert p_ar > 1e-3 and p_bpd > 1e-3, (p_ar, p_bpd)
 
   true_accept = verify.accept_chain
@@ -167,8 +132,8 @@ def test_lossless_sampling_chi_square():
     finally:
       verify.accept_chain = true_accept
 
-  broken = _sample_first_two(model, cfg, params, prompt, bpd_drafter, config, n, broken_decode)
-  assert _chi2_pvalue(_joint_counts(broken, vocab), probs) < 1e-6
+  broken = helpers.sample_first_two(model, params, prompt, bpd_drafter, config, n, broken_decode)
+  assert helpers.chi2_pvalue(helpers.joint_counts(broken, vocab), probs) < 1e-6
 
 
 def test_top_k_top_p_filters():

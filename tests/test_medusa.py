@@ -69,7 +69,8 @@ def test_default_tree_shape():
   assert drafter.draft_len == 5 and loop.block_size(drafter) == 64
   single = medusa.MedusaTreeDrafter(4, 3, 1)                     # Size 1: plain decoding.
   assert single.draft_len == 1 and single.last_head == 1
-  draft, _ = single.propose(None, (), jnp.zeros((2, 0, 8)), jnp.array([5, 6]))
+  draft, _ = single.propose(None, (), helpers.last_heads(jnp.zeros((2, 0, 8))),
+                            jnp.array([5, 6]))
   np.testing.assert_array_equal(draft, [[5], [6]])
 
 
@@ -228,10 +229,10 @@ def test_medusa_local_alpha_zero_proposes_medusa_tree(setup):
   logits = jax.random.normal(jax.random.PRNGKey(3), (5, 3, 64))       # Heads 2..4.
   next_token = jnp.arange(5, dtype=jnp.int32)
   prompts, lengths = jnp.asarray(setup[6], jnp.int32), jnp.asarray(setup[7], jnp.int32)
-  plain, _ = jax.jit(medusa.MedusaTreeDrafter(4, 3, 12).propose)(None, (), logits, next_token)
+  plain, _ = helpers.jit_propose(medusa.MedusaTreeDrafter(4, 3, 12))(None, (), logits, next_token)
   local = _local(setup, 0.0)
   rescored, _ = jax.jit(lambda p, *a: local.propose(p, local.start(p, *a[:2], CACHE_LEN),
-                                                    *a[2:]))(
+                                                    helpers.last_heads(a[2]), a[3]))(
       rparams, prompts, lengths, logits, next_token)
   np.testing.assert_array_equal(rescored, plain)
 
@@ -242,7 +243,7 @@ def test_rescorer_cache_after_accepting_a_non_primary_path(setup):
   rparams, prompts, lengths = setup[5], setup[6][:2], setup[7][:2]
   drafter = _local(setup, 1.0, tree_size=30)
   start = jax.jit(lambda p, x, n: drafter.start(p, x, n, CACHE_LEN))
-  propose, commit = map(jax.jit, (drafter.propose, drafter.commit))
+  propose, commit = helpers.jit_propose(drafter), jax.jit(drafter.commit)
   local_commit = jax.jit(drafter.local.commit)
   paths = _paths(drafter.sparse)
   node = max(range(drafter.sparse.size), key=lambda v: (len(paths[v]), paths[v][:2] != (0, 0)))

@@ -90,8 +90,8 @@ def test_wfst_proposals_equal_dp_where_epsilon_is_harmless(lms, order, p):
   exact = ngram.NgramPBestDrafter(H, k=k, p=p, alpha=alpha, order=order)
   logits, next_token, hist = _random_inputs(order, order=order)
   state = ngram.NgramState(history=hist)
-  got, _ = jax.jit(wfst.propose)(None, state, logits, next_token)
-  want, _ = jax.jit(exact.propose)(ngram_tables.build_tables(lm), state, logits, next_token)
+  got, _ = helpers.jit_propose(wfst)(None, state, logits, next_token)
+  want, _ = helpers.jit_propose(exact)(ngram_tables.build_tables(lm), state, logits, next_token)
   got, want = np.asarray(got), np.asarray(want)
   assert got.shape == want.shape == (32, 1 + p * (H - 1))
   np.testing.assert_array_equal(got[:, 0], next_token)
@@ -126,7 +126,7 @@ def test_wfst_propose_under_vmap(lms):
   logits, next_token, hist = _random_inputs(7, b=8, order=3)
   logits2 = logits.reshape(2, 4, H - 1, VOCAB)
   propose = lambda lg, nt, hs: drafter.propose(  # noqa: E731
-      None, ngram.NgramState(history=hs), lg, nt)[0]
+      None, ngram.NgramState(history=hs), helpers.last_heads(lg), nt)[0]
   batched = jax.jit(jax.vmap(propose))(logits2, next_token.reshape(2, 4), hist.reshape(2, 4, 2))
   single = np.concatenate([np.asarray(propose(logits2[i], next_token.reshape(2, 4)[i],
                                               hist.reshape(2, 4, 2)[i])) for i in range(2)])
@@ -174,7 +174,7 @@ def test_generator_backends_and_bad_inputs(lms, model, prompts):
   logits, next_token, hist = _random_inputs(0, b=2, order=3)
   other = ngram.WfstPBestDrafter(H, k=3, p=2, rescorer=fst.WfstRescorer(path, 0.5, 32))
   with pytest.raises(ValueError, match="vocab_size=32, the model has 16"):
-    other.propose(None, ngram.NgramState(hist), logits, next_token)
+    other.propose(None, ngram.NgramState(hist), helpers.last_heads(logits), next_token)
 
 
 @pytest.mark.parametrize("order", [3, 4])

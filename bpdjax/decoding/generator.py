@@ -46,9 +46,12 @@ class Generation:
 
 @dataclasses.dataclass
 class BatchTiming:
+  """seconds: execution time of one batch; tokens: generated; rows: prompts in it; stats: the
+  drafter's statistics of the batch (numpy; see protocol.Drafter.stats)."""
   seconds: float
   tokens: int
   rows: int
+  stats: dict = dataclasses.field(default_factory=dict)
 
 
 def bucket_width(longest: int, max_len: int, max_new_tokens: int) -> int:
@@ -184,7 +187,7 @@ class Generator:
         results.append(Generation(tokens=out.tokens[i, :out.lengths[i]],
                                   calls=int(out.calls[i]), records=records))
       timings.append(BatchTiming(seconds=seconds, tokens=int(np.sum(out.lengths[:len(chunk)])),
-                                 rows=len(chunk)))
+                                 rows=len(chunk), stats=dict(out.stats)))
       if progress:
         progress(len(chunk))
     return results, timings

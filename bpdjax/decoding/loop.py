@@ -23,6 +23,7 @@ tokens per call (prefill included as a call, since it yields the first token).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.struct
@@ -41,7 +42,8 @@ class Records:
   """What the analyses read (B rows, I = max iterations, L = draft length, S = M + L slots).
 
   kept: [I, B] int32 tokens yielded per iteration (0 once a row is done).
-  drafts: [I, B, L] int32 the block verified at each iteration.
+  drafts: [I, B, L] int32 the primary chain verified at each iteration (-1 past the verified
+    candidate's part of it, for drafters with several candidate sizes).
   topk: [B, S, h, K] int32 each head's K best tokens at output slot s, computed on the
     correct context (slot s's head i predicts output token s + i - 1).
   entropy: [B, S, h] float32 entropy (nats) of each head's distribution at slot s.
@@ -81,12 +83,14 @@ class DecodeState:
 @flax.struct.dataclass
 class DecodeResult:
   """tokens: [B, M] int32 (pad_id after each row's end); lengths: [B]; calls: [B];
-  iterations: [] loop iterations after prefill; records: see Records (None if not recorded)."""
+  iterations: [] loop iterations after prefill; records: see Records (None if not recorded);
+  stats: the drafter's named statistics (protocol.Drafter.stats), summed over the batch."""
   tokens: jax.Array
   lengths: jax.Array
   calls: jax.Array
   iterations: jax.Array
   records: Optional[Records]
+  stats: dict
 
 
 def _entropy(logits: jax.Array) -> jax.Array:
@@ -126,17 +130,6 @@ def block_size(drafter: protocol.Drafter) -> int:
   return drafter.topology.size
 
 
-def _last_heads(fns: protocol.ModelFns, params, hidden, logits, index, last_head: int,
-                all_heads: bool) -> jax.Array:
-  """Heads 2..last_head at node `index` [B] of a call: [B, last_head - 1, V]. Sliced from
-  `logits` [B, T, h, V] when the call computed every head (records), else computed here."""
-  if all_heads or last_head <= 1:
-    picked = jnp.take_along_axis(logits, index[:, None, None, None], axis=1)[:, 0]
-    return picked[:, 1:last_head]
-  picked = jnp.take_along_axis(hidden, index[:, None, None], axis=1)               # [B, 1, D]
-  return fns.heads(params, picked, 1, last_head)[:, 0]
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The loop's static settings (hashable): the drafter, M = max_new_tokens, the EOS id (or
@@ -172,12 +165,14 @@ def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_length
   filler = prompt_lengths == 0
   last_hidden = jnp.take_along_axis(
       hidden, jnp.maximum(prompt_lengths - 1, 0)[:, None, None], axis=1)        # [B, 1, D]
-  last = fns.heads(params, last_hidden, 0, h if settings.record_topk else last_head)[:, 0]
+  # Head 1 gives the first token; the others only when recording (the drafter asks for its own).
+  last = fns.heads(params, last_hidden, 0, h if settings.record_topk else 1)[:, 0]  # [B, h|1, V]
   rng, sub = jax.random.split(rng)
   first = _first_token(last[:, 0], settings.sampling_config, sub)                # [B]
   drafter_state = drafter.start(drafter_params, prompts, prompt_lengths, cache.max_len)
-  draft, drafter_state = drafter.propose(drafter_params, drafter_state, last[:, 1:last_head],
-                                         first)
+  heads = (protocol.LastHeads.from_logits(last, ~filler) if settings.record_topk else
+           protocol.LastHeads(fns, params, last_hidden, None, ~filler))
+  draft, drafter_state = drafter.propose(drafter_params, drafter_state, heads, first)
   records = None
   if settings.record_topk:
     records = Records(kept=jnp.zeros((m, b), jnp.int32),
@@ -203,26 +198,54 @@ def running(state: DecodeState, settings: Settings) -> jax.Array:
 
 def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params: Any,
          settings: Settings) -> DecodeState:
-  """One iteration: verify the draft in one model call, keep the accepted path and the model's
-  next token, commit them, and propose the next draft. Finished rows are left unchanged."""
+  """One iteration: verify the draft (the drafter's chosen candidate size of it) in one model
+  call, keep the accepted path and the model's next token, commit them, and propose the next
+  draft. Finished rows are left unchanged."""
+  sizes = settings.drafter.candidates
+  if len(sizes) == 1:
+    verified = verify_size(fns, params, state, drafter_params, settings, sizes[0])
+  else:   # Only the verification differs per size; propose is traced once, below.
+    branches = [functools.partial(verify_size, fns, params, drafter_params=drafter_params,
+                                  settings=settings, size=size) for size in sizes]
+    verified = jax.lax.switch(settings.drafter.candidate(state.drafter_state), branches, state)
+  new, last_hidden, last_logits, next_token = verified
+  if settings.record_topk:
+    heads = protocol.LastHeads.from_logits(last_logits, ~new.done)
+  else:
+    heads = protocol.LastHeads(fns, params, last_hidden, None, ~new.done)
+  draft, drafter_state = settings.drafter.propose(drafter_params, new.drafter_state, heads,
+                                                  next_token)
+  draft = jnp.where(~state.done[:, None], draft, state.draft)
+  return new.replace(draft=draft, drafter_state=drafter_state)
+
+
+def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params: Any,
+                settings: Settings, size: int):
+  """Verifies the first `size` nodes of the draft (a prefix of the drafter's tree), keeps the
+  accepted path and the model's next token, and commits them (cache, output, drafter).
+
+  Returns (state (its draft not yet replaced), hidden [B, 1, D] and, when recording, every
+  head's logits [B, h, V] at each row's last kept node (else zeros [B, 1, 1]), next_token [B]).
+  """
   drafter, m, eos_id = settings.drafter, settings.max_new_tokens, settings.eos_id
-  topology = drafter.topology
+  topology = drafter.topology.prefix(size)
   l = topology.path_len
   h = fns.num_heads
   record_topk = settings.record_topk
   b = state.draft.shape[0]
   active = ~state.done
   rng, sub = jax.random.split(state.rng)
+  nodes = state.draft[:, :size]                                                  # [B, T']
   positions = state.cache.lengths[:, None] + jnp.asarray(topology.depth)[None, :]
   tree_mask = None
   if not topology.is_chain:
-    tree_mask = jnp.broadcast_to(jnp.asarray(topology.ancestor_mask), (b,) + (topology.size,) * 2)
-  hidden, cache = fns.forward(params, state.draft, positions, state.cache, tree_mask)
+    tree_mask = jnp.broadcast_to(jnp.asarray(topology.ancestor_mask), (b, size, size))
+  hidden, cache = fns.forward(params, nodes, positions, state.cache, tree_mask)
   # With records every head is needed at every node; otherwise head 1 only.
-  logits = fns.heads(params, hidden, 0, h if record_topk else 1)                 # [B, T, h|1, V]
-  num_kept, next_token, path = verify.accept(topology, state.draft, logits[:, :, 0],
+  logits = fns.heads(params, hidden, 0, h if record_topk else 1)                 # [B, T', h|1, V]
+  num_kept, next_token, path = verify.accept(topology, nodes, logits[:, :, 0],
                                              settings.sampling_config, sub)
-  path_tokens = jnp.take_along_axis(state.draft, path, axis=1)                   # [B, L]
+  path_tokens = jnp.take_along_axis(nodes, path, axis=1)                         # [B, L']
   if not topology.is_chain:  # Move the kept path into the first slots of the block.
     cache = cache_lib.gather_block(cache, path)
     hidden = jnp.take_along_axis(hidden, path[:, :, None], axis=1)
@@ -240,20 +263,24 @@ def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params
     done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
   cache = cache_lib.commit(cache, num_kept)
   drafter_state = drafter.commit(drafter_params, state.drafter_state, appended, num_kept)
-  heads = _last_heads(fns, params, hidden, logits, jnp.maximum(num_kept - 1, 0),
-                      drafter.last_head, bool(record_topk))
-  draft, drafter_state = drafter.propose(drafter_params, drafter_state, heads, next_token)
-  draft = jnp.where(active[:, None], draft, state.draft)
+  last = jnp.maximum(num_kept - 1, 0)
+  last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)          # [B, 1, D]
+  last_logits = jnp.zeros((b, 1, 1), jnp.float32)
+  if record_topk:
+    last_logits = jnp.take_along_axis(logits, last[:, None, None, None], axis=1)[:, 0]
   records = state.records
   if records is not None:
-    primary = jnp.asarray(topology.primary)
+    verified = jnp.pad(nodes[:, jnp.asarray(topology.primary)],
+                       ((0, 0), (0, records.drafts.shape[2] - len(topology.primary))),
+                       constant_values=-1)
     records = records.replace(kept=records.kept.at[state.step].set(num_kept),
-                              drafts=records.drafts.at[state.step].set(state.draft[:, primary]))
+                              drafts=records.drafts.at[state.step].set(verified))
     records = _record_slots(records, logits, state.num_tokens,
                             jnp.arange(l)[None, :] < num_kept[:, None], record_topk)
-  return state.replace(cache=cache, drafter_state=drafter_state, draft=draft, tokens=tokens,
-                       num_tokens=num_tokens, done=done, calls=state.calls + active,
-                       step=state.step + 1, rng=rng, records=records)
+  new = state.replace(cache=cache, drafter_state=drafter_state, tokens=tokens,
+                      num_tokens=num_tokens, done=done, calls=state.calls + active,
+                      step=state.step + 1, rng=rng, records=records)
+  return new, last_hidden, last_logits, next_token
 
 
 def finish(state: DecodeState, settings: Settings) -> DecodeResult:
@@ -267,7 +294,7 @@ def finish(state: DecodeState, settings: Settings) -> DecodeResult:
     lengths = jnp.where(jnp.any(is_eos, axis=1), first_eos + 1, lengths)
   out = jnp.where(jnp.arange(m)[None, :] < lengths[:, None], out, 0)
   return DecodeResult(tokens=out, lengths=lengths, calls=state.calls, iterations=state.step,
-                      records=state.records)
+                      records=state.records, stats=settings.drafter.stats(state.drafter_state))
 
 
 def decode(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,

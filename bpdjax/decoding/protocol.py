@@ -5,15 +5,22 @@ drafter's verify tree, P prompt slots.
 
 The loop calls, per row and iteration: verify the T fed nodes in one `ModelFns.forward` (head 1
 at every node gives the model's own next tokens), keep the longest accepted root path, then ask
-the drafter for the next T nodes from heads 2..last_head at the last kept position. Drafter
+the drafter for the next T nodes from heads 2..last_head at the last kept position.
+
+A drafter may offer several candidate sizes (prefixes of its topology's node list, which are
+trees themselves since parents precede children): each iteration the loop verifies only the
+first `candidates[candidate(state)]` nodes, through lax.switch over the static sizes (one
+program, no recompilation, no host round trip). Drafters with one size mix in SingleCandidate. Drafter
 weights (a rescoring LM, n-gram tables) are passed in as `params` by the loop, never carried in
 its state, so they are an argument of the jitted loop rather than part of the loop carry.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional, Protocol
 
 import jax
+import jax.numpy as jnp
 
 from bpdjax import cache as cache_lib
 from bpdjax.decoding import tree as tree_lib
@@ -37,6 +44,35 @@ class ModelFns(Protocol):
     (0-based: 0 is head 1)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LastHeads:
+  """The heads at each row's last kept position, computed on demand and each at most once per
+  call site: `range(start, stop)` gives logits [B, stop - start, V] of heads start..stop-1
+  (0-based: 0 is head 1, which the loop has already used for verification).
+
+  hidden: [B, 1, D] the final hidden state there; logits: [B, h, V] when the loop computed every
+  head anyway (recording the analyses), else None; active: [B] bool rows still decoding. Built
+  by the loop; `from_logits` wraps given logits (tests, timing a drafter alone).
+  """
+  fns: Optional[ModelFns]
+  params: Any
+  hidden: Optional[jax.Array]
+  logits: Optional[jax.Array]
+  active: jax.Array
+
+  @classmethod
+  def from_logits(cls, logits: jax.Array, active: Optional[jax.Array] = None) -> "LastHeads":
+    active = jnp.ones(logits.shape[:1], bool) if active is None else active
+    return cls(fns=None, params=None, hidden=None, logits=logits, active=active)
+
+  def range(self, start: int, stop: int) -> jax.Array:
+    if self.logits is not None:
+      return self.logits[:, start:stop]
+    if stop <= start:
+      return jnp.zeros((self.hidden.shape[0], 0, 0), jnp.float32)
+    return self.fns.heads(self.params, self.hidden, start, stop)[:, 0]
+
+
 class Drafter(Protocol):
   """Turns the heads at the last kept position into the next nodes to verify.
 
@@ -50,19 +86,48 @@ class Drafter(Protocol):
 
   @property
   def last_head(self) -> int:
-    """propose reads heads 2..last_head (1-based) at the last kept position; 1 reads none, so
-    plain decoding computes no head beyond the next-token head verification needs anyway."""
+    """propose may read heads 2..last_head (1-based) at the last kept position; 1 reads none,
+    so plain decoding computes no head beyond the next-token head verification needs anyway."""
 
   def start(self, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
             cache_len: int) -> Any:
     """Per-row state (a pytree; () when stateless) after the prompts [B, P] (lengths [B]).
     cache_len: slots the decode uses per row, for a drafter with a KV cache of its own."""
 
-  def propose(self, params: Any, state: Any, head_logits: jax.Array,
+  def propose(self, params: Any, state: Any, heads: LastHeads,
               next_token: jax.Array) -> tuple[jax.Array, Any]:
-    """head_logits [B, last_head - 1, V] of heads 2..last_head, next_token [B] (the model's
-    own) -> (nodes [B, T] int32 with nodes[:, 0] == next_token, state)."""
+    """heads: the heads 2..last_head at the last kept position, computed when the drafter asks
+    for them (LastHeads.range); next_token [B] (the model's own) -> (nodes [B, T] int32 with
+    nodes[:, 0] == next_token, state)."""
 
   def commit(self, params: Any, state: Any, tokens: jax.Array, num_kept: jax.Array) -> Any:
-    """tokens [B, D + 1]: each row's accepted root path then the model's next token;
-    tokens[:, :num_kept + 1] were appended to the row (num_kept [B], 0 for finished rows)."""
+    """tokens [B, D' + 1]: each row's accepted root path then the model's next token (D' + 1 is
+    the verified candidate's longest path); tokens[:, :num_kept + 1] were appended to the row
+    (num_kept [B], 0 for finished rows)."""
+
+  @property
+  def candidates(self) -> tuple[int, ...]:
+    """Static, increasing node counts the loop may verify (prefixes of the topology); the last
+    is topology.size."""
+
+  def candidate(self, state: Any) -> jax.Array:
+    """[] int32 index into `candidates` of the nodes to verify next (chosen by propose)."""
+
+  def stats(self, state: Any) -> dict[str, jax.Array]:
+    """Named statistics of the drafter, summed over the batch, for the report ({} if none)."""
+
+
+class SingleCandidate:
+  """Mixin for drafters that always verify their whole topology and report no statistics."""
+
+  @property
+  def candidates(self) -> tuple[int, ...]:
+    return (self.topology.size,)
+
+  def candidate(self, state) -> jax.Array:
+    del state
+    return jnp.zeros((), jnp.int32)
+
+  def stats(self, state) -> dict:
+    del state
+    return {}

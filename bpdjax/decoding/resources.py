@@ -26,9 +26,11 @@ from bpdjax.ngram import fst
 
 RESCORER = "rescorer"
 NGRAM_LM = "ngram_lm"
-# What the command line calls each resource (for error messages).
+COST_MODEL = "cost_model"      # decoding/cost.CostModel; decode.py makes it, no flag needed.
+# What the command line calls each resource given by a file (for error messages).
 FLAGS = {RESCORER: "rescorer_workdir", NGRAM_LM: "ngram_arpa"}
-LABELS = {RESCORER: "a rescoring LM", NGRAM_LM: "an n-gram LM"}
+LABELS = {RESCORER: "a rescoring LM", NGRAM_LM: "an n-gram LM",
+          COST_MODEL: "a cost model (decoding/cost.CostModel)"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,17 +83,19 @@ class Resources:
   """The resources at hand; a method asks for the ones it needs with `need`."""
   rescorer: Optional[Rescorer] = None
   ngram_lm: Optional[NgramLM] = None
+  cost_model: Optional[Any] = None
 
   def need(self, name: str, method: str):
     value = getattr(self, name)
     if value is None:
-      raise ValueError(f"Method {method!r} needs {LABELS[name]} (decode.py --{FLAGS[name]})")
+      where = f" (decode.py --{FLAGS[name]})" if name in FLAGS else ""
+      raise ValueError(f"Method {method!r} needs {LABELS[name]}{where}")
     return value
 
 
 def missing(method_resources, given: dict[str, bool]) -> list[str]:
-  """The command-line names of the resources a method needs that are not given."""
-  return [FLAGS[r] for r in method_resources if not given.get(r)]
+  """The command-line names of the file resources a method needs that are not given."""
+  return [FLAGS[r] for r in method_resources if r in FLAGS and not given.get(r)]
 
 
 def load_rescorer(rescorer_workdir: str, model_workdir: Optional[str] = None) -> Rescorer:

@@ -49,6 +49,11 @@ class Tree:
     """Tokens of the longest root path: the most a call can keep (the draft length)."""
     return self.max_depth + 1
 
+  def prefix(self, size: int) -> "Tree":
+    """The tree of the first `size` nodes (a tree, since parents precede children); primary:
+    the primary nodes among them (a root path, for the same reason)."""
+    return _prefix(self, size)
+
   @property
   def is_chain(self) -> bool:
     """One root path (node v's parent is v - 1): verified with the causal mask, no gather."""
@@ -74,6 +79,15 @@ class Tree:
       chain = chain[::-1]
       table[v] = chain + [v] * (self.max_depth + 1 - len(chain))
     return table
+
+
+@functools.lru_cache(maxsize=None)
+def _prefix(tree: Tree, size: int) -> Tree:
+  if not 1 <= size <= tree.size:
+    raise ValueError(f"A prefix of a {tree.size}-node tree has 1..{tree.size} nodes, not {size}")
+  if size == tree.size:
+    return tree
+  return Tree(parents=tree.parents[:size], primary=tuple(v for v in tree.primary if v < size))
 
 
 @functools.lru_cache(maxsize=None)

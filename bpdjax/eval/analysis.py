@@ -43,12 +43,14 @@ def repetition(drafts: np.ndarray, kept: np.ndarray) -> tuple[float, float]:
   """(consecutive repetition rate, mean longest repeated run) of the verified drafts.
 
   The rate is the share of neighbouring draft positions (i, i+1) holding the same token; the
-  longest run counts tokens (a draft with no repeat has run 1).
+  longest run counts tokens (a draft with no repeat has run 1). Positions holding -1 (past the
+  verified part of a draft, for drafters that verify a shorter candidate) are left out.
   """
   d = _active_drafts(drafts, kept)
   if d.shape[0] == 0 or d.shape[1] < 2:
     return 0.0, 1.0
-  same = d[:, 1:] == d[:, :-1]
+  pairs = (d[:, 1:] >= 0) & (d[:, :-1] >= 0)
+  same = (d[:, 1:] == d[:, :-1]) & pairs
   runs = []
   for row in same:
     best = cur = 1
@@ -56,7 +58,8 @@ def repetition(drafts: np.ndarray, kept: np.ndarray) -> tuple[float, float]:
       cur = cur + 1 if s else 1
       best = max(best, cur)
     runs.append(best)
-  return float(np.mean(same)), float(np.mean(runs))
+  rate = float(np.sum(same) / np.sum(pairs)) if np.sum(pairs) else 0.0
+  return rate, float(np.mean(runs))
 
 
 def token_repetition(tokens: np.ndarray, lengths: np.ndarray) -> float:

@@ -12,6 +12,7 @@ import numpy as np
 from bpdjax import cache as cache_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import loop
+from bpdjax.decoding import protocol
 from bpdjax.decoding.drafters import heads
 
 NONE = {"propose_ms": None, "vanilla_propose_ms": None, "rescoring_ms_per_step": None}
@@ -57,14 +58,17 @@ def rescoring_cost(generator: generator_lib.Generator, drafter: Any, drafter_par
     hidden, _ = fns.forward(params, prompts, positions, cache)
     final = jnp.take_along_axis(hidden, jnp.maximum(prompt_lengths - 1, 0)[:, None, None], 1)
     logits = fns.heads(params, final, 0, last)[:, 0]                             # [B, L, V]
-    return logits[:, 1:], jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+    return logits, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
 
   def measure():
     logits, next_token = prefill(generator.params, jnp.asarray(batch), jnp.asarray(lengths))
     state = jax.jit(drafter.start, static_argnums=3)(drafter_params, jnp.asarray(batch),
                                                      jnp.asarray(lengths), cache_len)
-    runs = {"method": (jax.jit(drafter.propose), drafter_params, state),
-            "vanilla": (jax.jit(vanilla.propose), None, ())}
+    def jit_propose(d):   # Heads computed by prefill: propose times the drafting alone.
+      return jax.jit(lambda p, s, lg, nt: d.propose(p, s, protocol.LastHeads.from_logits(lg), nt))
+
+    runs = {"method": (jit_propose(drafter), drafter_params, state),
+            "vanilla": (jit_propose(vanilla), None, ())}
     times = {name: [] for name in runs}
     for fn, params, st in runs.values():
       jax.block_until_ready(fn(params, st, logits, next_token))                  # Compile.

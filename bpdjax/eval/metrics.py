@@ -139,3 +139,27 @@ def compare_to_reference(report_task: dict, outputs: dict, greedy: bool, referen
     entry["identical_to_ar"] = (
         all(np.array_equal(a, b) for a, b in zip(outputs[method], outputs[reference]))
         if greedy else None)
+
+
+def drafter_stats(timings: Sequence) -> dict:
+  """The drafter's statistics (protocol.Drafter.stats) summed over the batches, as lists; with
+  "verified_calls" among them, every "*_tokens" sum also divided by it ("*_tokens_per_call")."""
+  sums: dict = {}
+  for t in timings:
+    for key, value in (t.stats or {}).items():
+      sums[key] = sums.get(key, 0) + np.asarray(value, np.float64)
+  if not sums:
+    return {}
+  out = {k: (v.tolist() if np.ndim(v) else float(v)) for k, v in sums.items()}
+  calls = out.get("verified_calls")
+  if calls:
+    for key in [k for k in out if k.endswith("_tokens")]:
+      out[key + "_per_call"] = out[key] / calls
+  return {"drafter_stats": out}
+
+
+def compare_to_best_other(report_task: dict) -> None:
+  """Adds vs_best_other = tokens/s over the fastest other method's, to every method."""
+  for method, entry in report_task.items():
+    others = [e["tokens_per_second"] for m, e in report_task.items() if m != method]
+    entry["vs_best_other"] = entry["tokens_per_second"] / max(others) if others else None

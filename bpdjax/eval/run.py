@@ -18,6 +18,7 @@ from bpdjax import configuration
 from bpdjax import partitioning
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
+from bpdjax.decoding import cost as cost_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.decoding import resources as resources_lib
@@ -38,6 +39,13 @@ def load_resources(settings: settings_lib.DecodeSettings,
   return res
 
 
+def _cost_cache_path(settings: settings_lib.DecodeSettings) -> str:
+  """Where measured cost tables are kept across runs ("" = memory only)."""
+  if settings.cost_cache == "workdir":
+    return workdir_lib.path(settings.workdir, workdir_lib.COST_TABLES_FILE)
+  return settings.cost_cache
+
+
 def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = print,
         loaded: Optional[api.LoadedModel] = None) -> dict:
   """Decodes every task with every method and writes the report to settings.output.
@@ -55,15 +63,26 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
     mesh = partitioning.make_mesh(dict(zip(partitioning.MESH_AXES, settings.mesh)))
   loaded = loaded or api.load(settings.workdir)
   config = loaded.model.config
+  max_prompt = config.max_len - settings.max_new_tokens
+  vocab_path = workdir_lib.vocab_path(settings.workdir)
+  data_dir = settings.data_dir or loaded.config.data_dir
+  task_examples = {task: eval_tasks.load_prompts(
+      task, data_dir, vocab_path, settings.num_examples,
+      # A user's own prompts are never cut: one that is too long is an error (Generator).
+      max_prompt_tokens=(1 << 30) if task == "jsonl" else max_prompt,
+      jsonl_path=settings.jsonl or None) for task in settings.tasks}
+  widths = {task: generator_lib.bucket_width(max(len(e["prompt_tokens"]) for e in examples),
+                                             config.max_len, settings.max_new_tokens)
+            for task, examples in task_examples.items()}
   res = load_resources(settings, config.vocab_size)
+  res.cost_model = cost_lib.CostModel(   # Measured only for methods that ask (e.g. auto).
+      loaded.model, loaded.params, settings.batch_size, max(widths.values()),
+      settings.max_new_tokens, cache_path=_cost_cache_path(settings), log=log)
   built = {m: methods.build(m, config, res, options=settings.options[m])
            for m in settings.methods}
   generator = generator_lib.Generator(
       loaded.model, loaded.params, eos_id=loaded.vocab.eos_id, mesh=mesh,
       rules=loaded.config.logical_axis_rules if mesh is not None else None)
-  max_prompt = config.max_len - settings.max_new_tokens
-  vocab_path = workdir_lib.vocab_path(settings.workdir)
-  data_dir = settings.data_dir or loaded.config.data_dir
   result = {"settings": dict(settings.as_dict(), step=loaded.step,
                              device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                              max_prompt_tokens=max_prompt),
@@ -72,16 +91,10 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
   costs = {}
   decode = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                 sampling_config=settings.sampling)
-  for task in settings.tasks:
-    examples = eval_tasks.load_prompts(
-        task, data_dir, vocab_path, settings.num_examples,
-        # A user's own prompts are never cut: one that is too long is an error (Generator).
-        max_prompt_tokens=(1 << 30) if task == "jsonl" else max_prompt,
-        jsonl_path=settings.jsonl or None)
+  for task, examples in task_examples.items():
     prompts = [e["prompt_tokens"] for e in examples]
     generator.check_prompts(prompts, settings.max_new_tokens)
-    width = generator_lib.bucket_width(max(len(p) for p in prompts), config.max_len,
-                                       settings.max_new_tokens)
+    width = widths[task]
     task_report, outputs = {}, {}
     passes = 2 if settings.record_topk else 1
     progress = tqdm.tqdm(total=len(prompts) * len(settings.methods) * passes, desc=task,
@@ -91,6 +104,7 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
       timed, timings = generator.generate(prompts, b.drafter, b.params, rng=rng,
                                           progress=progress.update, prompt_width=width, **decode)
       entry = metrics.speed_metrics(timed, timings)
+      entry.update(metrics.drafter_stats(timings))
       path_len = b.drafter.topology.path_len
       if settings.record_topk:
         recorded, _ = generator.generate(prompts, b.drafter, b.params, rng=rng,
@@ -111,12 +125,14 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
     metrics.compare_to_reference(task_report, outputs, settings.sampling.greedy,
                                  methods.reference())
     metrics.compare_to_vanilla(task_report, methods.vanilla())
+    metrics.compare_to_best_other(task_report)
     result["tasks"][task] = task_report
     result["samples"][task] = [
         {"id": e["id"], "prompt_tail": e["prompt_text"][-200:],
          "output": loaded.vocab.decode(outputs[settings.methods[0]][i].tolist())}
         for i, e in enumerate(examples[:3])]
   result["compilations"] = generator.compilations
+  result["cost_tables"] = [t.as_dict() for t in res.cost_model.tables]
   result["complete"] = True
   report_lib.write(settings.output, result)
   return result

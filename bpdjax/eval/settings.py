@@ -43,6 +43,7 @@ class DecodeSettings:
   mesh: tuple[int, ...] = ()
   rescorer_workdir: str = ""
   ngram_arpa: str = ""
+  cost_cache: str = ""
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "DecodeSettings":
@@ -61,7 +62,7 @@ class DecodeSettings:
                                          top_k=int(config.top_k), top_p=float(config.top_p)),
         seed=config.seed, record_topk=config.record_topk, data_dir=config.data_dir,
         jsonl=config.jsonl, mesh=mesh, rescorer_workdir=config.rescorer_workdir,
-        ngram_arpa=config.ngram_arpa)
+        ngram_arpa=config.ngram_arpa, cost_cache=config.get("cost_cache", ""))
 
   def validate(self, model: Optional[model_lib.TransformerConfig] = None) -> None:
     """Raises ValueError for bad settings; `model` adds the checks that need its shape."""

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from bpdjax import model as model_lib
 from bpdjax.decoding import lattice
+from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import tree as tree_lib
 
@@ -33,7 +34,7 @@ def check_k(k: int, model: Optional[model_lib.TransformerConfig]) -> None:
 
 # ------------------------------------------------------------------------------------------ ar
 @dataclasses.dataclass(frozen=True)
-class NoDraft:
+class NoDraft(protocol.SingleCandidate):
   """Autoregressive decoding on the same loop: verify only the model's own next token."""
   topology = tree_lib.chain(1)
   last_head = 1
@@ -41,7 +42,7 @@ class NoDraft:
   def start(self, params, prompts, prompt_lengths, cache_len):
     return ()
 
-  def propose(self, params, state, head_logits, next_token):
+  def propose(self, params, state, heads, next_token):
     return next_token[:, None].astype(jnp.int32), state
 
   def commit(self, params, state, tokens, num_kept):
@@ -56,7 +57,7 @@ class NoOptions:
 
 # ----------------------------------------------------------------------------------------- bpd
 @dataclasses.dataclass(frozen=True)
-class TopOneDrafter:
+class TopOneDrafter(protocol.SingleCandidate):
   """Blockwise parallel decoding: head i's argmax for position t+i, i = 2..draft_len."""
   draft_len: int
 
@@ -71,7 +72,8 @@ class TopOneDrafter:
   def start(self, params, prompts, prompt_lengths, cache_len):
     return ()
 
-  def propose(self, params, state, head_logits, next_token):
+  def propose(self, params, state, heads, next_token):
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     guesses = jnp.argmax(head_logits, axis=-1).astype(jnp.int32)                 # [B, L-1]
     return jnp.concatenate([next_token[:, None].astype(jnp.int32), guesses], axis=1), state
 
@@ -89,7 +91,7 @@ class BpdOptions:
 
 # -------------------------------------------------------------------------------- pbest_0gram
 @dataclasses.dataclass(frozen=True)
-class PBestDrafter:
+class PBestDrafter(protocol.SingleCandidate):
   """The p best paths through the heads' top-k lattice by head scores, verified together as p
   chains sharing the model's own next token ("p-best 0-gram" in Kim et al. 2024)."""
   draft_len: int
@@ -110,7 +112,8 @@ class PBestDrafter:
   def start(self, params, prompts, prompt_lengths, cache_len):
     return ()
 
-  def propose(self, params, state, head_logits, next_token):
+  def propose(self, params, state, heads, next_token):
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     ids, logp = lattice.head_lattice(head_logits, self.k)
     ranks, _ = lattice.pbest_paths(logp, self.p)                                 # [B, p, L-1]
     tokens = jnp.take_along_axis(ids[:, None], ranks[..., None], axis=3)[..., 0]  # [B, p, L-1]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from bpdjax import cache as cache_lib
 from bpdjax.decoding import lattice
 from bpdjax.decoding import model_fns
+from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import tree as tree_lib
@@ -46,7 +47,7 @@ class RescorerState:
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalRescoreDrafter:
+class LocalRescoreDrafter(protocol.SingleCandidate):
   """Local rescoring (Algorithm 2). draft_len: L heads used; k: candidates per head; alpha in
   [0, 1]; rescorer: the LM's model_fns.TransformerFns (its params are the drafter params)."""
   draft_len: int
@@ -103,7 +104,8 @@ class LocalRescoreDrafter:
       ranked.append(jnp.take_along_axis(cand_ids[:, i], order, axis=1)[:, None])
     return jnp.concatenate(ranked, axis=1).astype(jnp.int32), state
 
-  def propose(self, params, state: RescorerState, head_logits, next_token):
+  def propose(self, params, state: RescorerState, heads, next_token):
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     ranked, state = self.rerank(params, state, head_logits, next_token)
     draft = jnp.concatenate([next_token[:, None].astype(jnp.int32), ranked[:, :, 0]], axis=1)
     return draft, state

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpdjax.decoding import lattice
+from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import sparse_tree
@@ -39,7 +40,7 @@ def _tree_tokens(sparse: sparse_tree.SparseTree, ids: jax.Array,
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaTreeDrafter:
+class MedusaTreeDrafter(protocol.SingleCandidate):
   """Medusa sparse-tree drafting with the heads' own top-k.
 
   num_heads: h, heads available (the tree uses heads 2..draft_len); k: candidates per head;
@@ -82,8 +83,9 @@ class MedusaTreeDrafter:
   def start(self, params, prompts, prompt_lengths, cache_len):
     return ()
 
-  def propose(self, params, state, head_logits, next_token):
-    """head_logits [B, L-1, V] (heads 2..L), next_token [B] -> (tree tokens [B, T], state)."""
+  def propose(self, params, state, heads, next_token):
+    """heads 2..L at the last kept position, next_token [B] -> (tree tokens [B, T], state)."""
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     ids, _ = lattice.head_lattice(head_logits, self.k)
     return _tree_tokens(self.sparse, ids, next_token), state
 
@@ -125,7 +127,8 @@ class MedusaLocalDrafter(MedusaTreeDrafter):
     fed = jnp.zeros((prompts.shape[0], self.draft_len), jnp.int32)
     return MedusaLocalState(rescorer=rescorer_state, fed=fed)
 
-  def propose(self, params, state: MedusaLocalState, head_logits, next_token):
+  def propose(self, params, state: MedusaLocalState, heads, next_token):
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     ranked, rescorer_state = self.local.rerank(params, state.rescorer, head_logits, next_token)
     fed = jnp.concatenate([next_token[:, None].astype(jnp.int32), ranked[:, :, 0]], axis=1)
     return (_tree_tokens(self.sparse, ranked, next_token),

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpdjax.decoding import lattice
+from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import tree as tree_lib
@@ -54,7 +55,7 @@ def commit_history(history: jax.Array, tokens: jax.Array, num_kept: jax.Array) -
 
 
 @dataclasses.dataclass(frozen=True)
-class NgramPBestDrafter:
+class NgramPBestDrafter(protocol.SingleCandidate):
   """Global n-gram rescoring on device (Kim et al. 2024): the p best paths of the heads' top-k
   lattice under (1 - alpha) * head log-prob + alpha * n-gram log-prob, by the exact dynamic
   program of ngram/dp.py (its tables are the drafter params), verified together as p chains
@@ -80,7 +81,8 @@ class NgramPBestDrafter:
   def start(self, params, prompts, prompt_lengths, cache_len):
     return NgramState(history=start_history(prompts, prompt_lengths, self.order))
 
-  def propose(self, params, state: NgramState, head_logits, next_token):
+  def propose(self, params, state: NgramState, heads, next_token):
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     cand_ids, cand_logp = lattice.head_lattice(head_logits, self.k)
     b = next_token.shape[0]
     first_ids = jnp.zeros((b, 1, self.k), jnp.int32).at[:, 0, 0].set(next_token)
@@ -97,7 +99,7 @@ class NgramPBestDrafter:
 
 
 @dataclasses.dataclass(frozen=True)
-class WfstPBestDrafter:
+class WfstPBestDrafter(protocol.SingleCandidate):
   """Global n-gram rescoring with OpenFST on the host: NgramPBestDrafter's drafts (same lattice,
   score, dedupe and tie rule, same tree of p chains sharing the model's next token), computed by
   ngram.fst.WfstRescorer.best_paths through jax.pure_callback, one lattice per row (it takes
@@ -162,7 +164,8 @@ class WfstPBestDrafter:
           out[r, j] = tokens[1:]
     return out.reshape(lead + (self.p, n))
 
-  def propose(self, params, state: NgramState, head_logits, next_token):
+  def propose(self, params, state: NgramState, heads, next_token):
+    head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     if head_logits.shape[-1] != self.rescorer.vocab_size:
       raise ValueError(f"The n-gram LM was read for vocab_size={self.rescorer.vocab_size}, the "
                        f"model has {head_logits.shape[-1]}")

@@ -1,0 +1,361 @@
+"""Cost-aware drafting: `auto` picks, at every step inside the jitted loop, the draft that
+maximises expected tokens per second; `auto_entropy` (an ablation) cuts the chain at the first
+head whose entropy exceeds a threshold.
+
+Candidates are prefixes of one topology: the chain of 1..L tokens (1 is plain decoding), then,
+with `tree_nodes`, trees made of that chain plus Medusa's extra nodes (sparse_tree.py), so the
+loop verifies any of them with lax.switch over static sizes (loop.step).
+
+Expected tokens of a candidate, per row: 1 + the sum over its non-root nodes v of the product,
+along v's root path, of a(u) = P(u's token is accepted | its parent was). a is the calibrated
+acceptance of u's head at the head's probability p of u's token: counts of accepted / tried per
+(head, probability bin), learned online from the loop's own outcomes on the chain nodes (state
+in the loop carry, shared by the batch), from the prior a = p times the head's pooled ratio of
+accepted to expected tokens. Each call reveals the model's
+tokens one past what it kept, so a chain node is judged even when it was not verified (head 2
+after every step), and the calibration keeps learning while plain decoding is chosen. At
+temperature > 0 a point-mass draft x is accepted with probability p(x), the chance that the
+sampled token is x, so the same counts learn the sampling rule's acceptance.
+
+Choice (`auto`): argmax over candidates c of (sum over active rows of E_row(c)) / cost(c), with
+cost(c) the measured seconds of one loop iteration verifying c (decoding/cost.py); one choice
+per step for the whole batch, since the cost is per call. Heads are computed one at a time and
+the next only while a longer chain could still beat the best candidate so far if every further
+head were always right (E(L') <= E(j) + (L' - j) P_j, P_j = the chance of reaching node j+1),
+or while a tree candidate needs it; when the cost table alone shows that no candidate can beat
+plain decoding even with perfect heads, no head is computed at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bpdjax.decoding import cost as cost_lib
+from bpdjax.decoding import protocol
+from bpdjax.decoding import registry
+from bpdjax.decoding import resources as resources_lib
+from bpdjax.decoding import sparse_tree
+from bpdjax.decoding import tree as tree_lib
+from bpdjax.decoding.drafters import heads as heads_lib
+
+BINS = 10             # Probability bins of the calibration.
+PRIOR = 2.0           # Pseudo-counts of the prior a = p (bin centre).
+
+
+@flax.struct.dataclass
+class AutoState:
+  """choice: [] int32 candidate to verify next; probs: [B, T] head probability of each node's
+  token (root 1, 0 where not drafted); hits, tries: [L-1, BINS] accepted / tried chain nodes per
+  head 2..L and probability bin; chosen: [C] int32 steps per candidate; predicted, realized,
+  verified: [] float32 sums over verified rows of expected and kept tokens, and their count."""
+  choice: jax.Array
+  probs: jax.Array
+  chain: jax.Array
+  hits: jax.Array
+  tries: jax.Array
+  chosen: jax.Array
+  predicted: jax.Array
+  realized: jax.Array
+  verified: jax.Array
+
+
+def combined_topology(length: int, k: int, tree_nodes: int) -> tuple:
+  """(tree, ranks): the chain of `length` nodes first, then (tree_nodes > length) the nodes of
+  Medusa's sparse tree of that size over heads 2..length not on its all-rank-0 chain, in their
+  order (parents precede children); ranks[v] is node v's rank in its head's top-k."""
+  if tree_nodes <= length:
+    return tree_lib.chain(length), (0,) * length
+  sparse = sparse_tree.build_sparse_tree(sparse_tree.default_accuracy(length, k), tree_nodes)
+  on_chain = sorted(sparse.tree.primary, key=lambda v: sparse.tree.depth[v])
+  new_index = {old: i for i, old in enumerate(on_chain)}     # Primary node at depth d -> d.
+  parents, ranks = [-1] + list(range(length - 1)), [0] * length
+  for old in range(sparse.size):
+    if old not in new_index:
+      new_index[old] = len(parents)
+      parents.append(new_index[sparse.tree.parents[old]])
+      ranks.append(sparse.ranks[old])
+  return tree_lib.Tree(parents=tuple(parents), primary=tuple(range(length))), tuple(ranks)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoDrafter:
+  """length: L, the longest chain (heads 2..L); sizes: candidate node counts (chains 1..L, then
+  tree sizes); costs: seconds (or relative) per iteration of each; rule: "cost" (auto) or
+  "entropy" (cut at the first head of entropy > threshold, nats); k: top-k of tree nodes."""
+  length: int
+  sizes: tuple[int, ...]
+  costs: tuple[float, ...]
+  tree_nodes: int = 0
+  k: int = 1
+  rule: str = "cost"
+  threshold: float = 0.0
+
+  @property
+  def topology(self) -> tree_lib.Tree:
+    return combined_topology(self.length, self.k, self.tree_nodes)[0]
+
+  @property
+  def ranks(self) -> np.ndarray:
+    return np.asarray(combined_topology(self.length, self.k, self.tree_nodes)[1])
+
+  @property
+  def last_head(self) -> int:
+    return self.length
+
+  @property
+  def candidates(self) -> tuple[int, ...]:
+    return self.sizes
+
+  def candidate(self, state: AutoState) -> jax.Array:
+    return state.choice
+
+  def _never_drafts(self) -> bool:
+    """The cost table alone shows plain decoding wins even with heads that are always right."""
+    if self.rule != "cost":
+      return False
+    paths = [self.topology.prefix(s).path_len for s in self.sizes]
+    return max(p / c for p, c in zip(paths, self.costs)) <= 1.0 / self.costs[0]
+
+  def start(self, params, prompts, prompt_lengths, cache_len):
+    b, c, t = prompts.shape[0], len(self.sizes), self.topology.size
+    zeros = jnp.zeros((), jnp.float32)
+    return AutoState(
+        choice=jnp.zeros((), jnp.int32), probs=jnp.zeros((b, t), jnp.float32),
+        chain=jnp.zeros((b, self.length), jnp.int32),
+        hits=jnp.zeros((self.length - 1, BINS), jnp.float32),
+        tries=jnp.zeros((self.length - 1, BINS), jnp.float32),
+        chosen=jnp.zeros((c,), jnp.int32), predicted=zeros, realized=zeros, verified=zeros)
+
+  # ------------------------------------------------------------------------ expected tokens
+  def _acceptance(self, state: AutoState, head: jax.Array, prob: jax.Array) -> jax.Array:
+    """Calibrated acceptance of tokens of heads `head` (0-based among heads 2..L) at
+    probabilities `prob` (same shape): per (head, bin) counts over a prior that is the bin's
+    centre scaled by the head's pooled ratio of accepted to expected (hits / sum of p over its
+    tries), which learns a head's over- or under-confidence from its first few outcomes."""
+    centres = (jnp.arange(BINS, dtype=jnp.float32) + 0.5) / BINS
+    ratio = ((jnp.sum(state.hits, axis=1) + PRIOR)
+             / (jnp.sum(state.tries * centres, axis=1) + PRIOR))                 # [L-1]
+    bins = jnp.clip((prob * BINS).astype(jnp.int32), 0, BINS - 1)
+    prior = jnp.clip(centres[bins] * ratio[head], 0.0, 1.0)
+    hits, tries = state.hits[head, bins], state.tries[head, bins]
+    return (hits + PRIOR * prior) / (tries + PRIOR)
+
+  def _expected(self, state: AutoState, probs: jax.Array) -> jax.Array:
+    """probs [B, T] node probabilities (0 where not drafted) -> [B, C] expected tokens."""
+    topo = self.topology
+    depth = jnp.asarray(np.maximum(topo.depth - 1, 0))
+    a = self._acceptance(state, jnp.broadcast_to(depth, probs.shape), probs)
+    a = jnp.where(jnp.asarray(topo.depth)[None] == 0, 1.0, a * (probs > 0))
+    log_a = jnp.log(jnp.maximum(a, 1e-30))
+    reach = jnp.exp(log_a @ jnp.asarray(topo.ancestor_mask, jnp.float32).T)     # [B, T]
+    inside = np.arange(topo.size)[None, :] < np.asarray(self.sizes)[:, None]    # [C, T]
+    inside[:, 0] = False
+    return 1.0 + reach @ jnp.asarray(inside, jnp.float32).T
+
+  # ------------------------------------------------------------------------------- propose
+  def propose(self, params, state: AutoState, heads: protocol.LastHeads, next_token):
+    b, topo, k = next_token.shape[0], self.topology, self.k
+    n = self.length - 1                                       # Heads 2..L.
+    active = heads.active.astype(jnp.float32)
+    ids = jnp.zeros((b, max(n, 1), k), jnp.int32)
+    probs = jnp.zeros((b, max(n, 1), k), jnp.float32)
+    if not self._never_drafts() and n > 0:
+      ids, probs = self._lazy_heads(state, heads, active, ids, probs)
+    depth, ranks = np.asarray(topo.depth), self.ranks
+    node_ids = ids[:, np.maximum(depth - 1, 0), ranks].at[:, 0].set(next_token.astype(jnp.int32))
+    node_probs = probs[:, np.maximum(depth - 1, 0), ranks].at[:, 0].set(1.0)
+    expected = self._expected(state, node_probs)                                # [B, C]
+    totals = jnp.sum(expected * active[:, None], axis=0)                        # [C]
+    drafted = np.asarray([topo.prefix(s).path_len for s in self.sizes])
+    computed = jnp.sum(jnp.any(probs[:, :, 0] > 0, axis=0)) + 1                 # Heads + 1.
+    usable = jnp.asarray(drafted) <= computed
+    if self.rule == "cost":
+      score = jnp.where(usable, totals / jnp.asarray(self.costs), -1.0)
+      choice = jnp.argmax(score).astype(jnp.int32)
+    else:                      # The longest chain whose heads passed the entropy test.
+      choice = jnp.max(jnp.where(usable, jnp.arange(len(self.sizes)), 0)).astype(jnp.int32)
+    choice = jnp.where(jnp.any(heads.active), choice, 0)
+    any_active = jnp.any(heads.active)
+    state = state.replace(
+        choice=choice, probs=node_probs, chain=node_ids[:, :self.length],
+        chosen=state.chosen.at[choice].add(any_active.astype(jnp.int32)),
+        predicted=state.predicted + jnp.sum(expected[:, choice] * active))
+    return node_ids, state
+
+  def _lazy_heads(self, state, heads, active, ids, probs):
+    """Heads 2, 3, ... one at a time while a longer draft could still pay (rule "cost"), or
+    while the batch's mean entropy stays within the threshold (rule "entropy"); returns top-k
+    ids and probabilities [B, L-1, k] (0 where not computed)."""
+    n, k = self.length - 1, self.k
+    costs = jnp.asarray(self.costs)
+    prefixes = [self.topology.prefix(s) for s in self.sizes]
+    path_lens = jnp.asarray([p.path_len for p in prefixes], jnp.float32)
+    is_chain = jnp.asarray([p.is_chain for p in prefixes])
+    rows = jnp.maximum(jnp.sum(active), 1.0)
+
+    def compute(j):        # Head j + 2 (0-based j among heads 2..L).
+      branches = [lambda i=i: heads.range(i + 1, i + 2)[:, 0] for i in range(n)]
+      logits = jax.lax.switch(j, branches)                                      # [B, V]
+      logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+      top_logp, top_ids = jax.lax.top_k(logp, k)
+      entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+      return top_ids.astype(jnp.int32), jnp.exp(top_logp), entropy
+
+    return self._heads_loop(state, active, ids, probs, compute, costs, path_lens, is_chain,
+                            rows)
+
+  def _heads_loop(self, state, active, ids, probs, compute, costs, path_lens, is_chain, rows):
+    n = self.length - 1
+    b = active.shape[0]
+    # carry: j (heads computed), ids, probs, per-row E of the chain of j + 1 tokens, per-row
+    # chance of reaching node j + 1, best score among evaluable candidates, entropy stop.
+    init = (jnp.zeros((), jnp.int32), ids, probs, jnp.ones((b,), jnp.float32),
+            jnp.ones((b,), jnp.float32), rows / costs[0], jnp.zeros((), bool))
+
+    def go_on(carry):
+      j, _, _, expected, reach, best, stop = carry
+      if self.rule != "cost":
+        return (j < n) & ~stop
+      sum_e, sum_r = jnp.sum(expected * active), jnp.sum(reach * active)
+      chain_bound = (sum_e + jnp.maximum(path_lens - (j + 1), 0) * sum_r) / costs
+      tree_bound = rows * path_lens / costs
+      bound = jnp.where(is_chain, chain_bound, tree_bound)
+      return (j < n) & jnp.any((path_lens > j + 1) & (bound > best))
+
+    def body(carry):
+      j, ids, probs, expected, reach, best, stop = carry
+      top_ids, top_p, entropy = compute(j)
+      ids, probs = ids.at[:, j].set(top_ids), probs.at[:, j].set(top_p)
+      reach = reach * self._acceptance(state, jnp.full((b,), j), top_p[:, 0])
+      expected = expected + reach
+      best = jnp.maximum(best, jnp.sum(expected * active) / costs[j + 1])
+      mean_entropy = jnp.sum(entropy * active) / jnp.maximum(jnp.sum(active), 1.0)
+      if self.rule != "cost":
+        over = mean_entropy > self.threshold
+        probs = probs.at[:, j].set(jnp.where(over, 0.0, top_p))  # A rejected head is unused.
+        return j + 1, ids, probs, expected, reach, best, over
+      return j + 1, ids, probs, expected, reach, best, stop
+
+    _, ids, probs, _, _, _, _ = jax.lax.while_loop(go_on, body, init)
+    return ids, probs
+
+  # -------------------------------------------------------------------------------- commit
+  def commit(self, params, state: AutoState, tokens, num_kept):
+    """Calibration from the chain nodes whose true token is now known: the call appended
+    tokens[:, :num_kept + 1], so chain node d (depth d, drafted by head d + 1) was reached when
+    the chain's tokens 1..d-1 equal the appended ones, and is judged when d <= num_kept --
+    including the node just past what was verified (e.g. head 2's token against the model's
+    next token after a plain decoding step), so head 2 is calibrated at every step."""
+    n = self.length - 1
+    width = min(tokens.shape[1], self.length)
+    same = (tokens[:, 1:width] == state.chain[:, 1:width]).astype(jnp.int32)     # [B, w-1]
+    match = jnp.pad(same, ((0, 0), (0, n - (width - 1))))                         # [B, L-1]
+    reached = jnp.cumprod(jnp.pad(match[:, :-1], ((0, 0), (1, 0)), constant_values=1), axis=1)
+    d = jnp.arange(1, self.length)[None, :]
+    prob = state.probs[:, 1:self.length]                                           # [B, L-1]
+    tried = (d <= num_kept[:, None]) & (reached > 0) & (prob > 0)
+    accepted = tried & (match > 0)
+    bins = jnp.clip((prob * BINS).astype(jnp.int32), 0, BINS - 1)
+    heads_idx = jnp.broadcast_to(jnp.arange(n), bins.shape)
+    tries = state.tries.at[heads_idx, bins].add(tried.astype(jnp.float32))
+    hits = state.hits.at[heads_idx, bins].add(accepted.astype(jnp.float32))
+    verified = (num_kept > 0).astype(jnp.float32)
+    return state.replace(tries=tries, hits=hits,
+                         realized=state.realized + jnp.sum(num_kept * verified),
+                         verified=state.verified + jnp.sum(verified))
+
+  def stats(self, state: AutoState) -> dict:
+    return {"chosen": state.chosen, "predicted_tokens": state.predicted,
+            "realized_tokens": state.realized, "verified_calls": state.verified}
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoOptions:
+  max_len: int = 0            # Longest chain, head 1 included (0: all h heads).
+  tree_nodes: str = ""        # Tree candidate sizes beyond the chain, e.g. "16,64" ("": none).
+  k: int = 16                 # Candidates per head for the tree nodes.
+  costs: str = "measured"     # "measured", or relative costs per candidate ("1,1.1,...").
+
+  def validate(self, model=None) -> None:
+    heads_lib.check_draft_len(self.max_len, model)
+    if _parse_ints(self.tree_nodes, "tree_nodes"):
+      heads_lib.check_k(self.k, model)
+    if self.costs != "measured":
+      _parse_floats(self.costs)
+    if model is not None and model.num_heads_bpd < 2:
+      raise ValueError(f"auto drafts from heads 2..h; the model has h = {model.num_heads_bpd} "
+                       "(plain decoding: method ar)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EntropyOptions:
+  max_len: int = 0            # Longest chain, head 1 included (0: all h heads).
+  threshold: float = 2.0      # Cut before the first head of mean entropy above this (nats).
+
+  def validate(self, model=None) -> None:
+    heads_lib.check_draft_len(self.max_len, model)
+    if not self.threshold >= 0.0:
+      raise ValueError(f"threshold (nats) must be >= 0, got {self.threshold}")
+    if model is not None and model.num_heads_bpd < 2:
+      raise ValueError(f"auto_entropy drafts from heads 2..h; the model has h = "
+                       f"{model.num_heads_bpd} (plain decoding: method ar)")
+
+
+def _parse_ints(text: str, name: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+  except ValueError:
+    raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+  except ValueError:
+    raise ValueError(f"costs must be 'measured' or comma-separated numbers, got {text!r}") from None
+
+
+def candidate_sizes(length: int, tree_nodes: tuple[int, ...]) -> tuple[int, ...]:
+  """Chains 1..length, then each tree size (> length, increasing)."""
+  trees = tuple(sorted(set(tree_nodes)))
+  if trees and trees[0] <= length:
+    raise ValueError(f"tree_nodes {trees} must exceed the chain length {length}")
+  return tuple(range(1, length + 1)) + trees
+
+
+def _build_auto(options: AutoOptions, model, resources):
+  options.validate(model)
+  length = heads_lib.check_draft_len(options.max_len, model)
+  trees = _parse_ints(options.tree_nodes, "tree_nodes")
+  sizes = candidate_sizes(length, trees)
+  largest = max(trees) if trees else 0
+  k = options.k if trees else 1
+  topology = combined_topology(length, k, largest)[0]
+  if options.costs == "measured":
+    table = resources.need(resources_lib.COST_MODEL, "auto").table(topology, sizes)
+  else:
+    table = cost_lib.given(sizes, _parse_floats(options.costs))
+  return AutoDrafter(length, sizes, table.seconds, tree_nodes=largest, k=k), None
+
+
+def _build_entropy(options: EntropyOptions, model, resources):
+  options.validate(model)
+  length = heads_lib.check_draft_len(options.max_len, model)
+  sizes = candidate_sizes(length, ())
+  return AutoDrafter(length, sizes, (1.0,) * len(sizes), rule="entropy",
+                     threshold=float(options.threshold)), None
+
+
+registry.register(registry.Method(
+    name="auto", summary="cost-aware drafting: per step, the chain (or tree) of most expected "
+    "tokens per second, from calibrated head confidence and measured verify costs",
+    options=AutoOptions, build=_build_auto, resources=(resources_lib.COST_MODEL,),
+    exact_sampling=True))
+registry.register(registry.Method(
+    name="auto_entropy", summary="ablation: the heads' chain cut before the first head whose "
+    "entropy exceeds a threshold (nats)", options=EntropyOptions, build=_build_entropy,
+    exact_sampling=True))

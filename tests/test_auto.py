@@ -1,0 +1,184 @@
+"""Cost-aware drafting (method auto, and the entropy-threshold ablation auto_entropy): exact
+output, lossless sampling, adaptation to the cost table, the cost tables themselves, bad input."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from bpdjax.decoding import cost
+from bpdjax.decoding import generator
+from bpdjax.decoding import methods
+from bpdjax.decoding import resources
+from bpdjax.decoding import sampling
+from bpdjax.decoding import verify
+from bpdjax.decoding.drafters import auto
+from tests import helpers
+
+MAX_NEW = 21
+
+
+@pytest.fixture(scope="module")
+def trained(trained_tiny_workdir):
+  """The tiny trained model (h = 4; its heads are right often enough to draft)."""
+  import bpdjax  # pylint: disable=g-import-not-at-top
+  loaded = bpdjax.load(trained_tiny_workdir)
+  rng = np.random.RandomState(3)
+  rows = [rng.randint(3, 500, n) for n in (9, 3, 1, 6, 12, 4)]
+  return loaded, rows
+
+
+def _run(loaded, rows, built, batch_size, eos_id=None, max_new=MAX_NEW, **kw):
+  gen = generator.Generator(loaded.model, loaded.params, eos_id=eos_id)
+  out, timings = gen.generate(rows, built.drafter, built.params, max_new, batch_size, **kw)
+  return [g.tokens.tolist() for g in out], sum(g.calls for g in out), timings
+
+
+def _be(tokens, calls):
+  return sum(len(t) for t in tokens) / calls
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_auto_equals_ar_greedy(trained, batch_size):
+  """Exact for every cost table: flat (drafts most), cheap drafts, and drafts that never pay;
+  with trees; EOS and the length limit fall mid-block."""
+  loaded, rows = trained
+  cfg = loaded.model.config
+  ar, _, _ = _run(loaded, rows, methods.build("ar", cfg), batch_size)
+  eos = ar[0][4]
+  ar_eos, _, _ = _run(loaded, rows, methods.build("ar", cfg), batch_size, eos_id=eos)
+  for knobs in (dict(costs="1,1,1,1"), dict(costs="1,1.05,1.1,1.15"), dict(costs="1,2,3,4"),
+                dict(costs="1,1,1,1,1,1", tree_nodes="8,12", k=3)):
+    built = methods.build("auto", cfg, **knobs)
+    got, calls, timings = _run(loaded, rows, built, batch_size)
+    assert got == ar, knobs
+    got_eos, _, _ = _run(loaded, rows, built, batch_size, eos_id=eos)
+    assert got_eos == ar_eos, knobs
+    stats = timings[0].stats
+    assert int(np.sum(stats["chosen"])) > 0
+  built = methods.build("auto_entropy", cfg, threshold=4.0)
+  assert _run(loaded, rows, built, batch_size)[0] == ar
+
+
+def test_auto_adapts_to_the_cost_table(trained):
+  """Every verify size costing one step: auto drafts the longest chain, BE within 2% of the
+  best fixed method's; every extra draft token costing a full step: it drafts almost nothing
+  (BE < 1.05); in between, it drafts sometimes."""
+  loaded, rows = trained
+  cfg = loaded.model.config
+  fixed = {}
+  for length in (2, 3, 4):
+    tokens, calls, _ = _run(loaded, rows, methods.build("bpd", cfg, draft_len=length), 1)
+    fixed[length] = _be(tokens, calls)
+  assert max(fixed.values()) > 1.1, f"the heads must draft something: {fixed}"
+  flat, calls, _ = _run(loaded, rows, methods.build("auto", cfg, costs="1,1,1,1"), 1)
+  assert _be(flat, calls) >= 0.98 * max(fixed.values()), (_be(flat, calls), fixed)
+  linear, calls, timings = _run(loaded, rows, methods.build("auto", cfg, costs="1,2,3,4"), 1)
+  assert _be(linear, calls) < 1.05
+  assert sum(t.stats["chosen"][0] for t in timings) == calls - len(rows)
+
+
+def test_calibration_tracks_realized_tokens(trained, trained_tiny_workdir):
+  """Predicted tokens per call track the realized ones. This 30-step model is a hard case: its
+  heads put < 10% on tokens that are nearly always right (it loops), so the calibration must
+  learn a 10x under-confidence from the prior a = p; the benchmark checks 10% on a real model
+  (benchmarks/decode_speed.py, TinyStories)."""
+  from bpdjax import workdir  # pylint: disable=g-import-not-at-top
+  from bpdjax.data import eval_tasks  # pylint: disable=g-import-not-at-top
+  loaded, _ = trained
+  examples = eval_tasks.load_prompts("lambada", loaded.config.data_dir,
+                                     workdir.vocab_path(trained_tiny_workdir), 6,
+                                     max_prompt_tokens=60)
+  rows = [e["prompt_tokens"] for e in examples]
+  built = methods.build("auto", loaded.model.config, costs="1,1.02,1.04,1.06")
+  _, _, timings = _run(loaded, rows, built, 1, max_new=64)
+  predicted = sum(float(t.stats["predicted_tokens"]) for t in timings)
+  realized = sum(float(t.stats["realized_tokens"]) for t in timings)
+  assert predicted == pytest.approx(realized, rel=0.3), (predicted, realized)
+
+
+def test_lossless_sampling_chi_square():
+  """auto samples (t1, t2) from exactly the model's distribution at temperature 1 and at 0.7
+  with top-p 0.9; the broken chain rule (resample from the full distribution after a
+  rejection) is caught by the same test."""
+  vocab = 8
+  model, cfg, params = helpers.random_model(vocab_size=vocab, h=3, seed=3, scale=0.1)
+  drafter = methods.build("auto", cfg, costs="1,1,1").drafter
+  prompt = [1, 5, 2]
+  n = 20000
+  for config in (sampling.SamplingConfig(temperature=1.0),
+                 sampling.SamplingConfig(temperature=0.7, top_p=0.9)):
+    probs = helpers.exact_joint(model, params, prompt, vocab, config)
+    got = helpers.sample_first_two(model, params, prompt, drafter, config, n)
+    assert helpers.chi2_pvalue(helpers.joint_counts(got, vocab), probs) > 1e-3, config
+  true_accept = verify.accept_chain
+
+  def broken_accept(draft, logits, config, rng):
+    num_kept, _ = true_accept(draft, logits, config, rng)
+    logp = jax.nn.log_softmax(sampling.processed_logits(logits, config), -1)
+    last = np.take_along_axis(logp, (num_kept - 1)[:, None, None], axis=1)[:, 0]
+    return num_kept, jax.random.categorical(jax.random.fold_in(rng, 1), last).astype(np.int32)
+
+  config = sampling.SamplingConfig(temperature=1.0)
+  verify.accept_chain = broken_accept
+  try:
+    broken = helpers.sample_first_two(model, params, prompt, drafter, config, n)
+  finally:
+    verify.accept_chain = true_accept
+  probs = helpers.exact_joint(model, params, prompt, vocab, config)
+  assert helpers.chi2_pvalue(helpers.joint_counts(broken, vocab), probs) < 1e-6
+
+
+def test_measured_cost_table_and_its_cache(tmp_path):
+  model, cfg, params = helpers.random_model(h=3)
+  topology = auto.combined_topology(3, 1, 0)[0]
+  path = str(tmp_path / "costs.json")
+  table = cost.measure(model, params, topology, (1, 2, 3), batch=2, prompt_width=8,
+                       max_new_tokens=8, repeats=2, min_seconds=0.001, cache_path=path)
+  assert table.source == "measured" and len(table.seconds) == 3 and table.relative[0] == 1.0
+  assert all(s > 0 for s in table.seconds)
+  assert cost.measure(model, params, topology, (1, 2, 3), 2, 8, 8, cache_path=path) is table
+  cost._MEMORY.clear()   # pylint: disable=protected-access  (a new process: read the file)
+  again = cost.measure(model, params, topology, (1, 2, 3), 2, 8, 8, cache_path=path)
+  assert again.seconds == table.seconds
+  # Another batch size or model shape: never reused, measured anew and added to the file.
+  cost.measure(model, params, topology, (1, 2, 3), 3, 8, 8, repeats=1, min_seconds=0.001,
+               cache_path=path)
+  other, _, other_params = helpers.random_model(h=3, vocab_size=32)
+  cost.measure(other, other_params, topology, (1, 2, 3), 2, 8, 8, repeats=1,
+               min_seconds=0.001, cache_path=path)
+  keys = [dict(e["key"]) for e in json.loads(open(path).read())]
+  assert len(keys) == 3 and len({(k["batch"], k["model"]) for k in keys}) == 3
+  table = cost.analytic(cfg, topology, (1, 2, 3), batch=1, cache_len=32, peak_flops=1e9,
+                        peak_bytes=1e9)
+  assert table.source == "analytic" and list(table.seconds) == sorted(table.seconds)
+
+
+def test_auto_through_the_cost_model_resource(trained):
+  loaded, rows = trained
+  model = cost.CostModel(loaded.model, loaded.params, batch=1, prompt_width=32,
+                         max_new_tokens=MAX_NEW)
+  built = methods.build("auto", loaded.model.config, resources.Resources(cost_model=model))
+  assert len(model.tables) == 1 and model.tables[0].sizes == (1, 2, 3, 4)
+  assert built.drafter.costs == model.tables[0].seconds
+  ar, _, _ = _run(loaded, rows, methods.build("ar", loaded.model.config), 1)
+  assert _run(loaded, rows, built, 1)[0] == ar
+
+
+def test_bad_input():
+  _, cfg, _ = helpers.random_model(h=3)
+  _, one_head, _ = helpers.random_model(h=1)
+  with pytest.raises(ValueError, match="h = 1"):
+    methods.build("auto", one_head, costs="1")
+  with pytest.raises(ValueError, match="threshold .* must be >= 0"):
+    methods.build("auto_entropy", cfg, threshold=-0.5)
+  with pytest.raises(ValueError, match="3 candidate sizes"):
+    methods.build("auto", cfg, costs="1,1")
+  with pytest.raises(ValueError, match="positive"):
+    methods.build("auto", cfg, costs="1,0,1")
+  with pytest.raises(ValueError, match="comma-separated numbers"):
+    methods.build("auto", cfg, costs="fast")
+  with pytest.raises(ValueError, match="exceed the chain length"):
+    methods.build("auto", cfg, costs="1,1,1,1", tree_nodes="2")
+  with pytest.raises(ValueError, match="needs a cost model"):
+    methods.build("auto", cfg, resources.Resources())
