@@ -56,11 +56,16 @@ def prompts(s: settings_lib.DecodeSettings, loaded, task: str,
   return [e["prompt_tokens"] for e in examples]
 
 
-def build_methods(s: settings_lib.DecodeSettings, loaded) -> dict:
-  """{method: registry.Built} for the settings' methods, resources loaded once."""
+def build_methods(s: settings_lib.DecodeSettings, loaded, prompt_width: int = 0,
+                  batch_size: int = 0, res=None) -> dict:
+  """{method: registry.Built} for the settings' methods (resources `res`, or loaded now); a
+  cost-aware method measures its cost table for `prompt_width` (default: the model's longest
+  prompt) and `batch_size` (default: the settings')."""
   config = loaded.model.config
   s.validate(config)
-  res = run.load_resources(s, config.vocab_size)
+  res = res or run.load_resources(s, config.vocab_size)
+  res.cost_model = run.cost_model(s, loaded, prompt_width or config.max_len - s.max_new_tokens,
+                                  batch_size)
   return {m: methods.build(m, config, res, options=s.options[m]) for m in s.methods}
 
 
@@ -76,6 +81,7 @@ def alternating_rounds(names: Sequence[str], measure: Callable[[str], tuple], ro
     for name in names:
       gens, timings = measure(name)
       entry = metrics.speed_metrics(gens, timings)
+      entry.update(metrics.drafter_stats(timings))
       speeds[name].append(entry["tokens_per_second"])
       last[name] = (entry, gens)
   return {name: (statistics.median(speeds[name]),) + last[name] for name in names}

@@ -1,12 +1,15 @@
 """Decoding speed of several methods side by side in one process, at each batch size.
 
-  python benchmarks/decode_speed.py --workdir=workdirs/small [--methods=ar,bpd] \
-      [--batch_sizes=1,8] [--rounds=3] [--config.options.pbest_0gram.p=8 ...]
+  python benchmarks/decode_speed.py --workdir=workdirs/small \
+      [--methods=ar,bpd,medusa,pbest_0gram,auto] [--batch_sizes=1,8] [--rounds=3] \
+      [--config.options.pbest_0gram.p=8 ...] [--markdown=FILE]
 
 Every method decodes the same prompts (the first --num_examples of --tasks' first task, default
 16 lambada prompts, 128 new tokens) through the same jitted loop, compiled before timing; the
 rounds alternate methods so that machine noise hits all of them. Prints tokens/s (median of the
-rounds), block efficiency, the ratio to the first method and whether outputs are identical.
+rounds), block efficiency, the ratio to the first method and to the fastest other method, and
+whether outputs are identical; for cost-aware methods (auto) also the cost table they measured
+at that batch size, the candidates they chose and predicted vs realized tokens per call.
 Method knobs come from the decode configuration (configs/decode.py).
 """
 from absl import app
@@ -15,11 +18,18 @@ from absl import flags
 import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
+from bpdjax.eval import run
 
-_CONFIG = common.define_config(methods="ar,bpd", num_examples=16, max_new_tokens=128,
-                               record_topk=0)
+_CONFIG = common.define_config(methods="ar,bpd,medusa,pbest_0gram,auto", num_examples=16,
+                               max_new_tokens=128, record_topk=0)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per method (median reported).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
+_MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the result table to this file.")
+
+
+def _identical(a_gens, b_gens) -> bool:
+  return all(len(a.tokens) == len(b.tokens) and (a.tokens == b.tokens).all()
+             for a, b in zip(a_gens, b_gens))
 
 
 def main(argv):
@@ -28,25 +38,52 @@ def main(argv):
   loaded = api.load(s.workdir)
   config = loaded.model.config
   prompts = common.prompts(s, loaded, s.tasks[0])
-  built = common.build_methods(s, loaded)
   generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
   width = generator_lib.bucket_width(max(len(p) for p in prompts), config.max_len,
                                      s.max_new_tokens)
-  print(f"workdir {s.workdir} (step {loaded.step}), h={config.num_heads_bpd}, {len(prompts)} "
-        f"{s.tasks[0]} prompts, max_new_tokens={s.max_new_tokens}, methods {list(built)}")
+  res, cost_lines = run.load_resources(s, config.vocab_size), []
+  header = (f"workdir {s.workdir} (step {loaded.step}), h={config.num_heads_bpd}, {len(prompts)} "
+            f"{s.tasks[0]} prompts, max_new_tokens={s.max_new_tokens}, methods {s.methods}, "
+            f"median of {_ROUNDS.value} alternating rounds")
+  print(header)
+  table = [header, "", "| batch | method | tokens/s | vs " + s.methods[0] + " | vs best other "
+           "| BE | identical | chosen (steps per candidate) | predicted / realized tok/call |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for batch_size in map(int, _BATCHES.value):
-    def measure(name, batch_size=batch_size):
+    built = common.build_methods(s, loaded, prompt_width=width, batch_size=batch_size, res=res)
+
+    def measure(name, batch_size=batch_size, built=built):
       b = built[name]
       return generator.generate(prompts, b.drafter, b.params, s.max_new_tokens, batch_size,
                                 prompt_width=width)
+
     results = common.alternating_rounds(list(built), measure, _ROUNDS.value)
     first = s.methods[0]
     base_tps, _, base_gens = results[first]
     for name, (tps, entry, gens) in results.items():
-      identical = all(len(a.tokens) == len(b.tokens) and (a.tokens == b.tokens).all()
-                      for a, b in zip(base_gens, gens))
-      print(f"batch {batch_size}: {name:12s} {tps:8.1f} tok/s | {tps / base_tps:5.2f}x {first} | "
-            f"BE {entry['block_efficiency']:.3f} | identical to {first} {identical}")
+      best_other = max(r[0] for m, r in results.items() if m != name) if len(results) > 1 else tps
+      st = entry.get("drafter_stats") or {}
+      chosen = ",".join(str(int(c)) for c in st.get("chosen", [])) or "–"
+      pred = (f"{st['predicted_tokens_per_call']:.3f} / {st['realized_tokens_per_call']:.3f}"
+              if "predicted_tokens_per_call" in st else "–")
+      line = (f"batch {batch_size}: {name:12s} {tps:8.1f} tok/s | {tps / base_tps:5.2f}x {first} "
+              f"| {tps / best_other:5.2f}x best other | BE {entry['block_efficiency']:.3f} | "
+              f"identical to {first} {_identical(base_gens, gens)}")
+      if st:
+        line += f" | chosen {chosen} | predicted/realized {pred}"
+      print(line)
+      table.append(f"| {batch_size} | {name} | {tps:.1f} | {tps / base_tps:.2f} | "
+                   f"{tps / best_other:.2f} | {entry['block_efficiency']:.3f} | "
+                   f"{_identical(base_gens, gens)} | {chosen} | {pred} |")
+    for t in res.cost_model.tables:     # Measured for this batch size by cost-aware methods.
+      rel = ", ".join(f"{n}: {r:.2f}" for n, r in zip(t.sizes, t.relative))
+      line = (f"batch {batch_size}: cost table ({t.source}; one iteration relative to size 1 = "
+              f"{t.seconds[0] * 1e3:.3f} ms): {rel}")
+      print(line)
+      cost_lines.append(f"- {line}")
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "a", encoding="utf-8") as f:
+      f.write("\n".join(table + [""] + cost_lines) + "\n\n")
 
 
 if __name__ == "__main__":

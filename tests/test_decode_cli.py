@@ -75,6 +75,14 @@ def test_every_method_through_decode_py(trained_tiny_workdir, tiny_resources, tm
   assert report["compilations"] <= 2 * 2 * len(methods.names())
   assert f"{report['compilations']} decode programs compiled" in proc.stdout
   assert (out / "report.md").exists() and (out / "lambada.png").exists()
+  # auto measured its cost table once and reports its choices and predicted/realized tokens.
+  (table,) = report["cost_tables"]
+  assert table["source"] == "measured" and table["sizes"][0] == 1 and table["relative"][0] == 1
+  st = report["tasks"]["lambada"]["auto"]["drafter_stats"]
+  assert len(st["chosen"]) == len(table["sizes"]) and sum(st["chosen"]) > 0
+  assert st["realized_tokens_per_call"] >= 1
+  md = (out / "report.md").read_text()
+  assert "Cost-aware choice" in md and "| lambada | auto |" in md and "Cost table (measured" in md
 
 
 @pytest.mark.slow

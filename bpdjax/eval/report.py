@@ -76,7 +76,37 @@ def markdown(report: dict) -> str:
       orc = ", ".join(f"k={k}: {v:.3f}" for k, v in e["oracle_topk"].items())
       lines.append(f"- **{task}**: entropy [{ent}]; oracle {orc}")
   lines += _refinement_markdown(report)
+  lines += _choice_markdown(report)
   return "\n".join(lines) + "\n"
+
+
+def _choice_markdown(report: dict) -> list[str]:
+  """Cost-aware methods: candidates chosen, predicted vs realized tokens per call, the cost
+  tables used, and speed against the fastest other method of the same run."""
+  rows = []
+  for task, methods in report["tasks"].items():
+    for method, e in methods.items():
+      st = e.get("drafter_stats")
+      if not st or "chosen" not in st:
+        continue
+      chosen = ", ".join(str(int(c)) for c in st["chosen"])
+      rows.append(
+          f"| {task} | {method} | {chosen} | {_fmt(st.get('predicted_tokens_per_call'))} | "
+          f"{_fmt(st.get('realized_tokens_per_call'))} | {_fmt(e.get('vs_best_other'), '.2f')} |")
+  if not rows:
+    return []
+  lines = [
+      "\nCost-aware choice: steps per candidate (in the order of the cost table's sizes), "
+      "expected tokens per verified call as predicted at choice time against those kept, and "
+      "tokens/s over the fastest other method of this run.\n",
+      "| task | method | steps per candidate | predicted tok/call | realized tok/call "
+      "| vs best other |",
+      "|---|---|---|---|---|---|"] + rows
+  for table in report.get("cost_tables", []):
+    rel = ", ".join(f"{n}: {r:.2f}" for n, r in zip(table["sizes"], table["relative"]))
+    lines.append(f"\nCost table ({table['source']}, seconds of one iteration relative to "
+                 f"size 1 = {table['seconds'][0] * 1e3:.3f} ms): {rel}")
+  return lines
 
 
 def _refinement_markdown(report: dict) -> list[str]:
@@ -162,8 +192,18 @@ def summary_lines(result: dict) -> list[str]:
           f"{e['accepted_tokens_per_call']:.3f}  {e['tokens_per_second']:8.1f} tok/s"
           + (f"  speedup {speed:.2f}" if speed is not None else "")
           + (f"  identical {e['identical_to_ar']}" if e.get("identical_to_ar") is not None else "")
-          + (_refinement_summary(e) if method not in baselines else ""))
+          + (_refinement_summary(e) if method not in baselines else "")
+          + _choice_summary(e))
   return lines
+
+
+def _choice_summary(e: dict) -> str:
+  """Predicted vs realized tokens per call of a cost-aware method."""
+  st = e.get("drafter_stats") or {}
+  if "predicted_tokens_per_call" not in st:
+    return ""
+  return (f"  predicted {st['predicted_tokens_per_call']:.3f} / realized "
+          f"{st['realized_tokens_per_call']:.3f} tok/call")
 
 
 def _refinement_summary(e: dict) -> str:

@@ -46,6 +46,15 @@ def _cost_cache_path(settings: settings_lib.DecodeSettings) -> str:
   return settings.cost_cache
 
 
+def cost_model(settings: settings_lib.DecodeSettings, loaded: api.LoadedModel, prompt_width: int,
+               batch_size: int = 0, log: Callable[[str], None] = print) -> cost_lib.CostModel:
+  """The cost model cost-aware methods measure their tables with (nothing is measured until a
+  method asks), for these prompts' padded width and batch size (default: the settings')."""
+  return cost_lib.CostModel(loaded.model, loaded.params, batch_size or settings.batch_size,
+                            prompt_width, settings.max_new_tokens,
+                            cache_path=_cost_cache_path(settings), log=log)
+
+
 def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = print,
         loaded: Optional[api.LoadedModel] = None) -> dict:
   """Decodes every task with every method and writes the report to settings.output.
@@ -75,9 +84,7 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
                                              config.max_len, settings.max_new_tokens)
             for task, examples in task_examples.items()}
   res = load_resources(settings, config.vocab_size)
-  res.cost_model = cost_lib.CostModel(   # Measured only for methods that ask (e.g. auto).
-      loaded.model, loaded.params, settings.batch_size, max(widths.values()),
-      settings.max_new_tokens, cache_path=_cost_cache_path(settings), log=log)
+  res.cost_model = cost_model(settings, loaded, max(widths.values()), log=log)
   built = {m: methods.build(m, config, res, options=settings.options[m])
            for m in settings.methods}
   generator = generator_lib.Generator(

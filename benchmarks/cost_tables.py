@@ -1,0 +1,100 @@
+"""Verify-cost tables: wall time of one decode-loop iteration verifying a chain of L tokens (and
+Medusa-style trees of n nodes), relative to one plain decoding step, for model shapes with random
+weights (the cost does not depend on the weights). Where the relative cost of L exceeds the
+tokens a call of L can keep, drafting L cannot pay on this machine.
+
+  python benchmarks/cost_tables.py [--shapes=small,base_130m,c4_1p5b] [--batch_sizes=1] \
+      [--dtype=float32] [--trees=16,64] [--markdown=FILE]
+
+Each table is decoding/cost.measure (the table method auto uses: one compiled program, median
+of alternating repeats, compile excluded) beside decoding/cost.analytic (roofline from the
+measured matmul and copy peaks).
+"""
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from bpdjax import configuration
+from bpdjax import model as model_lib
+from bpdjax.decoding import cost
+from bpdjax.decoding.drafters import auto
+from configs import c4_1p5b
+from configs import small
+
+_SHAPES = flags.DEFINE_list("shapes", ["small", "base_130m", "c4_1p5b"], "Model shapes.")
+_BATCHES = flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Activation dtype ('' = the config's).")
+_TREES = flags.DEFINE_list("trees", [], "Tree candidate sizes beyond the chain (e.g. 16,64).")
+_PROMPT = flags.DEFINE_integer("prompt_width", 64, "Prompt length (cache = prompt + new + tree).")
+_NEW = flags.DEFINE_integer("max_new_tokens", 64, "New tokens (sets the cache length).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Alternating repeats (median kept).")
+_MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the tables to this file.")
+
+
+def _model_section(name: str):
+  """The `model` section of a shape: a config's, or the ~130M GPT-2-small-like one."""
+  if name == "small":
+    return small.get_config().model
+  if name == "c4_1p5b":
+    return c4_1p5b.get_config().model
+  if name == "base_130m":   # 12 x 768 (~85M in layers), 32k tied vocabulary, h = 9 FFN heads.
+    m = c4_1p5b.get_config().model
+    m.update(num_layers=12, emb_dim=768, num_heads=12, num_kv_heads=12, head_dim=64,
+             mlp_dim=2048, head_hidden_dim=1536)
+    return m
+  raise ValueError(f"Unknown shape {name!r}: small, base_130m or c4_1p5b")
+
+
+def main(argv):
+  del argv
+  peak_flops, peak_bytes = cost.measure_peaks()
+  out = [f"Device {jax.devices()[0].device_kind} ({jax.default_backend()}); roofline peaks "
+         f"{peak_flops / 1e9:.1f} GFLOP/s (float32 matmul), {peak_bytes / 1e9:.1f} GB/s (copy)."]
+  print(out[0])
+  for name in _SHAPES.value:
+    m = _model_section(name)
+    if _DTYPE.value:
+      m.dtype = _DTYPE.value
+    config = configuration.validate_model(m)
+    model = model_lib.Transformer(config)
+    t = time.perf_counter()
+    tok = jnp.zeros((1, 4), jnp.int32)
+    params = jax.jit(lambda k: nn.meta.unbox(model.init(k, tok, tok)["params"]))(
+        jax.random.PRNGKey(0))
+    count = sum(x.size for x in jax.tree.leaves(params))
+    h = config.num_heads_bpd
+    trees = tuple(int(x) for x in _TREES.value)
+    topology = auto.combined_topology(h, 16, max(trees) if trees else 0)[0]
+    sizes = auto.candidate_sizes(h, trees)
+    for batch in map(int, _BATCHES.value):
+      measured = cost.measure(model, params, topology, sizes, batch, _PROMPT.value, _NEW.value,
+                              repeats=_REPEATS.value, min_seconds=0.2)
+      cache_len = _PROMPT.value + _NEW.value + topology.size
+      roof = cost.analytic(config, topology, sizes, batch, cache_len, peak_flops, peak_bytes)
+      head = (f"\n**{name}** ({count / 1e6:.1f}M parameters, {config.num_layers} layers x "
+              f"{config.emb_dim}, vocabulary {config.vocab_size}, h = {h}, {config.dtype}), "
+              f"batch {batch}, cache {cache_len}: one AR step = {measured.seconds[0] * 1e3:.2f} "
+              f"ms (set-up {time.perf_counter() - t:.0f} s)\n")
+      rows = ["| verify size | " + " | ".join(map(str, sizes)) + " |",
+              "|---" * (len(sizes) + 1) + "|",
+              "| measured, x AR step | " + " | ".join(f"{r:.2f}" for r in measured.relative)
+              + " |",
+              "| analytic (roofline), x AR step | "
+              + " | ".join(f"{r:.2f}" for r in roof.relative) + " |"]
+      print(head + "\n".join(rows))
+      out += [head] + rows
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "a", encoding="utf-8") as f:
+      f.write("\n".join(out) + "\n\n")
+
+
+if __name__ == "__main__":
+  app.run(main)

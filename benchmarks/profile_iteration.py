@@ -1,0 +1,150 @@
+"""Where one decode-loop iteration spends its time: a JAX profiler trace of a timed decode, each
+XLA thunk's time assigned, by the op_name metadata of its HLO instruction, to the layers, the
+cache writes, the head projections (FFN heads and vocabulary projections), or acceptance and loop
+bookkeeping (everything outside the model); per loop iteration, beside the iteration's wall time
+(the rest of which is the runtime's dispatch between thunks and the while loop's control).
+
+  python benchmarks/profile_iteration.py --workdir=workdirs/small [--runs=ar,bpd:2,bpd] \
+      [--num_examples=4 --max_new_tokens=128] [--markdown=FILE]
+
+A run is METHOD or METHOD:DRAFT_LEN (bpd's draft length, head 1 included). Prefill is one call
+per example and counted in with the iterations (short prompts keep it to about 1%).
+Uses only API that exists since the drafter seam (it also runs on older checkouts for
+before/after tables).
+"""
+import collections
+import dataclasses
+import glob
+import os
+import re
+import sys
+import tempfile
+
+_DUMP = tempfile.mkdtemp(prefix="bpdjax_hlo_")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_dump_to={_DUMP} --xla_dump_hlo_as_text").strip()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import jax
+from jax import profiler
+
+import common  # benchmarks/common.py; puts bpdjax on the path
+from bpdjax import api
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
+from bpdjax.eval import metrics
+from bpdjax.eval import run
+
+_CONFIG = common.define_config(
+    methods="ar", num_examples=4, max_new_tokens=128, record_topk=0, tasks="jsonl",
+    jsonl=os.path.join(os.path.dirname(os.path.abspath(__file__)), "story_openings.jsonl"))
+_RUNS = flags.DEFINE_list("runs", ["ar", "bpd:2", "bpd"], "METHOD or METHOD:DRAFT_LEN.")
+_MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the table to this file.")
+_LABEL = flags.DEFINE_string("label", "", "Label of this checkout in the table (e.g. before).")
+
+PARTS = ("layers", "cache writes", "head projections", "acceptance + loop")
+_META = ("ThreadpoolListener", "ThunkExecutor", "end: ", "ExecuteHelper", "Execute")
+
+
+def _op_names() -> dict:
+  """{HLO instruction name: op_name} from every optimized module XLA dumped so far; a fusion
+  without metadata takes the op_name of the first instruction of its fused computation."""
+  names, calls, first_in = {}, {}, {}
+  for path in glob.glob(os.path.join(_DUMP, "*after_optimizations.txt")):
+    computation = None
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) [(]", line)
+        if head and not line.startswith(" "):
+          computation = head.group(1)
+          continue
+        inst = re.match(r"\s+(?:ROOT )?%?([\w.\-]+) = ", line)
+        if not inst:
+          continue
+        op = re.search(r'op_name="([^"]+)"', line)
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if called:
+          calls[inst.group(1)] = called.group(1)
+        if op:
+          names[inst.group(1)] = op.group(1)
+          first_in.setdefault(computation, op.group(1))
+  for inst, computation in calls.items():
+    names.setdefault(inst, first_in.get(computation, ""))
+  return names
+
+
+def _part(op_name: str) -> str:
+  if re.search(r"/head_\d+|attend|lm_head|head_logits", op_name):
+    return "head projections"
+  if re.search(r"/layer_\d+", op_name):
+    if re.search(r"dynamic_update_slice|scatter", op_name):
+      return "cache writes"
+    return "layers"
+  if "final_norm" in op_name or "embedding" in op_name:
+    return "layers"
+  return "acceptance + loop"
+
+
+def _thunk_seconds(trace_dir: str, names: dict) -> dict:
+  """{part: seconds} summed over the XLA thunks of the trace."""
+  (path,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+  data = profiler.ProfileData.from_file(path)
+  out = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLA"):
+        continue
+      for event in line.events:
+        if event.name.startswith(_META) or not event.duration_ns:
+          continue
+        out[_part(names.get(event.name, ""))] += event.duration_ns * 1e-9
+  return out
+
+
+def main(argv):
+  del argv
+  s = common.settings(_CONFIG.value)
+  loaded = api.load(s.workdir)
+  config = loaded.model.config
+  prompts = common.prompts(s, loaded, s.tasks[0])
+  res = run.load_resources(s, config.vocab_size)
+  generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
+  label = _LABEL.value or "this checkout"
+  rows = []
+  for spec in _RUNS.value:
+    name, _, draft_len = spec.partition(":")
+    options = s.options[name]
+    if draft_len:
+      options = dataclasses.replace(options, draft_len=int(draft_len))
+    b = methods.build(name, config, res, options=options)
+    decode = lambda b=b: generator.generate(prompts, b.drafter, b.params, s.max_new_tokens,
+                                            s.batch_size)
+    decode()                                             # Compile (and dump the HLO).
+    trace_dir = tempfile.mkdtemp(prefix="bpdjax_trace_")
+    with profiler.trace(trace_dir):
+      gens, timings = decode()
+    entry = metrics.speed_metrics(gens, timings)
+    steps = entry["calls"]
+    parts = _thunk_seconds(trace_dir, _op_names())
+    wall = entry["wall_seconds"]
+    total = sum(parts.values())
+    cells = [f"{parts[p] / steps * 1e3:.3f} ({parts[p] / total:.0%})" for p in PARTS]
+    rows.append(f"| {label} | {spec} | {entry['block_efficiency']:.3f} | "
+                f"{wall / steps * 1e3:.3f} | " + " | ".join(cells) +
+                f" | {(wall - total) / steps * 1e3:.3f} |")
+    print(rows[-1], flush=True)
+  head = [f"\n{s.workdir} (h = {config.num_heads_bpd}), {len(prompts)} {s.tasks[0]} prompts x "
+          f"{s.max_new_tokens} tokens, batch {s.batch_size}, {jax.devices()[0].device_kind}; "
+          "ms per model call (share of thunk time):\n",
+          "| checkout | run | BE | wall ms/call | " + " | ".join(PARTS) +
+          " | runtime overhead ms/call |", "|---" * (5 + len(PARTS)) + "|"]
+  print("\n".join(head + rows))
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "a", encoding="utf-8") as f:
+      f.write("\n".join(head + rows) + "\n")
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
