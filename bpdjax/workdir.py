@@ -42,6 +42,8 @@ def path(workdir: str, name: str) -> str:
 
 
 def is_workdir(workdir: str) -> bool:
+  """Whether `workdir` holds a config.json (checks the bucket of a URL first)."""
+  fileio.check_bucket(workdir)
   return fileio.exists(path(workdir, CONFIG_FILE))
 
 

@@ -178,7 +178,7 @@ def test_missing_bucket_is_named(emulator):
     fileio.makedirs("gs://no-such-bucket/run")
   with pytest.raises(FileNotFoundError, match="Bucket 'no-such-bucket'"):
     api.load("gs://no-such-bucket/run")
-  with pytest.raises(FileNotFoundError, match="No config.json in workdir 'gs://bpdjax-test/none'"):
+  with pytest.raises(FileNotFoundError, match="No config.json in 'gs://bpdjax-test/none': it is neither"):
     api.load(f"gs://{BUCKET}/none")
 
 

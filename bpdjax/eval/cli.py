@@ -44,6 +44,7 @@ def _main(argv):
 
 def main() -> None:
   """Entry point: unknown --config.KEY overrides fail with their name, then run."""
+  sys.argv[:] = configuration.resolve_config_flag(sys.argv)
   config_file = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
                      DEFAULT_CONFIG)
   if os.path.isfile(config_file):

@@ -294,5 +294,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.exit(2, f"error: {e}\n")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `bpdjax-ngram` console script (exit status 0, not the summary dict)."""
   main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+  cli()

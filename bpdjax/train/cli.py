@@ -59,5 +59,6 @@ def check_overrides(argv) -> None:
 
 def main() -> None:
   """Entry point: validate overrides, then run."""
+  sys.argv[:] = configuration.resolve_config_flag(sys.argv)
   check_overrides(sys.argv)
   app.run(_main)
