@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
+from absl import app
 import ml_collections
 
 from bpdjax import model as model_lib
@@ -127,6 +129,20 @@ def resolve_config_flag(argv: list) -> list:
   """argv with the value of its --config=FILE flag passed through `config_file`."""
   return [f"--config={config_file(a.split('=', 1)[1])}" if a.startswith("--config=") else a
           for a in argv]
+
+
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def run_app(main_fn) -> None:
+  """absl's app.run(main_fn), except that asking for help exits 0 (absl exits 1 after printing
+  the usage, which scripts and CI read as a failure)."""
+  try:
+    app.run(main_fn)
+  except SystemExit as e:
+    if e.code == 1 and any(a in _HELP_FLAGS for a in sys.argv[1:]):
+      raise SystemExit(0) from None
+    raise
 
 
 def check_override_keys(argv, config) -> None:

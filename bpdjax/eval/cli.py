@@ -53,4 +53,4 @@ def main() -> None:
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Decode config file.",
                                   lock_config=True)
   sys.modules["__main__"].__doc__ = alias_flags.usage(__doc__)
-  app.run(_main)
+  configuration.run_app(_main)
