@@ -164,6 +164,9 @@ def test_train_sigterm_resume_decode_and_load_in_a_bucket(emulator, tiny_vocab_p
   assert m.step == final
   assert m.config.model.vocab_size == m.vocab.vocab_size == 512
 
+  print(f"SIGTERM stopped training at step {stopped}; resumed to step {final}; decode.py on "
+        f"gs://: bpd block efficiency {bpd['block_efficiency']:.3f}, identical to ar; "
+        f"load: step {m.step}")
   objects = _objects(f"gs://{BUCKET}")
   print(f"objects in gs://{BUCKET} ({len(objects)}):\n  " + "\n  ".join(objects))
   for name in ("runs/tiny/config.json", "runs/tiny/vocab.model", "runs/tiny/metrics.jsonl",
@@ -171,6 +174,23 @@ def test_train_sigterm_resume_decode_and_load_in_a_bucket(emulator, tiny_vocab_p
     assert name in objects
   steps = {o.split("/")[3] for o in objects if o.startswith("runs/tiny/checkpoints/")}
   assert {str(stopped), str(final)} <= steps
+
+
+def test_ngram_estimate_on_a_bucket_workdir(emulator, trained_tiny_workdir, lmplz):
+  """bpdjax.ngram.estimate on a gs:// workdir writes the ARPA and its vocabulary record into
+  the bucket, and decode.py's loader reads both from there."""
+  from bpdjax.decoding import resources  # pylint: disable=g-import-not-at-top
+  from bpdjax.ngram import estimate  # pylint: disable=g-import-not-at-top
+  workdir = f"gs://{BUCKET}/runs/for_ngram"
+  for name in (workdir_lib.CONFIG_FILE, workdir_lib.VOCAB_FILE):
+    fileio.copy_file(os.path.join(trained_tiny_workdir, name), workdir_lib.path(workdir, name))
+  arpa = f"{workdir}/ngram2.arpa"
+  stats = estimate.estimate_workdir(workdir, 2, arpa, max_documents=20, lmplz=lmplz,
+                                    log=lambda _: None)
+  assert stats["arpa"] == arpa and stats["ngrams"][1] > 1
+  assert fileio.exists(workdir_lib.arpa_vocab_record_path(arpa))
+  lm = resources.load_ngram_lm(arpa, 512, workdir)
+  assert lm.order == 2
 
 
 def test_missing_bucket_is_named(emulator):
