@@ -7,6 +7,7 @@ import time
 from clu import metric_writers
 import jax
 
+from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
 
 
@@ -18,12 +19,18 @@ def progress_line(step, total, summary, tokens_per_s, seconds_left) -> str:
 
 
 class MetricsLog:
-  """TensorBoard (clu) scalars plus one JSON line per logged step in WORKDIR/metrics.jsonl."""
+  """TensorBoard (clu) scalars plus one JSON line per logged step in WORKDIR/metrics.jsonl.
 
-  def __init__(self, workdir: str):
+  metrics.jsonl is written through `fileio.append_text` (a bucket workdir rewrites the object);
+  TensorBoard events go through tf.io.gfile (clu), which reaches real buckets but no emulator:
+  tensorboard=False leaves them out.
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
     self.is_main = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_main)
-    self.jsonl = open(workdir_lib.path(workdir, workdir_lib.METRICS_FILE), "a") if self.is_main else None
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not (self.is_main and tensorboard))
+    self.jsonl = workdir_lib.path(workdir, workdir_lib.METRICS_FILE) if self.is_main else None
 
   def write(self, step: int, record: dict) -> None:
     scalars = {}
@@ -35,11 +42,8 @@ class MetricsLog:
     if scalars:
       self.writer.write_scalars(step, scalars)
     if self.jsonl:
-      self.jsonl.write(json.dumps(dict(step=step, **record)) + "\n")
-      self.jsonl.flush()
+      fileio.append_text(self.jsonl, json.dumps(dict(step=step, **record)) + "\n")
 
   def close(self):
     self.writer.flush()
     self.writer.close()
-    if self.jsonl:
-      self.jsonl.close()
