@@ -83,6 +83,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_eval_batches = 8
   c.checkpoint_every_steps = 200
   c.max_checkpoints_to_keep = 3
+  # A non-finite loss or gradient norm stops training (non-zero exit, no checkpoint of it);
+  # N > 0 skips up to N such updates in a run first (bpdjax/train/guard.py).
+  c.max_nonfinite_skips = 0
+  # A resume whose data-stream settings (batch_size, seed, data.seq_len, data.task, shards, ...)
+  # differ from the checkpoint's run is refused unless this is True (batches would repeat or be
+  # skipped).
+  c.allow_data_stream_change = False
 
   # Mesh axes (data, fsdp, tensor); -1 in data takes the remaining devices.
   c.mesh = ml_collections.ConfigDict()
