@@ -21,6 +21,8 @@ import dataclasses
 import math
 from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
+from bpdjax import fileio
+
 LN10 = math.log(10.0)
 # Internal ids of the special words (negative, so they never collide with token ids; -1 is kept
 # free for "missing history" padding in dp.py).
@@ -120,8 +122,7 @@ def parse_arpa(path_or_lines: Union[str, Iterable[str]], vocab_size: int,
   """
   if isinstance(path_or_lines, str):
     name = path_or_lines
-    with open(path_or_lines, encoding="utf-8") as f:
-      lines = f.read().splitlines()
+    lines = fileio.read_text(path_or_lines).splitlines()  # Non-UTF-8: names file and line.
   else:
     name = path_name or "<arpa>"
     lines = list(path_or_lines)
