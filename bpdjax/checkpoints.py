@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from bpdjax import checkpoint_integrity as integrity
@@ -152,6 +153,8 @@ def quarantine(workdir: str, manager: ocp.CheckpointManager, steps) -> list[str]
       fileio.makedirs(fileio.join(workdir, workdir_lib.DAMAGED_CHECKPOINT_DIR))
       fileio.as_path(integrity.step_dir(manager.directory, s)).rename(target)
       moved.append(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("bpdjax_quarantine")
   manager.reload()
   return moved
 

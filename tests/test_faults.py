@@ -123,6 +123,19 @@ def test_damaged_latest_checkpoint(damage, trained_tiny_workdir, tmp_path):
   assert any(f"step {LATEST}" in w and "damaged" in w for w in warnings), warnings
 
 
+def test_load_survives_a_checkpoint_pruned_while_it_is_read(trained_tiny_workdir, tmp_path,
+                                                           monkeypatch):
+  workdir = _copy(trained_tiny_workdir, tmp_path)
+  restore = checkpoints.ocp.CheckpointManager.restore
+
+  def prune_then_restore(self, step, *a, **k):
+    if step == LATEST:  # A running training prunes the step between listing and reading.
+      shutil.rmtree(_step_dir(workdir, LATEST))
+    return restore(self, step, *a, **k)
+  monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "restore", prune_then_restore)
+  assert api.load(workdir).step == OLDER
+
+
 def test_training_resumes_from_the_newest_intact_checkpoint(trained_tiny_workdir, tmp_path):
   workdir = _copy(trained_tiny_workdir, tmp_path)
   _flip(workdir, LATEST)

@@ -219,7 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        [round(a, 4) for a in eval_summary["accuracy"]])
           summary = dict(summary, **{f"eval_{k}": v for k, v in eval_summary.items()})
           last["time"] = time.time()
-        checkpoints.save(manager, done, state, force=last_step)
+        checkpoints.save(manager, done, state, force=last_step,
+                         write_manifest=config.get("checkpoint_manifests", True))
         if stopping:
           logging.warning("Stopped at step %d after SIGTERM; checkpoint saved.", done)
           break
