@@ -60,6 +60,8 @@ def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
   for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
               "max_checkpoints_to_keep"):
     _check(config[key] >= 1, f"{key} must be >= 1, got {config[key]}")
+  _check(config.get("max_nonfinite_skips", 0) >= 0,
+         f"max_nonfinite_skips must be >= 0, got {config.get('max_nonfinite_skips')}")
   validate_mesh(config)
   return model_config
 

@@ -65,3 +65,18 @@ def params_checksum(params: Any, exclude_prefix: Optional[str] = "head_") -> str
     digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
     digest.update(arr.tobytes())
   return digest.hexdigest()
+
+
+@jax.jit
+def _finite_leaves(tree):
+  return jax.tree.map(
+      lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+      else jnp.bool_(True), tree)
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+  """Names of the leaves of a parameter (or state) tree holding a NaN or an infinity, in tree
+  order; [] when all are finite. One reduction per leaf on device (sharded arrays too)."""
+  flags = jax.device_get(_finite_leaves(tree))
+  return [jax.tree_util.keystr(path)
+          for path, ok in jax.tree_util.tree_leaves_with_path(flags) if not bool(ok)]

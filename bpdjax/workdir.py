@@ -7,7 +7,9 @@ Layout of a workdir written by train.py:
                        model's tokenizer instead: hf_tokenizer/ (its Hugging Face tokenizer files)
                        or llama2c_tokenizer.bin
   base_checksum.json   (runs from an import) sha256 of the base parameters at start and end
-  checkpoints/<step>/  orbax checkpoints of the TrainState
+  checkpoints/<step>/  orbax checkpoints of the TrainState; beside orbax's files,
+                       sha256.json (checkpoint_integrity.py: every file's sha256, at save time)
+  damaged_checkpoints/<step>/  checkpoints a resume found damaged, moved out of orbax's way
   metrics.jsonl        one JSON line per logged step; TensorBoard event files beside it
   cost_tables.json     (optional, decode.py --config.cost_cache=workdir) measured costs of one
                        decode iteration per verify size, keyed by what they were measured for
@@ -30,6 +32,8 @@ HF_TOKENIZER_DIR = "hf_tokenizer"
 LLAMA2C_TOKENIZER_FILE = "llama2c_tokenizer.bin"
 BASE_CHECKSUM_FILE = "base_checksum.json"
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_MANIFEST = "sha256.json"  # In each checkpoints/<step>/ (checkpoint_integrity.py).
+DAMAGED_CHECKPOINT_DIR = "damaged_checkpoints"
 METRICS_FILE = "metrics.jsonl"
 COST_TABLES_FILE = "cost_tables.json"  # Measured decode-iteration costs (decode.py cost_cache).
 _VOCAB_NAMES = (VOCAB_FILE, HF_TOKENIZER_DIR, LLAMA2C_TOKENIZER_FILE)

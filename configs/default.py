@@ -86,6 +86,16 @@ def get_config() -> ml_collections.ConfigDict:
   # TensorBoard event files beside metrics.jsonl (clu, through tf.io.gfile; False: metrics.jsonl
   # only, e.g. for a bucket that only gcsfs reaches, such as a local emulator).
   c.tensorboard = True
+  # A non-finite loss or gradient norm stops training (non-zero exit, no checkpoint of it);
+  # N > 0 skips up to N such updates in a run first (bpdjax/train/guard.py).
+  c.max_nonfinite_skips = 0
+  # Record a sha256 manifest of each checkpoint's files at save time and verify it on restore
+  # (checkpoint_integrity.py); hashing costs one extra read of what was written.
+  c.checkpoint_manifests = True
+  # A resume whose data-stream settings (batch_size, seed, data.seq_len, data.task, shards, ...)
+  # differ from the checkpoint's run is refused unless this is True (batches would repeat or be
+  # skipped).
+  c.allow_data_stream_change = False
 
   # Mesh axes (data, fsdp, tensor); -1 in data takes the remaining devices.
   c.mesh = ml_collections.ConfigDict()

@@ -20,21 +20,36 @@ def report_files(output_dir: str, tasks: Sequence[str]) -> list[str]:
           for name in [REPORT_JSON, REPORT_MD] + [f"{t}.png" for t in tasks]]
 
 
+def _old_tasks(output_dir: str) -> list[str]:
+  """The tasks an older report.json in `output_dir` covered ([] if none or unreadable)."""
+  try:
+    return list(json.loads(fileio.read_text(fileio.join(output_dir, REPORT_JSON)))["tasks"])
+  except (FileNotFoundError, ValueError, KeyError, TypeError):
+    return []
+
+
 def clear(output_dir: str, tasks: Sequence[str]) -> None:
-  """Removes an older report set, so that a failed or interrupted run leaves none behind."""
-  for path in report_files(output_dir, tasks):
+  """Removes an older report set (report.json first: without it no set looks whole), the PNGs
+  of these tasks and of the tasks the older report.json covered, so that a failed or
+  interrupted run leaves no report behind."""
+  old = _old_tasks(output_dir)
+  for path in report_files(output_dir, list(tasks) + [t for t in old if t not in tasks]):
     fileio.remove(path)
 
 
 def write(output_dir: str, report: dict) -> None:
-  """Writes one PNG of analyses per task, report.md, then report.json (each atomically;
-  report.json last, so its presence means the set is whole)."""
-  for task, methods in report["tasks"].items():
-    png = plot(task, methods)
-    if png is not None:
-      fileio.write_atomic(fileio.join(output_dir, f"{task}.png"), png)
-  fileio.write_atomic(fileio.join(output_dir, REPORT_MD), markdown(report))
-  fileio.write_atomic(fileio.join(output_dir, REPORT_JSON), json.dumps(report, indent=2))
+  """Renders the whole set (one PNG of analyses per task, report.md, report.json) before
+  writing any of it, then writes each file atomically, report.json last: its presence means
+  the set is whole."""
+  files = [(f"{task}.png", plot(task, methods)) for task, methods in report["tasks"].items()]
+  files += [(REPORT_MD, markdown(report)), (REPORT_JSON, json.dumps(report, indent=2))]
+  try:
+    for name, data in files:
+      if data is not None:
+        fileio.write_atomic(fileio.join(output_dir, name), data)
+  except BaseException:  # Interrupted (SIGINT) or failed half-way: leave no partial set.
+    clear(output_dir, list(report["tasks"]))
+    raise
 
 
 def _fmt(x, spec=".3f"):
@@ -45,11 +60,19 @@ def _fmt(x, spec=".3f"):
   return format(x, spec)
 
 
+def _decoded(report: dict) -> str:
+  """The examples each task decoded (the file may hold fewer than num_examples asked for)."""
+  counts = report.get("examples_decoded", {})
+  asked = report["settings"]["num_examples"]
+  return ", ".join(f"{t} {n}" + (f" (of {asked} asked for)" if n < asked else "")
+                   for t, n in counts.items()) or f"{asked} per task"
+
+
 def markdown(report: dict) -> str:
   s = report["settings"]
   lines = [
       "# bpdjax decoding report\n",
-      f"Workdir `{s['workdir']}` (step {s['step']}), {s['num_examples']} examples per task, "
+      f"Workdir `{s['workdir']}` (step {s['step']}), examples decoded: {_decoded(report)}, "
       f"max_new_tokens={s['max_new_tokens']}, batch_size={s['batch_size']}, "
       f"temperature={s['temperature']}, device: {s['device']}.\n",
       "Block efficiency (BE) = generated tokens / serial model calls (prefill counted); "

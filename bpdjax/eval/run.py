@@ -17,7 +17,7 @@ from bpdjax import api
 from bpdjax import configuration
 from bpdjax import partitioning
 from bpdjax import workdir as workdir_lib
-from bpdjax.data import eval_tasks
+from bpdjax.data import prompts as prompts_lib
 from bpdjax.decoding import cost as cost_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
@@ -75,11 +75,14 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
   max_prompt = config.max_len - settings.max_new_tokens
   vocab_path = workdir_lib.vocab_path(settings.workdir)
   data_dir = settings.data_dir or loaded.config.data_dir
-  task_examples = {task: eval_tasks.load_prompts(
+  task_examples = {task: prompts_lib.load_prompts(
       task, data_dir, vocab_path, settings.num_examples,
       # A user's own prompts are never cut: one that is too long is an error (Generator).
       max_prompt_tokens=(1 << 30) if task == "jsonl" else max_prompt,
       jsonl_path=settings.jsonl or None) for task in settings.tasks}
+  for task, examples in task_examples.items():
+    if not examples:
+      raise ValueError(f"Task {task!r} has no prompt with any token to decode")
   widths = {task: generator_lib.bucket_width(max(len(e["prompt_tokens"]) for e in examples),
                                              config.max_len, settings.max_new_tokens)
             for task, examples in task_examples.items()}
@@ -94,7 +97,8 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
                              device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                              max_prompt_tokens=max_prompt),
             "reference": methods.reference(), "vanilla": methods.vanilla(),
-            "tasks": {}, "samples": {}}
+            "tasks": {}, "samples": {},
+            "examples_decoded": {t: len(e) for t, e in task_examples.items()}}
   costs = {}
   decode = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                 sampling_config=settings.sampling)

@@ -19,7 +19,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from bpdjax import checkpoints
 from bpdjax import configuration
+from bpdjax.train import guard
 from bpdjax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -47,7 +49,11 @@ def _main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (guard.Diverged, checkpoints.DamagedCheckpoint) as e:
+    logging.error("%s", e)
+    sys.exit(f"train.py: {e}")
 
 
 def check_overrides(argv) -> None:

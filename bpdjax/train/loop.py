@@ -1,4 +1,5 @@
-"""The training loop: resume, train and evaluate, checkpoint, stop cleanly on SIGTERM."""
+"""The training loop: resume (from the newest intact checkpoint, same data stream), train and
+evaluate, checkpoint (finite states only), stop cleanly on SIGTERM or with `guard.Diverged`."""
 from __future__ import annotations
 
 import functools
@@ -25,6 +26,7 @@ from bpdjax import workdir as workdir_lib
 from bpdjax.data import pipeline
 from bpdjax.data import vocab as vocab_lib
 from bpdjax.importers import pretrained as pretrained_lib
+from bpdjax.train import guard
 from bpdjax.train import metrics as metrics_lib
 from bpdjax.train import state as state_lib
 from bpdjax.train import steps
@@ -119,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise ValueError(f"Checkpoint in {workdir!r} was trained with train_heads_only="
                        f"{bool(saved.get('train_heads_only', False))}; the config has "
                        f"{heads_only} (the optimizer states differ)")
+    guard.check_resume(saved, config, workdir)  # Before config.json is written.
   vocab_path = vocab_lib.ensure_vocabulary(config, workdir)
   if jax.process_index() == 0:
     workdir_lib.save_config(workdir, config)
@@ -132,7 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state_lib.abstract_state(model, tx, config, mesh, rules)
     if manager.latest_step() is not None:
-      state = checkpoints.restore(manager, abstract)
+      state, damaged = checkpoints.restore(manager, abstract)
+      if damaged:
+        moved = checkpoints.quarantine(workdir, manager, damaged)
+        logging.warning("Resuming from step %d, the newest intact checkpoint: damaged step(s) %s "
+                        "moved to %s (%s)", int(state.step), sorted(damaged), moved,
+                        "; ".join(f"step {k}: {v}" for k, v in damaged.items()))
       logging.info("Resumed from step %d in %s", int(state.step), workdir)
     elif pretrained is not None:
       state = state_lib.init_state_from_params(pretrained, model, tx, config, shardings)
@@ -140,9 +148,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = state_lib.init_state(model, tx, config, shardings)
     data_sharding = partitioning.batch_sharding(mesh, rules)
     batch_shardings = {k: data_sharding for k in steps.BATCH_KEYS}
+    divergence = guard.DivergenceGuard(config.get("max_nonfinite_skips", 0), config.learning_rate)
     p_train_step = jax.jit(
-        functools.partial(steps.train_step_heads_only if heads_only else steps.train_step, model=model,
-                          head_weights=head_weights),
+        guard.guarded_step(functools.partial(
+            steps.train_step_heads_only if heads_only else steps.train_step, model=model,
+            head_weights=head_weights), skip_nonfinite=divergence.max_skips > 0),
         in_shardings=(shardings, batch_shardings), out_shardings=(shardings, None),
         donate_argnums=(0,))
     p_eval_step = jax.jit(functools.partial(steps.eval_step, model=model, head_weights=head_weights),
@@ -156,11 +166,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_batches = list((eval_batches_fn or functools.partial(
         pipeline.make_eval_iterator, num_batches=config.num_eval_batches))(config, vocab_path))
 
-    log = metrics_lib.MetricsLog(workdir, tensorboard=bool(config.get("tensorboard", True)))
+    log = metrics_lib.MetricsLog(workdir, tensorboard=bool(config.get("tensorboard", True)),
+                                 resume_step=start_step)
     checksums = None
     if pretrained is not None:
       checksums = _check_base(workdir, log, start_step, pretrained, state.params, heads_only)
-    pending, last = [], {"time": time.time(), "step": start_step}
+    pending, checked, last = [], 0, {"time": time.time(), "step": start_step}
     summary: dict = {}
     total = config.num_train_steps
     with _StopSignal() as stop:
@@ -170,19 +181,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         done = step + 1
         stopping = _stop_agreed(stop.requested)
         last_step = done == total or stopping
-        if done % config.log_every_steps == 0 or last_step:
+        logging_now = done % config.log_every_steps == 0 or last_step
+        saving_now = last_step or manager.should_save(done)
+        if logging_now or saving_now:  # Every step is checked before anything is written.
           host = jax.device_get(pending)
-          sums = {k: sum(m[k] for m in host) for k in ("loss_sum", "correct", "count")}
-          summary = losses.summarize(sums, head_weights)
+          try:
+            divergence.check(done - len(pending) + 1 + checked, host[checked:],
+                             manager.latest_step())
+            if saving_now:
+              divergence.check_params(done, params_lib.nonfinite_leaves(state.params),
+                                      manager.latest_step())
+          except guard.Diverged as e:
+            log.write(e.step, {"diverged": str(e)})
+            manager.close()
+            log.close()
+            raise
+          checked = len(pending)
+        if logging_now:
+          finite = [m for m in host if bool(m["finite"])]  # Skipped updates stay out.
+          record = {"skipped_updates": len(host) - len(finite)} if len(finite) < len(host) else {}
           now = time.time()
           tokens_per_s = float(sum(m["count"][0] for m in host)) / max(now - last["time"], 1e-9)
           seconds_left = (now - last["time"]) / max(done - last["step"], 1) * (total - done)
-          record = dict(summary, grad_norm=float(np.mean([m["grad_norm"] for m in host])),
-                        learning_rate=float(schedule(done)),
-                        tokens_per_second=tokens_per_s)
+          if finite:
+            sums = {k: sum(m[k] for m in finite) for k in ("loss_sum", "correct", "count")}
+            summary = losses.summarize(sums, head_weights)
+            record.update(summary, grad_norm=float(np.mean([m["grad_norm"] for m in finite])))
+            logging.info(metrics_lib.progress_line(done, total, summary, tokens_per_s,
+                                                   seconds_left))
+          record.update(learning_rate=float(schedule(done)), tokens_per_second=tokens_per_s)
           log.write(done, record)
-          logging.info(metrics_lib.progress_line(done, total, summary, tokens_per_s, seconds_left))
-          pending, last = [], {"time": now, "step": done}
+          pending, checked, last = [], 0, {"time": now, "step": done}
         if done % config.eval_every_steps == 0 or done == total:  # No eval when preempted.
           eval_summary = steps.evaluate(state.params, eval_batches, p_eval_step, data_sharding,
                                   head_weights)
@@ -191,7 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        [round(a, 4) for a in eval_summary["accuracy"]])
           summary = dict(summary, **{f"eval_{k}": v for k, v in eval_summary.items()})
           last["time"] = time.time()
-        checkpoints.save(manager, done, state, force=last_step)
+        checkpoints.save(manager, done, state, force=last_step,
+                         write_manifest=config.get("checkpoint_manifests", True))
         if stopping:
           logging.warning("Stopped at step %d after SIGTERM; checkpoint saved.", done)
           break

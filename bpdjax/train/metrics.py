@@ -2,13 +2,46 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from typing import Any, Optional
 
 from clu import metric_writers
 import jax
 
 from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
+
+
+def strict_json(record: dict) -> str:
+  """One JSON line that strict parsers accept: NaN and infinities become null, and the record
+  lists their keys under "nonfinite"."""
+  bad = []
+
+  def clean(key, value) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+      bad.append(key)
+      return None
+    if isinstance(value, (list, tuple)):
+      return [clean(key, v) for v in value]
+    return value
+
+  out = {k: clean(k, v) for k, v in record.items()}
+  if bad:
+    out["nonfinite"] = sorted(set(bad))
+  return json.dumps(out, allow_nan=False)
+
+
+def drop_after(path: str, step: int) -> int:
+  """Removes the lines of metrics.jsonl logged after `step` (by a run killed after its last
+  checkpoint at `step`: a resume logs those steps again); returns how many it removed."""
+  if not fileio.exists(path):
+    return 0
+  lines = fileio.read_text(path).splitlines(keepends=True)
+  keep = [l for l in lines if not l.strip() or json.loads(l).get("step", 0) <= step]
+  if len(keep) < len(lines):
+    fileio.write_atomic(path, "".join(keep))
+  return len(lines) - len(keep)
 
 
 def progress_line(step, total, summary, tokens_per_s, seconds_left) -> str:
@@ -23,14 +56,20 @@ class MetricsLog:
 
   metrics.jsonl is written through `fileio.append_text` (a bucket workdir rewrites the object);
   TensorBoard events go through tf.io.gfile (clu), which reaches real buckets but no emulator:
-  tensorboard=False leaves them out.
+  tensorboard=False leaves them out. With `resume_step`, lines after that step (from a run
+  killed after its last checkpoint) are removed first, so that no step appears twice; a
+  "resumed_from" line marks the resume.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: Optional[int] = None):
     self.is_main = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not (self.is_main and tensorboard))
-    self.jsonl = workdir_lib.path(workdir, workdir_lib.METRICS_FILE) if self.is_main else None
+    path = workdir_lib.path(workdir, workdir_lib.METRICS_FILE)
+    dropped = drop_after(path, resume_step) if self.is_main and resume_step else 0
+    self.jsonl = path if self.is_main else None
+    if resume_step:
+      self.write(resume_step, {"resumed_from": resume_step, "dropped_lines": dropped})
 
   def write(self, step: int, record: dict) -> None:
     scalars = {}
@@ -42,7 +81,7 @@ class MetricsLog:
     if scalars:
       self.writer.write_scalars(step, scalars)
     if self.jsonl:
-      fileio.append_text(self.jsonl, json.dumps(dict(step=step, **record)) + "\n")
+      fileio.append_text(self.jsonl, strict_json(dict(step=step, **record)) + "\n")
 
   def close(self):
     self.writer.flush()
