@@ -45,14 +45,14 @@ _MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the table to this f
 _LABEL = flags.DEFINE_string("label", "", "Label of this checkout in the table (e.g. before).")
 
 PARTS = ("layers", "cache writes", "head projections", "acceptance + loop")
-_META = ("ThreadpoolListener", "ThunkExecutor", "end: ", "ExecuteHelper", "Execute",
-         "while", "conditional", "call")         # Containers: their thunks are counted inside.
+_META = ("ThreadpoolListener", "ThunkExecutor", "end: ", "ExecuteHelper", "Execute")
+_CONTAINERS = ("while", "conditional", "call")   # Their thunks are counted inside them.
 
 
 def _op_names() -> dict:
   """{HLO instruction name: op_name} from the optimized decode modules XLA dumped so far; a fusion
   without metadata takes the op_name of the first instruction of its fused computation, or else
-  of its first named operand."""
+  of its first named operand; control flow (while, conditional, call) maps to None."""
   names, calls, first_in, operands = {}, {}, {}, {}
   for path in glob.glob(os.path.join(_DUMP, "*jit_decode*after_optimizations.txt")):
     computation = None
@@ -69,6 +69,9 @@ def _op_names() -> dict:
         called = re.search(r"calls=%?([\w.\-]+)", line)
         if called:
           calls[inst.group(1)] = called.group(1)
+        if re.search(r"= .*[ )](?:%s)[(]" % "|".join(_CONTAINERS), line):
+          names[inst.group(1)] = None
+          continue
         args = re.search(r"= \S+ [\w\-]+[(]([^)]*)[)]", line)
         if args:
           operands[inst.group(1)] = re.findall(r"%([\w.\-]+)", args.group(1))
@@ -109,7 +112,8 @@ def _thunk_seconds(trace_dir: str, names: dict) -> tuple[dict, float]:
       if not line.name.startswith("tf_XLA"):
         continue
       for event in line.events:
-        if event.name.startswith(_META) or not event.duration_ns:
+        if (event.name.startswith(_META) or not event.duration_ns
+            or names.get(event.name, "") is None):
           continue
         out[_part(names.get(event.name, ""))] += event.duration_ns * 1e-9
         spans.append((event.start_ns, event.start_ns + event.duration_ns))
