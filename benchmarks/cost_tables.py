@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax.decoding import cost
+from bpdjax.decoding import sparse_tree
 from bpdjax.decoding.drafters import auto
 from configs import c4_1p5b
 from configs import small
@@ -72,7 +73,7 @@ def main(argv):
     count = sum(x.size for x in jax.tree.leaves(params))
     h = config.num_heads_bpd
     trees = tuple(int(x) for x in _TREES.value)
-    topology = auto.combined_topology(h, 16, max(trees) if trees else 0)[0]
+    topology = sparse_tree.chain_then_tree(h, 16, max(trees) if trees else 0)[0]
     sizes = auto.candidate_sizes(h, trees)
     for batch in map(int, _BATCHES.value):
       measured = cost.measure(model, params, topology, sizes, batch, _PROMPT.value, _NEW.value,

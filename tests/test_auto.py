@@ -12,7 +12,7 @@ from bpdjax.decoding import methods
 from bpdjax.decoding import resources
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
-from bpdjax.decoding.drafters import auto
+from bpdjax.decoding import sparse_tree
 from tests import helpers
 
 MAX_NEW = 21
@@ -131,7 +131,7 @@ def test_lossless_sampling_chi_square():
 
 def test_measured_cost_table_and_its_cache(tmp_path):
   model, cfg, params = helpers.random_model(h=3)
-  topology = auto.combined_topology(3, 1, 0)[0]
+  topology = sparse_tree.chain_then_tree(3, 1, 0)[0]
   path = str(tmp_path / "costs.json")
   table = cost.measure(model, params, topology, (1, 2, 3), batch=2, prompt_width=8,
                        max_new_tokens=8, repeats=2, min_seconds=0.001, cache_path=path)

@@ -131,3 +131,21 @@ def accuracy_from_records(topk: np.ndarray, tokens: np.ndarray, lengths: np.ndar
         total += n
     acc[d - 1] = hits / max(total, 1)
   return np.minimum.accumulate(acc, axis=1)
+
+
+def chain_then_tree(length: int, k: int, tree_nodes: int) -> tuple:
+  """(tree, ranks): the chain of `length` nodes first, then (tree_nodes > length) the nodes of
+  Medusa's sparse tree of that size over heads 2..length not on its all-rank-0 chain, in their
+  order (parents precede children); ranks[v] is node v's rank in its head's top-k."""
+  if tree_nodes <= length:
+    return tree_lib.chain(length), (0,) * length
+  sparse = build_sparse_tree(default_accuracy(length, k), tree_nodes)
+  on_chain = sorted(sparse.tree.primary, key=lambda v: sparse.tree.depth[v])
+  new_index = {old: i for i, old in enumerate(on_chain)}     # Primary node at depth d -> d.
+  parents, ranks = [-1] + list(range(length - 1)), [0] * length
+  for old in range(sparse.size):
+    if old not in new_index:
+      new_index[old] = len(parents)
+      parents.append(new_index[sparse.tree.parents[old]])
+      ranks.append(sparse.ranks[old])
+  return tree_lib.Tree(parents=tuple(parents), primary=tuple(range(length))), tuple(ranks)

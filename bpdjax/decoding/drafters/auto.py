@@ -11,10 +11,9 @@ along v's root path, of a(u) = P(u's token is accepted | its parent was). a is t
 acceptance of u's head at the head's probability p of u's token: counts of accepted / tried per
 (head, probability bin), learned online from the loop's own outcomes on the chain nodes (state
 in the loop carry, shared by the batch), from the prior a = p times the head's pooled ratio of
-accepted to expected tokens. Each call reveals the model's
-tokens one past what it kept, so a chain node is judged even when it was not verified (head 2
-after every step), and the calibration keeps learning while plain decoding is chosen. At
-temperature > 0 a point-mass draft x is accepted with probability p(x), the chance that the
+accepted to expected tokens. Each call reveals the model's tokens one past what it kept, so
+a chain node is judged even when it was not verified (head 2 after a look that chose plain
+decoding). At temperature > 0 a point-mass draft x is accepted with probability p(x), the chance that the
 sampled token is x, so the same counts learn the sampling rule's acceptance.
 
 Choice (`auto`): argmax over candidates c of (sum over active rows of E_row(c)) / cost(c), with
@@ -77,24 +76,6 @@ class AutoState:
   looks: jax.Array
 
 
-def combined_topology(length: int, k: int, tree_nodes: int) -> tuple:
-  """(tree, ranks): the chain of `length` nodes first, then (tree_nodes > length) the nodes of
-  Medusa's sparse tree of that size over heads 2..length not on its all-rank-0 chain, in their
-  order (parents precede children); ranks[v] is node v's rank in its head's top-k."""
-  if tree_nodes <= length:
-    return tree_lib.chain(length), (0,) * length
-  sparse = sparse_tree.build_sparse_tree(sparse_tree.default_accuracy(length, k), tree_nodes)
-  on_chain = sorted(sparse.tree.primary, key=lambda v: sparse.tree.depth[v])
-  new_index = {old: i for i, old in enumerate(on_chain)}     # Primary node at depth d -> d.
-  parents, ranks = [-1] + list(range(length - 1)), [0] * length
-  for old in range(sparse.size):
-    if old not in new_index:
-      new_index[old] = len(parents)
-      parents.append(new_index[sparse.tree.parents[old]])
-      ranks.append(sparse.ranks[old])
-  return tree_lib.Tree(parents=tuple(parents), primary=tuple(range(length))), tuple(ranks)
-
-
 @dataclasses.dataclass(frozen=True)
 class AutoDrafter:
   """length: L, the longest chain (heads 2..L); sizes: candidate node counts (chains 1..L, then
@@ -110,11 +91,11 @@ class AutoDrafter:
 
   @property
   def topology(self) -> tree_lib.Tree:
-    return combined_topology(self.length, self.k, self.tree_nodes)[0]
+    return sparse_tree.chain_then_tree(self.length, self.k, self.tree_nodes)[0]
 
   @property
   def ranks(self) -> np.ndarray:
-    return np.asarray(combined_topology(self.length, self.k, self.tree_nodes)[1])
+    return np.asarray(sparse_tree.chain_then_tree(self.length, self.k, self.tree_nodes)[1])
 
   @property
   def last_head(self) -> int:
@@ -392,7 +373,7 @@ def _build_auto(options: AutoOptions, model, resources):
   sizes = candidate_sizes(length, trees)
   largest = max(trees) if trees else 0
   k = options.k if trees else 1
-  topology = combined_topology(length, k, largest)[0]
+  topology = sparse_tree.chain_then_tree(length, k, largest)[0]
   if options.costs == "measured":
     table = resources.need(resources_lib.COST_MODEL, "auto").table(topology, sizes)
   else:
