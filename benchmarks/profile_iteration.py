@@ -7,7 +7,8 @@ bookkeeping (everything outside the model); per loop iteration, beside the itera
   python benchmarks/profile_iteration.py --workdir=workdirs/small [--runs=ar,bpd:2,bpd] \
       [--num_examples=4 --max_new_tokens=128] [--markdown=FILE]
 
-A run is METHOD or METHOD:DRAFT_LEN (bpd's draft length, head 1 included). Prefill is one call
+A run is METHOD or METHOD:DRAFT_LEN (bpd's draft length, head 1 included); each is traced
+--repeats times and the trace of median wall time is reported. Prefill is one call
 per example and counted in with the iterations (short prompts keep it to about 1%).
 Uses only API that exists since the drafter seam (it also runs on older checkouts for
 before/after tables).
@@ -42,6 +43,7 @@ _CONFIG = common.define_config(
     jsonl=os.path.join(os.path.dirname(os.path.abspath(__file__)), "story_openings.jsonl"))
 _RUNS = flags.DEFINE_list("runs", ["ar", "bpd:2", "bpd"], "METHOD or METHOD:DRAFT_LEN.")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the table to this file.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Traced decodes per run; the median wall is kept.")
 _LABEL = flags.DEFINE_string("label", "", "Label of this checkout in the table (e.g. before).")
 
 PARTS = ("layers", "cache writes", "head projections", "acceptance + loop")
@@ -144,13 +146,15 @@ def main(argv):
     decode = lambda b=b: generator.generate(prompts, b.drafter, b.params, s.max_new_tokens,
                                             s.batch_size)
     decode()                                             # Compile (and dump the HLO).
-    trace_dir = tempfile.mkdtemp(prefix="bpdjax_trace_")
-    with profiler.trace(trace_dir):
-      gens, timings = decode()
-    entry = metrics.speed_metrics(gens, timings)
+    traced = []
+    for _ in range(_REPEATS.value):
+      trace_dir = tempfile.mkdtemp(prefix="bpdjax_trace_")
+      with profiler.trace(trace_dir):
+        gens, timings = decode()
+      entry = metrics.speed_metrics(gens, timings)
+      traced.append((entry["wall_seconds"], entry, _thunk_seconds(trace_dir, _op_names())))
+    wall, entry, (parts, busy) = sorted(traced, key=lambda t: t[0])[len(traced) // 2]
     steps = entry["calls"]
-    parts, busy = _thunk_seconds(trace_dir, _op_names())
-    wall = entry["wall_seconds"]
     total = sum(parts.values())
     cells = [f"{parts[p] / steps * 1e3:.3f} ({parts[p] / total:.0%})" for p in PARTS]
     rows.append(f"| {label} | {spec} | {entry['block_efficiency']:.3f} | "
