@@ -32,13 +32,22 @@ def strict_json(record: dict) -> str:
   return json.dumps(out, allow_nan=False)
 
 
+def _step_of(line: str) -> Optional[int]:
+  """The step of a metrics.jsonl line; None for a line cut short (a kill during the write)."""
+  try:
+    return json.loads(line).get("step", 0)
+  except ValueError:
+    return None
+
+
 def drop_after(path: str, step: int) -> int:
   """Removes the lines of metrics.jsonl logged after `step` (by a run killed after its last
-  checkpoint at `step`: a resume logs those steps again); returns how many it removed."""
+  checkpoint at `step`: a resume logs those steps again), and a line cut short by a kill;
+  returns how many it removed."""
   if not fileio.exists(path):
     return 0
   lines = fileio.read_text(path).splitlines(keepends=True)
-  keep = [l for l in lines if not l.strip() or json.loads(l).get("step", 0) <= step]
+  keep = [l for l in lines if l.strip() and (_step_of(l) or 0) <= step and _step_of(l) is not None]
   if len(keep) < len(lines):
     fileio.write_atomic(path, "".join(keep))
   return len(lines) - len(keep)
