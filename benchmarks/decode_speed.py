@@ -32,6 +32,18 @@ def _identical(a_gens, b_gens) -> bool:
              for a, b in zip(a_gens, b_gens))
 
 
+def _drafting_steps(stats: dict, batch_size: int) -> str:
+  """Predicted / realized tokens per call over the steps that drafted (candidate > 0): at
+  batch 1 every step is one row, so removing the plain steps (1 predicted, 1 kept) is exact."""
+  if batch_size != 1 or "chosen" not in stats:
+    return "–"
+  plain, calls = stats["chosen"][0], stats["verified_calls"]
+  if calls <= plain:
+    return "–"
+  return (f"{(stats['predicted_tokens'] - plain) / (calls - plain):.3f} / "
+          f"{(stats['realized_tokens'] - plain) / (calls - plain):.3f}")
+
+
 def main(argv):
   del argv
   s = common.settings(_CONFIG.value)
@@ -47,8 +59,9 @@ def main(argv):
             f"median of {_ROUNDS.value} alternating rounds")
   print(header)
   table = [header, "", "| batch | method | tokens/s | vs " + s.methods[0] + " | vs best other "
-           "| BE | identical | chosen (steps per candidate) | predicted / realized tok/call |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| BE | identical | chosen (steps per candidate) | predicted / realized tok/call "
+           "| same, drafting steps only | steps that looked at heads |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for batch_size in map(int, _BATCHES.value):
     built = common.build_methods(s, loaded, prompt_width=width, batch_size=batch_size, res=res)
 
@@ -66,15 +79,18 @@ def main(argv):
       chosen = ",".join(str(int(c)) for c in st.get("chosen", [])) or "–"
       pred = (f"{st['predicted_tokens_per_call']:.3f} / {st['realized_tokens_per_call']:.3f}"
               if "predicted_tokens_per_call" in st else "–")
+      drafting, looks = _drafting_steps(st, batch_size), st.get("head_looks")
+      looks = "–" if looks is None else f"{looks / max(st['verified_calls'], 1):.1%}"
       line = (f"batch {batch_size}: {name:12s} {tps:8.1f} tok/s | {tps / base_tps:5.2f}x {first} "
               f"| {tps / best_other:5.2f}x best other | BE {entry['block_efficiency']:.3f} | "
               f"identical to {first} {_identical(base_gens, gens)}")
       if st:
-        line += f" | chosen {chosen} | predicted/realized {pred}"
+        line += (f" | chosen {chosen} | predicted/realized {pred} (drafting steps {drafting})"
+                 f" | looked at heads {looks}")
       print(line)
       table.append(f"| {batch_size} | {name} | {tps:.1f} | {tps / base_tps:.2f} | "
                    f"{tps / best_other:.2f} | {entry['block_efficiency']:.3f} | "
-                   f"{_identical(base_gens, gens)} | {chosen} | {pred} |")
+                   f"{_identical(base_gens, gens)} | {chosen} | {pred} | {drafting} | {looks} |")
     for t in res.cost_model.tables:     # Measured for this batch size by cost-aware methods.
       rel = ", ".join(f"{n}: {r:.2f}" for n, r in zip(t.sizes, t.relative))
       line = (f"batch {batch_size}: cost table ({t.source}; one iteration relative to size 1 = "

@@ -2,6 +2,8 @@
 
   import bpdjax
   m = bpdjax.load("workdirs/tiny")           # latest checkpoint; load(dir, step=200) for another
+  m = bpdjax.load("gs://bucket/run")         # a workdir in a bucket reads the same way
+  m = bpdjax.load("models/TinyStories-656K", heads="workdirs/ts_ffn")   # HF base + trained heads
   tokens = jnp.asarray([m.vocab.encode("First Citizen:")])
   logits, _ = m.model.apply({"params": m.params}, tokens,
                             jnp.arange(tokens.shape[1])[None])   # [1, L, h, V]
@@ -40,12 +42,34 @@ class LoadedModel:
   step: int                           # Training step of the checkpoint.
 
 
-def load(workdir: str, step: Optional[int] = None) -> LoadedModel:
-  """Loads config, vocabulary and the parameters at `step` (default: latest) of a workdir.
+def load(path: str, step: Optional[int] = None, heads: Optional[str] = None,
+         tokenizer_path: Optional[str] = None) -> LoadedModel:
+  """A model to decode with: a train.py workdir (local or gs://), or a pretrained model.
 
+  Args:
+    path: a workdir (its config, vocabulary and the parameters at `step`, default the latest);
+      or a Hugging Face Llama folder (or a llama2.c .bin with `tokenizer_path`): with `heads`, a
+      workdir whose run trained block heads on that base (`load_heads_onto`); without, the
+      plain model with h = 1 (only plain decoding, method "ar").
+    step: checkpoint step of the workdir (of `heads` when given).
   Raises:
-    FileNotFoundError: no config.json, vocabulary or checkpoint in `workdir`.
+    FileNotFoundError: `path` is neither a workdir nor a model folder (the message says what
+      each would hold), or a workdir lacks its vocabulary or a checkpoint; FileNotFoundError /
+      ValueError for a gs:// path whose bucket is missing or a URL of unknown scheme.
   """
+  if heads is not None:
+    return load_heads_onto(path, heads, step, tokenizer_path)
+  if tokenizer_path is not None or pretrained.is_model_folder(path):
+    cfg, params, tokenizer = pretrained.import_model(path, tokenizer_path, num_heads_bpd=1)
+    config = ml_collections.ConfigDict({"model": dataclasses.asdict(cfg)})
+    return LoadedModel(config=config, model=model_lib.Transformer(cfg),
+                       params=jax.device_put(params), vocab=tokenizer, step=0)
+  if not workdir_lib.is_workdir(path):
+    raise FileNotFoundError(
+        f"No {workdir_lib.CONFIG_FILE} in {path!r}: it is neither a bpdjax workdir (train.py "
+        f"writes config.json there) nor a Hugging Face model folder (config.json, "
+        f"tokenizer.json and *.safetensors)")
+  workdir = path
   config = workdir_lib.load_config(workdir)
   vocab = tokenizers.load_tokenizer(workdir_lib.vocab_path(workdir))
   model = model_lib.Transformer(configuration.validate_model(config.model))

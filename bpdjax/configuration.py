@@ -1,6 +1,11 @@
 """Config validation: bad values become clear errors before anything is compiled."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
+from absl import app
 import ml_collections
 
 from bpdjax import model as model_lib
@@ -104,6 +109,42 @@ def validate_mesh(config: ml_collections.ConfigDict) -> None:
     for target in targets:
       _check(target in axes, f"logical_axis_rules maps {rule[0]!r} to {target!r}, which is not "
              f"a mesh axis {axes}")
+
+
+def config_file(path: str) -> str:
+  """`path` if it is a file; else, for a path under configs/ (`--config=configs/tiny.py` from
+  outside a checkout), that file of the installed `configs` package. Unchanged when neither
+  exists, so the flag parser names the missing file."""
+  if os.path.isfile(path):
+    return path
+  parts = os.path.normpath(path).split(os.sep)
+  if len(parts) > 1 and parts[0] == "configs":
+    spec = importlib.util.find_spec("configs")  # Locates the package; imports nothing.
+    for root in (spec.submodule_search_locations or []) if spec else []:
+      candidate = os.path.join(root, *parts[1:])
+      if os.path.isfile(candidate):
+        return candidate
+  return path
+
+
+def resolve_config_flag(argv: list) -> list:
+  """argv with the value of its --config=FILE flag passed through `config_file`."""
+  return [f"--config={config_file(a.split('=', 1)[1])}" if a.startswith("--config=") else a
+          for a in argv]
+
+
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def run_app(main_fn) -> None:
+  """absl's app.run(main_fn), except that asking for help exits 0 (absl exits 1 after printing
+  the usage, which scripts and CI read as a failure)."""
+  try:
+    app.run(main_fn)
+  except SystemExit as e:
+    if e.code == 1 and any(a in _HELP_FLAGS for a in sys.argv[1:]):
+      raise SystemExit(0) from None
+    raise
 
 
 def check_override_keys(argv, config) -> None:

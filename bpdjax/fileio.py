@@ -5,14 +5,37 @@ workdir in a bucket is not a special case. `write_atomic` is all-or-nothing wher
 allows it: locally it writes a temporary file and renames it (readers never see half a file);
 on an object store a single upload is already all-or-nothing (the object appears whole once the
 upload finishes), so it writes the object directly.
+
+Why epath and not tf.io.gfile: orbax writes the checkpoints through epath already, so one layer
+serves every file of a workdir; `bpdjax.load` stays free of TensorFlow; and epath's fsspec
+backend (gcsfs for gs://) honours STORAGE_EMULATOR_HOST, so a bucket workdir is tested against a
+local Cloud Storage emulator (tests/test_gcs_emulator.py). epath picks tf.io.gfile for URLs
+whenever TensorFlow is installed unless EPATH_USE_TF is false, so this module sets that default
+before any path is opened (an explicit EPATH_USE_TF in the environment wins).
+
+Object stores have no append: `append_text` rewrites the object with the new text at its end (a
+log of a few thousand lines, such as metrics.jsonl, stays cheap). Tools that need a local file
+(SentencePiece, KenLM, tokenizers) get one from `local_copy`.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import tempfile
 from typing import Union
 
-from etils import epath
+# Before the first epath call (see the module docstring): gs:// through fsspec/gcsfs, not TF.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
+from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
+import fsspec  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# A workdir is read while another process writes it (a notebook or decode.py beside a training
+# run; orbax's latest step after a resume), so bucket listings are never cached (gcsfs would
+# otherwise keep the first listing of checkpoints/ for the life of the process).
+for _protocol in ("gs", "gcs"):
+  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 PathLike = Union[str, os.PathLike]
 # Schemes epath can reach (gpath.py); anything else with "://" is refused with a clear error.
@@ -56,8 +79,45 @@ def isdir(path: PathLike) -> bool:
   return as_path(path).is_dir()
 
 
+def bucket(path: PathLike) -> str:
+  """The bucket of a URL ("" for a local path): gs://bucket/run -> "bucket"."""
+  if not is_remote(path):
+    return ""
+  return os.fspath(path).split("://", 1)[1].split("/", 1)[0]
+
+
+def check_bucket(path: PathLike) -> None:
+  """FileNotFoundError naming the bucket when the bucket of URL `path` does not exist (object
+  stores have no folders to create, so a missing bucket would otherwise fail at the first
+  upload with an HTTP error); nothing for a local path. ValueError for an unknown scheme."""
+  as_path(path)
+  name = bucket(path)
+  if not name:
+    if is_remote(path):
+      raise ValueError(f"{os.fspath(path)!r} names no bucket")
+    return
+  root = as_path(f"{scheme(path)}://{name}")
+  try:
+    found = root.exists()
+  except (OSError, ValueError) as e:  # Auth or network trouble: say which bucket.
+    raise FileNotFoundError(f"Cannot reach bucket {name!r} of {os.fspath(path)!r}: {e}") from e
+  if not found:
+    raise FileNotFoundError(f"Bucket {name!r} of {os.fspath(path)!r} does not exist (or these "
+                            f"credentials cannot see it): create it first, e.g. `gcloud storage "
+                            f"buckets create {scheme(path)}://{name}`")
+
+
 def makedirs(path: PathLike) -> None:
+  """Makes a local folder and its parents; for a URL checks that its bucket exists."""
+  if is_remote(path):
+    check_bucket(path)
   as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(path: PathLike) -> list[str]:
+  """Names in a folder (sorted); [] for a missing one."""
+  p = as_path(path)
+  return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
 
 
 def read_bytes(path: PathLike) -> bytes:
@@ -86,6 +146,49 @@ def write_atomic(path: PathLike, data: Union[str, bytes]) -> None:
   tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
   tmp.write_bytes(payload)
   os.replace(os.fspath(tmp), os.fspath(target))
+
+
+def append_text(path: PathLike, text: str) -> None:
+  """Appends `text` to a file (made if missing). Locally one buffered append; on an object store
+  the object is rewritten whole with `text` at its end (there is no append)."""
+  if not is_remote(path):
+    with open(os.fspath(path), "a", encoding="utf-8") as f:
+      f.write(text)
+    return
+  target = as_path(path)
+  old = target.read_bytes() if target.exists() else b""
+  target.write_bytes(old + text.encode("utf-8"))
+
+
+def copy_file(src: PathLike, dst: PathLike) -> None:
+  """Copies one file between any two paths (write_atomic at the destination)."""
+  write_atomic(dst, read_bytes(src))
+
+
+def local_copy(path: PathLike) -> str:
+  """A local path with the contents of `path`: `path` itself when local, else a copy of the
+  file (or of a folder's files, one level) under the temporary directory, reused while its
+  bytes are unchanged. For tools that only open local files (SentencePiece, KenLM, tokenizers).
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+  """
+  if not is_remote(path):
+    return os.fspath(path)
+  src = as_path(path)
+  if not src.exists():
+    raise FileNotFoundError(f"Not found: {os.fspath(path)}")
+  key = hashlib.sha256(os.fspath(path).encode("utf-8")).hexdigest()[:16]
+  root = os.path.join(tempfile.gettempdir(), "bpdjax-remote", key)
+  dst = os.path.join(root, src.name)
+  files = [(c, os.path.join(dst, c.name)) for c in src.iterdir() if not c.is_dir()] \
+      if src.is_dir() else [(src, dst)]
+  for remote_file, local in files:
+    data = remote_file.read_bytes()
+    if os.path.isfile(local) and epath.Path(local).read_bytes() == data:
+      continue
+    write_atomic(local, data)
+  return dst
 
 
 def remove(path: PathLike) -> None:

@@ -46,6 +46,8 @@ def path(workdir: str, name: str) -> str:
 
 
 def is_workdir(workdir: str) -> bool:
+  """Whether `workdir` holds a config.json (checks the bucket of a URL first)."""
+  fileio.check_bucket(workdir)
   return fileio.exists(path(workdir, CONFIG_FILE))
 
 
@@ -54,6 +56,7 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  fileio.check_bucket(workdir)  # A URL's missing bucket is named as such.
   config_path = path(workdir, CONFIG_FILE)
   if not fileio.exists(config_path):
     raise FileNotFoundError(f"No {CONFIG_FILE} in workdir {workdir!r}: is it a bpdjax workdir?")

@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_eval_batches = 8
   c.checkpoint_every_steps = 200
   c.max_checkpoints_to_keep = 3
+  # TensorBoard event files beside metrics.jsonl (clu, through tf.io.gfile; False: metrics.jsonl
+  # only, e.g. for a bucket that only gcsfs reaches, such as a local emulator).
+  c.tensorboard = True
   # A non-finite loss or gradient norm stops training (non-zero exit, no checkpoint of it);
   # N > 0 skips up to N such updates in a run first (bpdjax/train/guard.py).
   c.max_nonfinite_skips = 0

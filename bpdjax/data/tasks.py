@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from bpdjax.data import hide_accelerators
 from bpdjax.data import token_files
+from bpdjax.data import tokenizers
 from bpdjax.data import vocabulary as vocab_lib
 
 hide_accelerators()
@@ -247,7 +248,7 @@ def input_bos_id(config: ml_collections.ConfigDict, vocab_path: str) -> int:
   if config.data.task == "token_file":
     bos = token_files.read_token_manifest(config.data.token_dir).get("bos_id")
     return 0 if bos is None else int(bos)
-  if vocab_path and (os.path.isdir(vocab_path) or vocab_path.endswith(".bin")):
+  if vocab_path and tokenizers.is_pretrained_tokenizer(vocab_path):
     bos = vocab_lib.load_vocabulary(vocab_path).bos_id
     return 0 if bos is None else int(bos)
   return 0

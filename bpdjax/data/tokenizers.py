@@ -19,6 +19,8 @@ from typing import Optional
 import sentencepiece as spm
 import tokenizers
 
+from bpdjax import fileio
+
 # Files of a Hugging Face folder that define its tokenizer (config.json: fallback BOS/EOS ids).
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                       "special_tokens_map.json", "config.json")
@@ -203,12 +205,17 @@ def hf_tokenizer(folder: str, hf_config: Optional[dict] = None) -> HFTokenizer:
 def is_pretrained_tokenizer(path: str) -> bool:
   """Whether `path` names a pretrained model's tokenizer (a folder or a llama2.c .bin) rather
   than a SentencePiece model file."""
-  return os.path.isdir(path) or path.endswith(".bin")
+  return fileio.isdir(path) or os.fspath(path).endswith(".bin")
 
 
 def load_tokenizer(path: str):
   """The tokenizer at `path`: a folder with tokenizer.json (HFTokenizer), a llama2.c tokenizer
-  .bin (Llama2cTokenizer) or a SentencePiece model file (SentencePieceTokenizer)."""
+  .bin (Llama2cTokenizer) or a SentencePiece model file (SentencePieceTokenizer). A path in a
+  bucket (gs://...) is read through a local copy (`fileio.local_copy`)."""
+  if fileio.is_remote(path):
+    if not fileio.exists(path):
+      raise FileNotFoundError(f"Tokenizer not found: {path}")
+    path = fileio.local_copy(path)
   if os.path.isdir(path):
     return hf_tokenizer(path)
   if os.path.isfile(path):
@@ -219,7 +226,10 @@ def load_tokenizer(path: str):
 
 def copy_tokenizer_files(model_format: str, source: str, dst: str) -> str:
   """Atomically copies a tokenizer to `dst`: the tokenizer files of Hugging Face folder
-  `source` (model_format "hf"), or llama2.c tokenizer file `source` ("llama2c")."""
+  `source` (model_format "hf"), or llama2.c tokenizer file `source` ("llama2c"). A `dst` in a
+  bucket gets each file as one write-once object (`fileio.write_atomic`)."""
+  if fileio.is_remote(dst):
+    return _copy_tokenizer_files_remote(model_format, source, dst)
   tmp = f"{dst}.tmp{os.getpid()}"
   if model_format == "hf":
     shutil.rmtree(tmp, ignore_errors=True)
@@ -235,4 +245,18 @@ def copy_tokenizer_files(model_format: str, source: str, dst: str) -> str:
   else:
     raise ValueError(f"Unknown tokenizer format {model_format!r} (expected 'hf' or 'llama2c')")
   os.replace(tmp, dst)
+  return dst
+
+
+def _copy_tokenizer_files_remote(model_format: str, source: str, dst: str) -> str:
+  if model_format == "hf":
+    if not os.path.isfile(os.path.join(source, "tokenizer.json")):
+      raise FileNotFoundError(f"tokenizer.json not found: {os.path.join(source, 'tokenizer.json')}")
+    for name in HF_TOKENIZER_FILES:
+      if os.path.isfile(os.path.join(source, name)):
+        fileio.copy_file(os.path.join(source, name), fileio.join(dst, name))
+  elif model_format == "llama2c":
+    fileio.copy_file(source, dst)
+  else:
+    raise ValueError(f"Unknown tokenizer format {model_format!r} (expected 'hf' or 'llama2c')")
   return dst

@@ -52,7 +52,7 @@ def check_vocab_size(path: str, vocab_size: int) -> None:
       raise ValueError(f"vocabulary size mismatch: tokenizer {path!r} has {size} ids but "
                        f"config.model.vocab_size={vocab_size}.")
     return
-  num_pieces = tokenizers.SentencePieceTokenizer(path).vocab_size
+  num_pieces = tokenizers.load_tokenizer(path).vocab_size
   if num_pieces != vocab_size:
     raise ValueError(f"vocabulary size mismatch: SentencePiece model {path!r} has {num_pieces} "
                      f"pieces but config.model.vocab_size={vocab_size}.")
@@ -123,8 +123,8 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
   source = configuration.init_source(config)
   if source:  # A pretrained model's own tokenizer, copied into the workdir.
     path = workdir_lib.path(workdir, workdir_lib.tokenizer_name(source))
-    if not os.path.exists(path) and jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
+    if not fileio.exists(path) and jax.process_index() == 0:
+      fileio.makedirs(workdir)
       if source == "hf":
         tokenizers.copy_tokenizer_files("hf", config.init.hf_model, path)
       else:
@@ -134,7 +134,7 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
     source = "token_file"
   else:
     path = workdir_lib.path(workdir, workdir_lib.VOCAB_FILE)
-  if not source and not os.path.exists(path):
+  if not source and not fileio.exists(path):
     # Checks every process can make before the barrier, so none waits on a failed process 0.
     if config.data.vocab_path:
       source = config.data.vocab_path
@@ -152,7 +152,7 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
       fileio.write_atomic(path, fileio.read_bytes(source))
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("bpdjax_ensure_vocabulary")
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     raise ValueError(f"{path!r} is missing after process 0 wrote it: is the workdir on a shared "
                      "filesystem?")
   check_vocab_size(path, config.model.vocab_size)
@@ -169,8 +169,8 @@ def _copy_token_file_tokenizer(config: ml_collections.ConfigDict, workdir: str) 
                      "tokenizer (model_format 'hf' or 'llama2c' and 'tokenizer'), so the run "
                      "would have no vocabulary")
   path = workdir_lib.path(workdir, workdir_lib.tokenizer_name(model_format))
-  if not os.path.exists(path) and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+  if not fileio.exists(path) and jax.process_index() == 0:
+    fileio.makedirs(workdir)
     src = os.path.dirname(tokenizer) if model_format == "hf" else tokenizer
     tokenizers.copy_tokenizer_files(model_format, src, path)
   return path

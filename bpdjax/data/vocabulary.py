@@ -13,6 +13,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from bpdjax import fileio
 from bpdjax.data import hide_accelerators
 from bpdjax.data import tokenizers
 
@@ -83,7 +84,9 @@ class PretrainedVocabulary(seqio.Vocabulary):
 def load_vocabulary(path: str) -> seqio.Vocabulary:
   """The seqio vocabulary at `path`: a SentencePiece model file (no extra ids), or a pretrained
   model's tokenizer (a Hugging Face folder with tokenizer.json, or a llama2.c tokenizer .bin)
-  as a `PretrainedVocabulary`."""
+  as a `PretrainedVocabulary`. A path in a bucket is read through a local copy."""
+  if fileio.is_remote(path) and fileio.exists(path):
+    path = fileio.local_copy(path)
   if tokenizers.is_pretrained_tokenizer(path):
     return PretrainedVocabulary(tokenizers.load_tokenizer(path))
   if not os.path.isfile(path):

@@ -44,6 +44,7 @@ def _main(argv):
 
 def main() -> None:
   """Entry point: unknown --config.KEY overrides fail with their name, then run."""
+  sys.argv[:] = configuration.resolve_config_flag(sys.argv)
   config_file = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--config=")),
                      DEFAULT_CONFIG)
   if os.path.isfile(config_file):
@@ -52,4 +53,4 @@ def main() -> None:
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Decode config file.",
                                   lock_config=True)
   sys.modules["__main__"].__doc__ = alias_flags.usage(__doc__)
-  app.run(_main)
+  configuration.run_app(_main)

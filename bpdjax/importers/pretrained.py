@@ -13,6 +13,16 @@ from bpdjax.importers import llama
 from bpdjax.importers import llama2c
 
 
+def is_model_folder(path: str) -> bool:
+  """Whether `path` is a local Hugging Face model folder (config.json, tokenizer.json and
+  safetensors weights) rather than, say, a bpdjax workdir (which has config.json too)."""
+  if "://" in path or not os.path.isdir(path):
+    return False
+  names = os.listdir(path)
+  return ("config.json" in names and "tokenizer.json" in names
+          and any(n.endswith(".safetensors") for n in names))
+
+
 def import_model(path: str, tokenizer_path: Optional[str] = None, **kwargs):
   """A Hugging Face folder, or a llama2.c .bin with `tokenizer_path` (its tokenizer .bin).
 

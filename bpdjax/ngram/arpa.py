@@ -122,7 +122,7 @@ def parse_arpa(path_or_lines: Union[str, Iterable[str]], vocab_size: int,
   """
   if isinstance(path_or_lines, str):
     name = path_or_lines
-    lines = fileio.read_text(path_or_lines).splitlines()  # Non-UTF-8: names file and line.
+    lines = fileio.read_text(path_or_lines).splitlines()  # Local or gs://; non-UTF-8 names file and line.
   else:
     name = path_name or "<arpa>"
     lines = list(path_or_lines)

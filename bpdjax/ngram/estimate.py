@@ -26,6 +26,7 @@ import tempfile
 import time
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
+from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import tasks
 from bpdjax.data import token_files
@@ -183,7 +184,8 @@ def estimate_workdir(workdir: str, order: int, output: str,
   Args:
     workdir: a train.py workdir (config.json and its vocabulary).
     order: n (>= 2).
-    output: the ARPA to write; its vocabulary is recorded in workdir.arpa_vocab_record_path(output).
+    output: the ARPA to write (local or in a bucket: lmplz writes a local file, which is then
+      uploaded); its vocabulary is recorded in workdir.arpa_vocab_record_path(output).
     max_documents / max_tokens: stop after that many documents / tokens (the document that
       crosses max_tokens is cut), None = the whole train split.
     prune: lmplz --prune thresholds (see parse_prune), for large orders.
@@ -203,6 +205,10 @@ def estimate_workdir(workdir: str, order: int, output: str,
       raise ValueError(f"{name} must be >= 1, got {value}")
   exe = find_lmplz(lmplz, build=build)  # Fail before the long tokenization.
   token_documents = training_token_documents(workdir)
+  remote_output = output if fileio.is_remote(output) else None
+  if remote_output:
+    fileio.check_bucket(remote_output)
+    output = os.path.join(tempfile.mkdtemp(prefix="ngram_"), os.path.basename(remote_output))
   out_dir = os.path.dirname(os.path.abspath(output))
   os.makedirs(out_dir, exist_ok=True)
   keep = corpus_path is not None
@@ -243,9 +249,13 @@ def estimate_workdir(workdir: str, order: int, output: str,
   finally:
     if not keep and os.path.exists(corpus_path):
       os.remove(corpus_path)
-  workdir_lib.write_arpa_vocab_record(output, workdir)
   counts = arpa_counts(output)
   size = os.path.getsize(output)
+  if remote_output:
+    fileio.copy_file(output, remote_output)
+    os.remove(output)
+    output = remote_output
+  workdir_lib.write_arpa_vocab_record(output, workdir)
   log(f"lmplz order {order}{' prune ' + ' '.join(map(str, prune)) if prune else ''}: "
       f"{t2 - t1:.1f} s; n-grams " + ", ".join(f"{m}: {c}" for m, c in sorted(counts.items())))
   log(f"wrote {output} ({size / 2**20:.2f} MiB)" + (f"; token corpus {corpus_path}" if keep
@@ -276,13 +286,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   try:
     prune = parse_prune(args.prune, args.order)
     return estimate_workdir(
-        args.workdir, args.order, args.output or os.path.join(args.workdir,
-                                                              f"ngram{args.order}.arpa"),
+        args.workdir, args.order, args.output or fileio.join(args.workdir,
+                                                             f"ngram{args.order}.arpa"),
         max_documents=args.max_documents, max_tokens=args.max_tokens, prune=prune,
         memory=args.memory, corpus_path=args.corpus, lmplz=args.lmplz, build=args.build_kenlm)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     ap.exit(2, f"error: {e}\n")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The `bpdjax-ngram` console script (exit status 0, not the summary dict)."""
   main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+  cli()

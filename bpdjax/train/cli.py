@@ -65,5 +65,7 @@ def check_overrides(argv) -> None:
 
 def main() -> None:
   """Entry point: validate overrides, then run."""
+  sys.argv[:] = configuration.resolve_config_flag(sys.argv)
   check_overrides(sys.argv)
-  app.run(_main)
+  sys.modules["__main__"].__doc__ = __doc__  # --help of train.py and of bpdjax-train.
+  configuration.run_app(_main)

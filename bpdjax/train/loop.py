@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import signal
 import time
 from typing import Any, Callable, Optional
@@ -18,6 +17,7 @@ import numpy as np
 
 from bpdjax import checkpoints
 from bpdjax import configuration
+from bpdjax import fileio
 from bpdjax import losses
 from bpdjax import model as model_lib
 from bpdjax import params as params_lib
@@ -111,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = partitioning.make_mesh(config.mesh)
   rules = tuple(tuple(r) for r in config.logical_axis_rules)
   state_lib.check_batch_size(config.batch_size, mesh, rules)
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)  # For a bucket URL: FileNotFoundError unless the bucket exists.
   manager = checkpoints.make_manager(workdir, config.checkpoint_every_steps,
                                      config.max_checkpoints_to_keep)
   if manager.latest_step() is not None:
@@ -166,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     eval_batches = list((eval_batches_fn or functools.partial(
         pipeline.make_eval_iterator, num_batches=config.num_eval_batches))(config, vocab_path))
 
-    log = metrics_lib.MetricsLog(workdir, resume_step=start_step)
+    log = metrics_lib.MetricsLog(workdir, tensorboard=bool(config.get("tensorboard", True)),
+                                 resume_step=start_step)
     checksums = None
     if pretrained is not None:
       checksums = _check_base(workdir, log, start_step, pretrained, state.params, heads_only)

@@ -43,13 +43,16 @@ def _step_of(line: str) -> Optional[int]:
 def drop_after(path: str, step: int) -> int:
   """Removes the lines of metrics.jsonl logged after `step` (by a run killed after its last
   checkpoint at `step`: a resume logs those steps again), and a line cut short by a kill;
-  returns how many it removed."""
+  returns how many lines it removed."""
   if not fileio.exists(path):
     return 0
-  lines = fileio.read_text(path).splitlines(keepends=True)
-  keep = [l for l in lines if l.strip() and (_step_of(l) or 0) <= step and _step_of(l) is not None]
-  if len(keep) < len(lines):
-    fileio.write_atomic(path, "".join(keep))
+  text = fileio.read_text(path)
+  lines = text.splitlines(keepends=True)
+  keep = [l for l in lines if (n := _step_of(l)) is not None and n <= step]
+  # Lines of older versions may hold NaN: kept lines are rewritten as strict JSON.
+  new = "".join(strict_json(json.loads(l)) + "\n" for l in keep)
+  if new != text:
+    fileio.write_atomic(path, new)
   return len(lines) - len(keep)
 
 
@@ -63,16 +66,20 @@ def progress_line(step, total, summary, tokens_per_s, seconds_left) -> str:
 class MetricsLog:
   """TensorBoard (clu) scalars plus one JSON line per logged step in WORKDIR/metrics.jsonl.
 
-  With `resume_step`, lines after that step (from a run killed after its last checkpoint) are
-  removed first, so that no step appears twice; a "resumed_from" line marks the resume.
+  metrics.jsonl is written through `fileio.append_text` (a bucket workdir rewrites the object);
+  TensorBoard events go through tf.io.gfile (clu), which reaches real buckets but no emulator:
+  tensorboard=False leaves them out. With `resume_step`, lines after that step (from a run
+  killed after its last checkpoint) are removed first, so that no step appears twice; a
+  "resumed_from" line marks the resume.
   """
 
-  def __init__(self, workdir: str, resume_step: Optional[int] = None):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: Optional[int] = None):
     self.is_main = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_main)
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not (self.is_main and tensorboard))
     path = workdir_lib.path(workdir, workdir_lib.METRICS_FILE)
     dropped = drop_after(path, resume_step) if self.is_main and resume_step else 0
-    self.jsonl = open(path, "a") if self.is_main else None
+    self.jsonl = path if self.is_main else None
     if resume_step:
       self.write(resume_step, {"resumed_from": resume_step, "dropped_lines": dropped})
 
@@ -86,11 +93,8 @@ class MetricsLog:
     if scalars:
       self.writer.write_scalars(step, scalars)
     if self.jsonl:
-      self.jsonl.write(strict_json(dict(step=step, **record)) + "\n")
-      self.jsonl.flush()
+      fileio.append_text(self.jsonl, strict_json(dict(step=step, **record)) + "\n")
 
   def close(self):
     self.writer.flush()
     self.writer.close()
-    if self.jsonl:
-      self.jsonl.close()

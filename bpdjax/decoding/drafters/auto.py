@@ -24,6 +24,13 @@ the next only while a longer chain could still beat the best candidate so far if
 head were always right (E(L') <= E(j) + (L' - j) P_j, P_j = the chance of reaching node j+1),
 or while a tree candidate needs it; when the cost table alone shows that no candidate can beat
 plain decoding even with perfect heads, no head is computed at all.
+
+Computing head 2 costs a vocabulary projection, about half an AR step for a small model on a
+CPU, so `auto` does not look at the heads on every step when drafting does not pay on average
+(the heads' pooled acceptance rates against the cost table): it then probes them with
+exponential back-off (after 1, 2, 4 ... MAX_WAIT plain steps) and keeps looking at every step
+while the look leads to a draft, since predictable stretches of text come in runs. When the
+pooled rates say drafting pays, it looks at every step.
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ from bpdjax.decoding.drafters import heads as heads_lib
 
 BINS = 10             # Probability bins of the calibration.
 PRIOR = 2.0           # Pseudo-counts of the prior a = p (bin centre).
+MAX_WAIT = 64         # Longest run of plain steps between two looks at the heads.
 
 
 @flax.struct.dataclass
@@ -51,7 +59,10 @@ class AutoState:
   """choice: [] int32 candidate to verify next; probs: [B, T] head probability of each node's
   token (root 1, 0 where not drafted); hits, tries: [L-1, BINS] accepted / tried chain nodes per
   head 2..L and probability bin; chosen: [C] int32 steps per candidate; predicted, realized,
-  verified: [] float32 sums over verified rows of expected and kept tokens, and their count."""
+  verified: [] float32 sums over verified rows of expected and kept tokens, and their count;
+  wait: [] int32 plain steps left before the heads are looked at again; backoff: [] int32 the
+  wait set after a look that led to no draft (doubles up to MAX_WAIT); looks: [] int32 steps
+  that computed heads."""
   choice: jax.Array
   probs: jax.Array
   chain: jax.Array
@@ -61,6 +72,9 @@ class AutoState:
   predicted: jax.Array
   realized: jax.Array
   verified: jax.Array
+  wait: jax.Array
+  backoff: jax.Array
+  looks: jax.Array
 
 
 def combined_topology(length: int, k: int, tree_nodes: int) -> tuple:
@@ -128,7 +142,9 @@ class AutoDrafter:
         chain=jnp.zeros((b, self.length), jnp.int32),
         hits=jnp.zeros((self.length - 1, BINS), jnp.float32),
         tries=jnp.zeros((self.length - 1, BINS), jnp.float32),
-        chosen=jnp.zeros((c,), jnp.int32), predicted=zeros, realized=zeros, verified=zeros)
+        chosen=jnp.zeros((c,), jnp.int32), predicted=zeros, realized=zeros, verified=zeros,
+        wait=jnp.zeros((), jnp.int32), backoff=jnp.ones((), jnp.int32),
+        looks=jnp.zeros((), jnp.int32))
 
   # ------------------------------------------------------------------------ expected tokens
   def _acceptance(self, state: AutoState, head: jax.Array, prob: jax.Array) -> jax.Array:
@@ -157,7 +173,41 @@ class AutoDrafter:
     return 1.0 + reach @ jnp.asarray(inside, jnp.float32).T
 
   # ------------------------------------------------------------------------------- propose
+  def _pays_on_average(self, state: AutoState) -> jax.Array:
+    """Whether some chain beats plain decoding with every node accepted at its head's pooled
+    rate (hits / tries over all bins, from the prior 1/2)."""
+    rates = (jnp.sum(state.hits, axis=1) + 1.0) / (jnp.sum(state.tries, axis=1) + 2.0)  # [L-1]
+    reach = jnp.concatenate([jnp.ones((1,)), jnp.cumprod(rates)])                    # [L]
+    chains = [(i, s) for i, s in enumerate(self.sizes) if s <= self.length]
+    gain = jnp.max(jnp.stack([jnp.sum(reach[:s]) / self.costs[i] for i, s in chains]))
+    return gain > 1.0 / self.costs[0]
+
   def propose(self, params, state: AutoState, heads: protocol.LastHeads, next_token):
+    if self.rule != "cost" or self._never_drafts() or self.length < 2:
+      nodes, new = self._look(params, state, heads, next_token)
+      looks = int(not self._never_drafts() and self.length > 1)
+      return nodes, new.replace(looks=state.looks + looks)
+    look = (state.wait <= 0) | self._pays_on_average(state)
+    nodes, new = jax.lax.cond(look, lambda st: self._look(params, st, heads, next_token),
+                              lambda st: self._plain(st, heads, next_token), state)
+    drafted = new.choice > 0
+    backoff = jnp.where(drafted, 1, jnp.where(look, jnp.minimum(2 * state.backoff, MAX_WAIT),
+                                              state.backoff))
+    wait = jnp.where(drafted, 0, jnp.where(look, backoff, state.wait - 1))
+    return nodes, new.replace(wait=wait, backoff=backoff,
+                              looks=state.looks + look.astype(jnp.int32))
+
+  def _plain(self, state: AutoState, heads: protocol.LastHeads, next_token):
+    """Plain decoding without looking at the heads: candidate 0, one expected token per row."""
+    b, t = next_token.shape[0], self.topology.size
+    nodes = jnp.zeros((b, t), jnp.int32).at[:, 0].set(next_token.astype(jnp.int32))
+    return nodes, state.replace(
+        choice=jnp.zeros((), jnp.int32), probs=jnp.zeros_like(state.probs),
+        chain=nodes[:, :self.length],
+        chosen=state.chosen.at[0].add(jnp.any(heads.active).astype(jnp.int32)),
+        predicted=state.predicted + jnp.sum(heads.active.astype(jnp.float32)))
+
+  def _look(self, params, state: AutoState, heads: protocol.LastHeads, next_token):
     b, topo, k = next_token.shape[0], self.topology, self.k
     n = self.length - 1                                       # Heads 2..L.
     active = heads.active.astype(jnp.float32)
@@ -249,7 +299,17 @@ class AutoDrafter:
     tokens[:, :num_kept + 1], so chain node d (depth d, drafted by head d + 1) was reached when
     the chain's tokens 1..d-1 equal the appended ones, and is judged when d <= num_kept --
     including the node just past what was verified (e.g. head 2's token against the model's
-    next token after a plain decoding step), so head 2 is calibrated at every step."""
+    next token after a plain decoding step), so head 2 is calibrated at every step that looked
+    at the heads."""
+    verified = (num_kept > 0).astype(jnp.float32)
+    state = state.replace(realized=state.realized + jnp.sum(num_kept * verified),
+                          verified=state.verified + jnp.sum(verified))
+    if self.length < 2:
+      return state
+    return jax.lax.cond(jnp.any(state.probs[:, 1:self.length] > 0),
+                        lambda st: self._calibrate(st, tokens, num_kept), lambda st: st, state)
+
+  def _calibrate(self, state: AutoState, tokens, num_kept):
     n = self.length - 1
     width = min(tokens.shape[1], self.length)
     same = (tokens[:, 1:width] == state.chain[:, 1:width]).astype(jnp.int32)     # [B, w-1]
@@ -263,14 +323,12 @@ class AutoDrafter:
     heads_idx = jnp.broadcast_to(jnp.arange(n), bins.shape)
     tries = state.tries.at[heads_idx, bins].add(tried.astype(jnp.float32))
     hits = state.hits.at[heads_idx, bins].add(accepted.astype(jnp.float32))
-    verified = (num_kept > 0).astype(jnp.float32)
-    return state.replace(tries=tries, hits=hits,
-                         realized=state.realized + jnp.sum(num_kept * verified),
-                         verified=state.verified + jnp.sum(verified))
+    return state.replace(tries=tries, hits=hits)
 
   def stats(self, state: AutoState) -> dict:
     return {"chosen": state.chosen, "predicted_tokens": state.predicted,
-            "realized_tokens": state.realized, "verified_calls": state.verified}
+            "realized_tokens": state.realized, "verified_calls": state.verified,
+            "head_looks": state.looks}
 
 
 @dataclasses.dataclass(frozen=True)
