@@ -200,6 +200,9 @@ def test_resume_with_another_data_stream_is_refused(trained_tiny_workdir, tmp_pa
 def test_no_step_logged_twice_after_a_kill(trained_tiny_workdir, tmp_path):
   workdir = _copy(trained_tiny_workdir, tmp_path)
   shutil.rmtree(_step_dir(workdir, LATEST))  # As if killed after logging steps 21..30.
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 5, "grad_norm": NaN}\n')  # A line of an older version (not strict JSON),
+    f.write('{"step": 31, "loss": 1')  # ... and a kill in the middle of a line.
   train_loop.train_and_evaluate(_config(workdir, num_train_steps=LATEST), workdir)
   lines = _strict_lines(os.path.join(workdir, "metrics.jsonl"))
   steps = [r["step"] for r in lines if "loss" in r]

@@ -32,15 +32,27 @@ def strict_json(record: dict) -> str:
   return json.dumps(out, allow_nan=False)
 
 
+def _step_of(line: str) -> Optional[int]:
+  """The step of a metrics.jsonl line; None for a line cut short (a kill during the write)."""
+  try:
+    return json.loads(line).get("step", 0)
+  except ValueError:
+    return None
+
+
 def drop_after(path: str, step: int) -> int:
   """Removes the lines of metrics.jsonl logged after `step` (by a run killed after its last
-  checkpoint at `step`: a resume logs those steps again); returns how many it removed."""
+  checkpoint at `step`: a resume logs those steps again), and a line cut short by a kill;
+  returns how many lines it removed."""
   if not fileio.exists(path):
     return 0
-  lines = fileio.read_text(path).splitlines(keepends=True)
-  keep = [l for l in lines if not l.strip() or json.loads(l).get("step", 0) <= step]
-  if len(keep) < len(lines):
-    fileio.write_atomic(path, "".join(keep))
+  text = fileio.read_text(path)
+  lines = text.splitlines(keepends=True)
+  keep = [l for l in lines if (n := _step_of(l)) is not None and n <= step]
+  # Lines of older versions may hold NaN: kept lines are rewritten as strict JSON.
+  new = "".join(strict_json(json.loads(l)) + "\n" for l in keep)
+  if new != text:
+    fileio.write_atomic(path, new)
   return len(lines) - len(keep)
 
 
