@@ -37,7 +37,6 @@ def _drafters(cfg):
       "bpd_block": (heads.TopOneDrafter(3), None, "block"),
       "pbest_0gram": (heads.PBestDrafter(3, k=3, p=4), None, "tokenwise"),
       "medusa": (medusa.MedusaTreeDrafter(3, k=3, tree_size=10), None, "tokenwise"),
-      "medusa_block": (medusa.MedusaTreeDrafter(3, k=3, tree_size=10), None, "block"),
       "local": (local.LocalRescoreDrafter(draft_len=3, k=3, alpha=0.5,
                                           rescorer=model_fns.TransformerFns(rescorer)),
                 rparams, "tokenwise"),
@@ -47,7 +46,7 @@ def _drafters(cfg):
   }
 
 
-@pytest.mark.parametrize("name", ["bpd_block", "pbest_0gram", "medusa", "medusa_block",
+@pytest.mark.parametrize("name", ["bpd_block", "pbest_0gram", "medusa",
                                   "local", "auto_tree"])
 def test_first_three_tokens_exact(small_model, name):
   model, cfg, params = small_model
