@@ -145,8 +145,6 @@ def stream(m: api.LoadedModel, prompt: str, method: str = "bpd", max_new_tokens:
   gen.check_prompts([ids], max_new_tokens)
   config = _sampling(temperature, top_k, top_p)
   config.validate(m.model.config.vocab_size)
-  if not (config.greedy or built.drafter.topology.is_chain):
-    raise ValueError("Tree drafts are verified greedily only; use temperature 0")
   settings = loop.Settings(built.drafter, max_new_tokens, m.vocab.eos_id, config)
   width = generator_lib.bucket_width(len(ids), m.model.config.max_len, max_new_tokens)
   start, step = _stepper(m.model, settings, width,

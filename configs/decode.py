@@ -26,6 +26,8 @@ def get_config():
   c.temperature = 0.0            # 0 = greedy; > 0 = sampling (exact in distribution).
   c.top_k = 0                    # Sampling: keep the k most likely tokens (0 = off).
   c.top_p = 1.0                  # Sampling: nucleus mass (1 = off).
+  c.acceptance = "tokenwise"     # Sampling rule: tokenwise | block (both lossless) |
+                                 # typical_lossy (Medusa's typical acceptance: NOT lossless).
   c.seed = 0                     # Sampling seed.
   c.record_topk = 16             # Top-K recorded per head for the analyses (0: speed only).
   c.data_dir = ""                # Evaluation data folder (default: the run's data_dir).

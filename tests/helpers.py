@@ -145,3 +145,56 @@ def sample_first_two(model, params, prompt, drafter, config, n, decode_fn=None,
     return decode(model, params, prompts, lengths, drafter, 3, config=config,
                   rng=jax.random.PRNGKey(42), drafter_params=drafter_params).tokens[:, :2]
   return np.asarray(decode_fn(prompts, lengths).tokens[:, :2])
+
+
+def exact_first_tokens(model, params, prompt, vocab, config, num):
+  """Exact p(t1..t_num | prompt) under the sampling distribution, by enumeration: [vocab**num]
+  (cell index t1 * vocab**(num-1) + ... + t_num)."""
+  probs = np.ones((1,))
+  for n in range(num):
+    prefixes = np.array(list(np.ndindex(*(vocab,) * n)), np.int32).reshape(vocab ** n, n)
+    seqs = jnp.asarray(np.concatenate([np.tile(np.asarray(prompt)[None], (len(prefixes), 1)),
+                                       prefixes], axis=1), jnp.int32)
+    logits, _ = model.apply({"params": params}, seqs,
+                            jnp.broadcast_to(jnp.arange(seqs.shape[1]), seqs.shape))
+    step = np.asarray(jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1))
+    probs = (probs[:, None] * step).reshape(-1)
+  return probs
+
+
+def first_token_counts(tokens, vocab):
+  """[n, num] token tuples -> counts per cell [vocab**num] (exact_first_tokens' order)."""
+  idx = np.zeros(tokens.shape[0], np.int64)
+  for j in range(tokens.shape[1]):
+    idx = idx * vocab + tokens[:, j]
+  return np.bincount(idx, minlength=vocab ** tokens.shape[1])
+
+
+def sample_first_tokens(model, params, prompt, drafter, config, n, num, drafter_params=None,
+                        fresh_jit=False):
+  """[n, num] the first `num` sampled tokens of n decodes of `prompt` (one batch of n rows).
+  fresh_jit: trace anew (a test that patches a rule must not reuse a compiled program)."""
+  prompts = jnp.asarray(np.tile(np.asarray(prompt)[None], (n, 1)), jnp.int32)
+  lengths = jnp.full((n,), len(prompt), jnp.int32)
+  kwargs = dict(drafter=drafter, max_new_tokens=num + 1, eos_id=None, sampling_config=config,
+                record_topk=0, cache_len=len(prompt) + num + 1 + loop.block_size(drafter),
+                cache_init=functools.partial(cache_lib.init_for_model, model.config))
+  fn = (jax.jit(functools.partial(loop.decode_with_new_cache, **kwargs),
+                static_argnums=0) if fresh_jit else
+        functools.partial(loop.jit_decode, **kwargs))
+  out = fn(model_fns.TransformerFns(model), params, prompts, lengths, jax.random.PRNGKey(42),
+           drafter_params)
+  return np.asarray(out.tokens[:, :num])
+
+
+def assert_exact_in_distribution(model, params, prompt, vocab, drafter, config, num,
+                                 n=20000, drafter_params=None):
+  """Chi-square of the first `num` sampled tokens against the enumerated distribution (p-value
+  > 1e-3), and no sample in a cell of probability 0. Returns the p-value."""
+  probs = exact_first_tokens(model, params, prompt, vocab, config, num)
+  got = sample_first_tokens(model, params, prompt, drafter, config, n, num, drafter_params)
+  counts = first_token_counts(got, vocab)
+  assert counts[probs == 0].sum() == 0, "sampled a token the distribution excludes"
+  pvalue = chi2_pvalue(counts, probs)
+  assert pvalue > 1e-3, (drafter, config, pvalue)
+  return pvalue

@@ -175,7 +175,9 @@ def test_settings_validation(trained_tiny_workdir):
       (dict(tasks="lambada", methods="local"), "needs --rescorer_workdir"),
       (dict(tasks="lambada", methods="ar", num_examples=0), "num_examples"),
       (dict(tasks="lambada", methods="ar", temperature=-1.0), "temperature must be >= 0"),
-      (dict(tasks="lambada", methods="pbest_0gram", temperature=1.0), "greedily only"),
+      (dict(tasks="lambada", methods="medusa", acceptance="typical_lossy"),
+       "typical_lossy.*temperature > 0"),
+      (dict(tasks="lambada", methods="ar", temperature=1.0, top_p=0.0), "top_p"),
   ]
   for values, match in cases:
     with pytest.raises(ValueError, match=match):

@@ -156,8 +156,6 @@ class Generator:
     a whole task); None pads each batch to its longest prompt (see `bucket_width`)."""
     self.check_prompts(prompts, max_new_tokens)
     sampling_config.validate(self.config.vocab_size)
-    if not (sampling_config.greedy or drafter.topology.is_chain):
-      raise ValueError("Tree drafts are verified greedily only; use temperature 0")
     rng = jax.random.PRNGKey(0) if rng is None else rng
     results: list[Generation] = []
     timings: list[BatchTiming] = []

@@ -31,7 +31,8 @@ class Method:
   """name: what users type; summary: one line for --help; options: the options dataclass;
   resources: names of the resources.Resources fields it needs; build(options, model_config,
   resources) -> (drafter, drafter_params); exact_sampling: whether it decodes at temperature > 0
-  exactly in distribution (False: greedy only); role: "reference" for the method whose output
+  exactly in distribution (every method whose drafts are deterministic given the context is:
+  verify.py's rules are lossless for any such chain or tree; False: greedy only); role: "reference" for the method whose output
   every other must equal (plain decoding), "vanilla" for the draft that refinements are
   measured against (the heads' argmax chain), "" otherwise."""
   name: str
@@ -39,7 +40,7 @@ class Method:
   options: type
   build: Callable[[Any, model_lib.TransformerConfig, Any], tuple[Any, Any]]
   resources: tuple[str, ...] = ()
-  exact_sampling: bool = False
+  exact_sampling: bool = True
   role: str = ""
 
 

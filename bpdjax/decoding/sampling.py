@@ -9,20 +9,55 @@ import jax.numpy as jnp
 NEG_INF = -1e30
 
 
+TOKENWISE = "tokenwise"
+BLOCK = "block"
+TYPICAL_LOSSY = "typical_lossy"
+ACCEPTANCE_RULES = (TOKENWISE, BLOCK, TYPICAL_LOSSY)
+LOSSLESS_RULES = (TOKENWISE, BLOCK)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """temperature == 0 means greedy; top_k == 0 and top_p == 1 disable those filters."""
+  """temperature == 0 means greedy; top_k == 0 and top_p == 1 disable those filters.
+
+  acceptance: the rule that verifies drafts at temperature > 0 (decoding/verify.py):
+    "tokenwise" (default, lossless): speculative sampling token by token on chains, the
+      recursive rejection rule on trees;
+    "block" (lossless): block verification (Sun et al., ICLR 2025) on chains, the recursive
+      rule on trees;
+    "typical_lossy" (Medusa's typical acceptance, NOT lossless: the output distribution is not
+      the model's): a draft token passes when its probability exceeds
+      min(typical_epsilon, typical_delta * exp(-entropy)).
+  At temperature 0 every rule is greedy verification (output equals greedy decoding).
+  """
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
+  acceptance: str = TOKENWISE
+  typical_epsilon: float = 0.09
+  typical_delta: float = 0.3
 
   @property
   def greedy(self) -> bool:
     return self.temperature == 0.0
 
+  @property
+  def lossless(self) -> bool:
+    """Whether decoding is exact: greedy, or sampling with a lossless acceptance rule."""
+    return self.greedy or self.acceptance in LOSSLESS_RULES
+
   def validate(self, vocab_size: int) -> None:
     if self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.acceptance not in ACCEPTANCE_RULES:
+      raise ValueError(f"acceptance must be one of {ACCEPTANCE_RULES}, got {self.acceptance!r}")
+    if self.acceptance == TYPICAL_LOSSY:
+      if self.greedy:
+        raise ValueError("acceptance='typical_lossy' (Medusa's typical acceptance) needs "
+                         "temperature > 0; at temperature 0 decoding is greedy")
+      if not 0.0 < self.typical_epsilon <= 1.0 or self.typical_delta <= 0.0:
+        raise ValueError("typical acceptance needs typical_epsilon in (0, 1] and "
+                         f"typical_delta > 0, got {self.typical_epsilon}, {self.typical_delta}")
     if not 0 <= self.top_k <= vocab_size:
       raise ValueError(f"top_k must be in [0, vocab_size={vocab_size}], got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:

@@ -11,7 +11,30 @@ last kept position. Output equals greedy decoding.
 Sampling (lossless for a deterministic draft, i.e. speculative sampling with a point-mass
 proposal): keep d[j+1] with probability p_j(d[j+1]); at the first rejection draw the next token
 from p_j with d[j+1] removed and renormalised; if all are kept, draw it from p_{L-1}. The
-distribution of the output equals that of plain sampling from p.
+distribution of the output equals that of plain sampling from p (p: the processed distribution,
+temperature, top-k and top-p applied once, sampling.processed_logits).
+
+Trees (p-best chains, Medusa trees, auto's tree candidates) are verified by the recursive
+rejection rule (multi-draft speculative sampling with deterministic drafts): at the current
+node, try its children in node order (distinct tokens: a child repeating an earlier sibling's
+token, or a node whose root path repeats another's, is the same draft and tried once); accept
+child x with probability r(x) / sum(r) under the current residual r (first p at that node),
+otherwise set r(x) = 0 and try the next child; when every child is rejected, the next token is
+drawn from r. Each emitted token is then distributed as p: sampling x from r directly equals
+"accept child 1 w.p. r(x1), else sample from r without x1", applied recursively.
+
+Block verification (Sun et al., ICLR 2025, Algorithm 2) for chains, specialised to a
+deterministic draft (point mass q): with w_i = prod_{j<=i} p_{j-1}(d[j]) (w_0 = 1) the
+weights are h_i = (w_i - w_{i+1}) / (1 - w_{i+1}) for i < L-1 and h_{L-1} = w_{L-1}; with
+eta_i ~ Bernoulli(h_i), tau = max{i: eta_i} (0 if none) draft tokens are kept and the next
+token comes from p_tau without d[tau+1] (or p_{L-1} when tau = L-1). For a point-mass draft
+the residual equals token-wise's and P(tau >= i) = w_i, so the accepted length has the same
+distribution as the token-wise rule's: block verification never keeps fewer tokens in
+expectation, and for deterministic drafts exactly as many (its gain is for sampled drafts).
+
+Typical acceptance (Medusa, Cai et al. 2024), opt-in and lossy: node v passes when
+p_parent(v's token) > min(epsilon, delta * exp(-H(p_parent))); the deepest node whose root path
+all passes is kept (lowest index among ties) and the next token is drawn from p at it.
 """
 from __future__ import annotations
 
@@ -43,13 +66,21 @@ def accept(topology: tree_lib.Tree, nodes: jax.Array, logits: jax.Array,
     (num_kept [B] in [1, D + 1], next_token [B], path [B, D + 1] node indices of the kept root
     path, root first, padded by repeating its last node).
   """
+  if config.greedy:
+    if topology.is_chain:
+      return _chain_result(topology, nodes, *accept_chain(nodes, logits, config, rng))
+    return accept_tree(nodes, logits, topology)
+  if config.acceptance == sampling.TYPICAL_LOSSY:
+    return accept_typical(nodes, logits, topology, config, rng)
   if topology.is_chain:
-    num_kept, next_token = accept_chain(nodes, logits, config, rng)
-    path = jnp.broadcast_to(jnp.arange(topology.size, dtype=jnp.int32), nodes.shape)
-    return num_kept, next_token, path
-  if not config.greedy:
-    raise ValueError("Tree drafts are verified greedily only; use temperature 0")
-  return accept_tree(nodes, logits, topology)
+    rule = accept_block if config.acceptance == sampling.BLOCK else accept_chain
+    return _chain_result(topology, nodes, *rule(nodes, logits, config, rng))
+  return accept_tree_sampled(nodes, logits, topology, config, rng)
+
+
+def _chain_result(topology, nodes, num_kept, next_token):
+  path = jnp.broadcast_to(jnp.arange(topology.size, dtype=jnp.int32), nodes.shape)
+  return num_kept, next_token, path
 
 
 def accept_chain(draft: jax.Array, logits: jax.Array, config: sampling.SamplingConfig,
@@ -107,10 +138,116 @@ def accept_tree(nodes: jax.Array, logits: jax.Array, topology) -> tuple[jax.Arra
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)                        # [B, T]
   parents = jnp.asarray(np.maximum(np.asarray(topology.parents), 0))
   match = (nodes == greedy[:, parents]).at[:, 0].set(True)
+  num_kept, best, path = _deepest_passing(match, topology)
+  next_token = jnp.take_along_axis(greedy, best[:, None], axis=1)[:, 0]
+  return num_kept, next_token, path
+
+
+def _deepest_passing(match: jax.Array, topology) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """match [B, T] bool (root True) -> (num_kept [B], best [B], path [B, D + 1]): the deepest
+  node whose whole root path matches, the lowest index among equally deep ones."""
   on_path = jnp.asarray(topology.ancestor_mask)                                  # [T, T]
   kept = jnp.all(match[:, None, :] | ~on_path[None], axis=-1)                    # [B, T]
   depth = jnp.asarray(topology.depth)
   best = jnp.argmax(jnp.where(kept, depth[None, :], -1), axis=1)                 # [B]
   path = jnp.asarray(topology.path_table)[best]                                  # [B, D + 1]
-  next_token = jnp.take_along_axis(greedy, best[:, None], axis=1)[:, 0]
-  return depth[best] + 1, next_token, path
+  return depth[best] + 1, best, path
+
+
+def _sample_from(rng: jax.Array, weights: jax.Array) -> jax.Array:
+  """[B, V] non-negative weights -> [B] int32 a draw proportional to them."""
+  return jax.random.categorical(
+      rng, jnp.where(weights > 0, jnp.log(jnp.maximum(weights, 1e-38)), sampling.NEG_INF),
+      axis=-1).astype(jnp.int32)
+
+
+def accept_block(draft: jax.Array, logits: jax.Array, config: sampling.SamplingConfig,
+                 rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Block verification of a chain (module docstring; Sun et al. 2025), lossless.
+
+  Args: as accept_chain (config: sampling, temperature > 0).
+  Returns:
+    (num_kept [B] in [1, L], next_token [B]).
+  """
+  b, l, _ = logits.shape
+  rng_eta, rng_next = jax.random.split(rng)
+  probs = jax.nn.softmax(sampling.processed_logits(logits, config), axis=-1)      # [B, L, V]
+  p_draft = jnp.take_along_axis(probs[:, :-1], draft[:, 1:, None], axis=-1)[..., 0]  # [B, L-1]
+  w = jnp.concatenate([jnp.ones((b, 1)), jnp.cumprod(p_draft, axis=1)], axis=1)   # [B, L]
+  denom = 1.0 - w[:, 1:]
+  h = jnp.where(denom > 0, (w[:, :-1] - w[:, 1:]) / jnp.where(denom > 0, denom, 1.0), 0.0)
+  h = jnp.concatenate([h[:, 1:], w[:, -1:]], axis=1)                             # h_1..h_{L-1}
+  eta = jax.random.uniform(rng_eta, (b, l - 1)) < h
+  tau = jnp.max(jnp.where(eta, jnp.arange(1, l)[None, :], 0), axis=1)           # [B]
+  residual = jnp.take_along_axis(probs, tau[:, None, None], axis=1)[:, 0]        # [B, V]
+  rejected = jnp.take_along_axis(draft, jnp.minimum(tau + 1, l - 1)[:, None], axis=1)[:, 0]
+  remove = (tau < l - 1)[:, None] & (jnp.arange(probs.shape[-1])[None, :] == rejected[:, None])
+  return tau + 1, _sample_from(rng_next, jnp.where(remove, 0.0, residual))
+
+
+def remove_rejected(residual: jax.Array, token: jax.Array, rejected: jax.Array) -> jax.Array:
+  """The residual [B, V] after rejecting child `token` [B] where `rejected` [B]: its mass set to
+  0 (the recursive rule's step; the next child is tried against what remains)."""
+  hit = rejected[:, None] & (jnp.arange(residual.shape[-1])[None, :] == token[:, None])
+  return jnp.where(hit, 0.0, residual)
+
+
+def accept_tree_sampled(nodes: jax.Array, logits: jax.Array, topology,
+                        config: sampling.SamplingConfig, rng: jax.Array
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The recursive rejection rule for a tree of deterministic drafts (module docstring).
+
+  Args:
+    nodes: [B, T] int32 node tokens (node 0 decided); logits: [B, T, V] after each node;
+    topology: a tree.Tree; config: sampling (temperature > 0); rng: PRNG key.
+  Returns:
+    (num_kept [B], next_token [B], path [B, D + 1]) as accept_tree.
+  """
+  b, t = nodes.shape
+  rng_u, rng_next = jax.random.split(rng)
+  probs = jax.nn.softmax(sampling.processed_logits(logits, config), axis=-1)      # [B, T, V]
+  depth = np.asarray(topology.depth)
+  path_tokens = nodes[:, jnp.asarray(topology.path_table)]                       # [B, T, D+1]
+  # same[b, u, v]: u and v carry the same token sequence from the root (one draft).
+  same = (jnp.asarray(depth[:, None] == depth[None, :])[None]
+          & jnp.all(path_tokens[:, :, None] == path_tokens[:, None], axis=-1))   # [B, T, T]
+  first = ~jnp.any(same & jnp.asarray(np.tri(t, k=-1, dtype=bool).T)[None], axis=1)  # [B, T]
+  u = jax.random.uniform(rng_u, (b, t))
+  rows = jnp.arange(b)
+  current = jnp.zeros((b,), jnp.int32)
+  alive = jnp.ones((b,), bool)
+  residual = probs[:, 0]
+  for d in range(1, topology.max_depth + 1):
+    residual = jnp.where(alive[:, None], probs[rows, current], residual)
+    accepted = jnp.zeros((b,), bool)
+    for v in np.flatnonzero(depth == d):
+      parent = topology.parents[v]
+      child = alive & ~accepted & first[:, v] & same[rows, parent, current]
+      token = nodes[:, v]
+      take = child & (u[:, v] * jnp.sum(residual, axis=-1) < residual[rows, token])
+      residual = remove_rejected(residual, token, child & ~take)
+      current = jnp.where(take, v, current)
+      accepted |= take
+    alive &= accepted
+  residual = jnp.where(alive[:, None], probs[rows, current], residual)
+  path = jnp.asarray(topology.path_table)[current]
+  return jnp.asarray(depth)[current] + 1, _sample_from(rng_next, residual), path
+
+
+def accept_typical(nodes: jax.Array, logits: jax.Array, topology,
+                   config: sampling.SamplingConfig, rng: jax.Array
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Medusa's typical acceptance (LOSSY; module docstring) on any tree, a chain included.
+
+  Args: as accept_tree_sampled. Returns: (num_kept [B], next_token [B], path [B, D + 1]).
+  """
+  logp = jax.nn.log_softmax(sampling.processed_logits(logits, config), axis=-1)  # [B, T, V]
+  probs = jnp.exp(logp)
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * logp, 0.0), axis=-1)           # [B, T]
+  threshold = jnp.minimum(config.typical_epsilon, config.typical_delta * jnp.exp(-entropy))
+  parents = jnp.asarray(np.maximum(np.asarray(topology.parents), 0))
+  p_node = jnp.take_along_axis(probs[:, parents], nodes[:, :, None], axis=-1)[..., 0]  # [B, T]
+  match = (p_node > threshold[:, parents]).at[:, 0].set(True)
+  num_kept, best, path = _deepest_passing(match, topology)
+  at_best = jnp.take_along_axis(logp, best[:, None, None], axis=1)[:, 0]
+  return num_kept, jax.random.categorical(rng, at_best, axis=-1).astype(jnp.int32), path

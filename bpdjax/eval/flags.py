@@ -25,6 +25,8 @@ _TOP_LEVEL = {
     "temperature": (flags.DEFINE_float, "0 = greedy; > 0 = sampling, exact in distribution."),
     "top_k": (flags.DEFINE_integer, "Sampling: keep the k most likely tokens (0 = off)."),
     "top_p": (flags.DEFINE_float, "Sampling: nucleus mass in (0, 1] (1 = off)."),
+    "acceptance": (flags.DEFINE_string, "Sampling acceptance rule: tokenwise or block "
+                   "(lossless), typical_lossy (Medusa's typical acceptance, NOT lossless)."),
     "seed": (flags.DEFINE_integer, "Sampling seed."),
     "record_topk": (flags.DEFINE_integer, "Top-K per head recorded for the analyses (0: none)."),
     "data_dir": (flags.DEFINE_string, "Evaluation data folder (default: the run's)."),

@@ -68,6 +68,17 @@ def _decoded(report: dict) -> str:
                    for t, n in counts.items()) or f"{asked} per task"
 
 
+def _sampling_line(s: dict) -> str:
+  """The sampling settings and whether the output is exact in distribution."""
+  samp = s.get("sampling", {})
+  if not s["temperature"]:
+    return "Greedy decoding: every method's output must equal ar's.\n"
+  exact = ("lossless (exact in distribution)" if s.get("lossless", True) else
+           "LOSSY: typical acceptance does not sample from the model's distribution")
+  return (f"Sampling: top_k={samp.get('top_k')}, top_p={samp.get('top_p')}, seed={s['seed']}, "
+          f"acceptance={samp.get('acceptance')}: {exact}.\n")
+
+
 def markdown(report: dict) -> str:
   s = report["settings"]
   lines = [
@@ -75,6 +86,7 @@ def markdown(report: dict) -> str:
       f"Workdir `{s['workdir']}` (step {s['step']}), examples decoded: {_decoded(report)}, "
       f"max_new_tokens={s['max_new_tokens']}, batch_size={s['batch_size']}, "
       f"temperature={s['temperature']}, device: {s['device']}.\n",
+      _sampling_line(s),
       "Block efficiency (BE) = generated tokens / serial model calls (prefill counted); "
       "acc/call = accepted draft tokens per call (BE without the model's own token). "
       "Speedup is wall-clock against `ar` in the same run.\n",

@@ -95,7 +95,8 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
       rules=loaded.config.logical_axis_rules if mesh is not None else None)
   result = {"settings": dict(settings.as_dict(), step=loaded.step,
                              device=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-                             max_prompt_tokens=max_prompt),
+                             max_prompt_tokens=max_prompt,
+                             lossless=settings.sampling.lossless),
             "reference": methods.reference(), "vanilla": methods.vanilla(),
             "tasks": {}, "samples": {},
             "examples_decoded": {t: len(e) for t, e in task_examples.items()}}
@@ -115,6 +116,7 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
       timed, timings = generator.generate(prompts, b.drafter, b.params, rng=rng,
                                           progress=progress.update, prompt_width=width, **decode)
       entry = metrics.speed_metrics(timed, timings)
+      entry["lossless"] = settings.sampling.lossless
       entry.update(metrics.drafter_stats(timings))
       path_len = b.drafter.topology.path_len
       if settings.record_topk:

@@ -59,7 +59,8 @@ class DecodeSettings:
         methods=names, options=options, num_examples=config.num_examples,
         max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
         sampling=sampling.SamplingConfig(temperature=float(config.temperature),
-                                         top_k=int(config.top_k), top_p=float(config.top_p)),
+                                         top_k=int(config.top_k), top_p=float(config.top_p),
+                                         acceptance=str(config.get("acceptance", "tokenwise"))),
         seed=config.seed, record_topk=config.record_topk, data_dir=config.data_dir,
         jsonl=config.jsonl, mesh=mesh, rescorer_workdir=config.rescorer_workdir,
         ngram_arpa=config.ngram_arpa, cost_cache=config.get("cost_cache", ""))
