@@ -58,6 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.init.hf_model = ""          # Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json).
   c.init.llama2c_bin = ""       # llama2.c checkpoint .bin ...
   c.init.llama2c_tokenizer = "" # ... and its tokenizer .bin.
+  # Or start from a bpdjax workdir's checkpoint (heads included; fine-tuning): config.model and
+  # the vocabulary become that workdir's (a differing model shape or data.vocab_path is an
+  # error); the optimizer state and the schedule are fresh (step 0 of this run's schedule).
+  c.init.workdir = ""
+  c.init.step = -1              # Checkpoint step of init.workdir; -1 = its latest.
   # Train only block heads 2..h; the imported base (and head 1, the LM head) stays bitwise
   # frozen (Medusa-1 style). Needs init.*; head 1 is reported but has loss weight 0.
   c.train_heads_only = False
