@@ -6,7 +6,7 @@ import ml_collections
 from bpdjax import model as model_lib
 from bpdjax import partitioning
 
-_TASKS = ("wiki", "tiny_shakespeare", "c4", "token_file")
+_TASKS = ("wiki", "tiny_shakespeare", "c4", "token_file", "sft")
 _DTYPES = ("float32", "bfloat16")
 
 

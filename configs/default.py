@@ -37,7 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   d = c.data
-  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4" | "token_file"
+  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4" | "token_file" | "sft"
+  # task "sft" (bpdjax/data/supervised.py): prompt -> target fine-tuning, loss on targets only.
+  d.sft_tasks = ""              # Comma-separated: squad, xsum, samsum, gsm8k, jsonl.
+  d.sft_jsonl = ""              # sft task "jsonl": {"prompt": ..., "reference": ...} per line.
+  d.sft_prompt_tokens = 192     # Prompt room P of a seq_len row; the target gets seq_len - P.
+  d.sft_long_prompts = "keep_last"  # A prompt over P tokens: "keep_last" its end, or "error".
   # task "token_file": a folder of token-id shards (+ manifest.json) written by bpdjax.distill.
   d.token_dir = ""
   d.corpus_dir = ""             # Local corpus; "" means the task's folder under data_dir.
