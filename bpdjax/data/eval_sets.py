@@ -98,7 +98,8 @@ def _squad(paths):
           answers = qa.get("answers") or [{"text": ""}]
           records.append({"id": qa["id"], "article": article["title"],
                           "context": paragraph["context"].strip(),
-                          "question": qa["question"].strip(), "reference": answers[0]["text"]})
+                          "question": qa["question"].strip(), "reference": answers[0]["text"],
+                          "answers": "\n".join(a["text"].replace("\n", " ") for a in answers)})
   return records
 
 
