@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+from bpdjax import api
+from bpdjax.data import eval_sets
+from bpdjax.data import eval_tasks
 from bpdjax.eval import quality
 from bpdjax.eval import run as run_lib
 from tests import helpers
@@ -52,8 +55,15 @@ def test_decode_reports_quality_once_per_task(trained_tiny_workdir, tmp_path):
   settings = helpers.decode_settings(workdir=trained_tiny_workdir, output=str(tmp_path / "out"),
                                      tasks="squad,gsm8k,lambada", methods="ar,bpd",
                                      num_examples=3, max_new_tokens=8, record_topk=0,
-                                     quality=True)
+                                     quality=True, max_prompt_tokens=24)
   result = run_lib.run(settings, log=lambda *_: None)
+  # Examples are a seeded shuffle of the evaluation part (example_seed 0), not its first ones.
+  data_dir = api.load(trained_tiny_workdir).config.data_dir
+  first = [r["id"] for r in eval_sets.read_records("squad", data_dir)[:3]]
+  shuffled = [e["id"] for e in eval_tasks.load_prompts(
+      "squad", data_dir, os.path.join(trained_tiny_workdir, "vocab.model"), 3, 24, seed=0)]
+  assert [e["id"] for e in result["samples"]["squad"]] == shuffled != first
+  assert result["settings"]["max_prompt_tokens"] == 24
   for task, metric in (("squad", "f1"), ("gsm8k", "accuracy"), ("lambada", "last_word_accuracy")):
     q = result["quality"][task]
     assert q["num_examples"] == 3 and q["method"] == "ar" and q["identical_across_methods"]

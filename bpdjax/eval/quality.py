@@ -98,7 +98,8 @@ def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict
   if len(references) != len(outputs):
     raise ValueError(f"quality: {len(outputs)} outputs for {len(references)} references")
   values = collections.defaultdict(list)
-  scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+  scorer = (rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+            if "rougeL" in METRICS[task] else None)
   for record, output in zip(references, outputs):
     if task == "lambada":
       values["last_word_accuracy"].append(float(_word(output) == _word(record["reference"])))
