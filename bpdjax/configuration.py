@@ -11,7 +11,7 @@ import ml_collections
 from bpdjax import model as model_lib
 from bpdjax import partitioning
 
-_TASKS = ("wiki", "tiny_shakespeare", "c4", "token_file")
+_TASKS = ("wiki", "tiny_shakespeare", "c4", "token_file", "sft")
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -67,8 +67,11 @@ def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:
 
 
 def init_source(config: ml_collections.ConfigDict) -> str:
-  """"hf", "llama2c" or "" (random initialisation), from config.init (absent in old configs)."""
+  """"hf", "llama2c", "workdir" or "" (random initialisation), from config.init (absent in old
+  configs)."""
   init = config.get("init") or {}
+  if init.get("workdir"):
+    return "workdir"
   if init.get("hf_model"):
     return "hf"
   if init.get("llama2c_bin") or init.get("llama2c_tokenizer"):
@@ -81,12 +84,15 @@ def validate_init(config: ml_collections.ConfigDict) -> None:
   init = config.get("init") or {}
   _check(not (init.get("hf_model") and (init.get("llama2c_bin") or init.get("llama2c_tokenizer"))),
          "set either init.hf_model or init.llama2c_bin/init.llama2c_tokenizer, not both")
+  _check(not (init.get("workdir") and (init.get("hf_model") or init.get("llama2c_bin"))),
+         "set either init.workdir (a bpdjax workdir) or init.hf_model / init.llama2c_bin, "
+         "not both")
   _check(bool(init.get("llama2c_bin")) == bool(init.get("llama2c_tokenizer")),
          "init.llama2c_bin and init.llama2c_tokenizer must be given together")
   if config.get("train_heads_only", False):
     _check(bool(init_source(config)),
-           "train_heads_only=True needs a pretrained base: set init.hf_model or "
-           "init.llama2c_bin + init.llama2c_tokenizer")
+           "train_heads_only=True needs a pretrained base: set init.hf_model, "
+           "init.llama2c_bin + init.llama2c_tokenizer, or init.workdir")
     _check(config.model.num_heads_bpd >= 2,
            f"train_heads_only=True needs model.num_heads_bpd >= 2 (head 1 is the frozen LM "
            f"head), got {config.model.num_heads_bpd}")

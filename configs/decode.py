@@ -29,6 +29,9 @@ def get_config():
   c.acceptance = "tokenwise"     # Sampling rule: tokenwise | block (both lossless) |
                                  # typical_lossy (Medusa's typical acceptance: NOT lossless).
   c.seed = 0                     # Sampling seed.
+  c.example_seed = 0             # Examples: a seeded shuffle of each task's file (-1: file order).
+  c.max_prompt_tokens = 0        # Prompts keep their last N tokens (0: max_len - max_new_tokens).
+  c.quality = False              # Task quality (ROUGE-L, SQuAD EM/F1, accuracy) of the outputs.
   c.record_topk = 16             # Top-K recorded per head for the analyses (0: speed only).
   c.data_dir = ""                # Evaluation data folder (default: the run's data_dir).
   c.jsonl = ""                   # Prompts file of task "jsonl".

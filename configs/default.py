@@ -37,7 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   d = c.data
-  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4" | "token_file"
+  d.task = "wiki"               # "wiki" | "tiny_shakespeare" | "c4" | "token_file" | "sft"
+  # task "sft" (bpdjax/data/supervised.py): prompt -> target fine-tuning, loss on targets only.
+  d.sft_tasks = ""              # Comma-separated: squad, xsum, samsum, gsm8k, jsonl.
+  d.sft_jsonl = ""              # sft task "jsonl": {"prompt": ..., "reference": ...} per line.
+  d.sft_prompt_tokens = 192     # Prompt room P of a seq_len row; the target gets seq_len - P.
+  d.sft_long_prompts = "keep_last"  # A prompt over P tokens: "keep_last" its end, or "error".
   # task "token_file": a folder of token-id shards (+ manifest.json) written by bpdjax.distill.
   d.token_dir = ""
   d.corpus_dir = ""             # Local corpus; "" means the task's folder under data_dir.
@@ -58,6 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.init.hf_model = ""          # Hugging Face Llama folder (config.json, *.safetensors, tokenizer.json).
   c.init.llama2c_bin = ""       # llama2.c checkpoint .bin ...
   c.init.llama2c_tokenizer = "" # ... and its tokenizer .bin.
+  # Or start from a bpdjax workdir's checkpoint (heads included; fine-tuning): config.model and
+  # the vocabulary become that workdir's (a differing model shape or data.vocab_path is an
+  # error); the optimizer state and the schedule are fresh (step 0 of this run's schedule).
+  c.init.workdir = ""
+  c.init.step = -1              # Checkpoint step of init.workdir; -1 = its latest.
   # Train only block heads 2..h; the imported base (and head 1, the LM head) stays bitwise
   # frozen (Medusa-1 style). Needs init.*; head 1 is reported but has loss weight 0.
   c.train_heads_only = False

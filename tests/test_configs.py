@@ -189,3 +189,14 @@ def test_check_compatible_names_fields():
   config = tiny().model
   config.dtype, config.max_len = "bfloat16", 256
   checkpoints.check_compatible(saved, config, "/tmp/run")
+
+
+@pytest.mark.parametrize("task", ["squad", "xsum", "samsum", "gsm8k"])
+def test_finetune_configs(task):
+  from configs import finetune  # pylint: disable=g-import-not-at-top
+  config = finetune.get_config(task)
+  configuration.validate(config)
+  assert config.data.sft_tasks == task and config.init.workdir
+  assert 1 <= config.data.sft_prompt_tokens < config.data.seq_len
+  with pytest.raises(ValueError, match="no such fine-tuning task"):
+    finetune.get_config("lambada")

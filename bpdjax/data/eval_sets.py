@@ -2,6 +2,7 @@
 eval_tasks.py for the seqio Tasks built on them, and for the formats)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Callable, Mapping, Optional, Sequence
@@ -30,6 +31,14 @@ DATA_FILES = {
     "gsm8k": ("gsm8k/test.jsonl",),
     "mt_bench": ("mt_bench/question.jsonl",),
 }
+# Tasks a model is fine-tuned on (bpdjax.data.supervised), each split into a fine-tune part and
+# an evaluation part; decode.py reads only the evaluation part of these. squad (we hold only the
+# v1.1 dev set) splits by article, xsum (test_1000) and samsum (test) by example id, with
+# EVAL_SHARE of the articles / examples for evaluation (a stable sha256 bucket, see
+# `is_evaluation`); gsm8k fine-tunes on its train file and evaluates on test.
+FINETUNE_TASKS = ("squad", "xsum", "samsum", "gsm8k")
+FINETUNE_FILES = {"gsm8k": ("gsm8k/train.jsonl",)}
+EVAL_SHARE = 0.2
 _CNN_PREFIX = "Article:"
 _CNN_SUFFIX = "Summarize the above article in 3 sentences."
 
@@ -87,8 +96,10 @@ def _squad(paths):
       for paragraph in article["paragraphs"]:
         for qa in paragraph["qas"]:
           answers = qa.get("answers") or [{"text": ""}]
-          records.append({"id": qa["id"], "context": paragraph["context"].strip(),
-                          "question": qa["question"].strip(), "reference": answers[0]["text"]})
+          records.append({"id": qa["id"], "article": article["title"],
+                          "context": paragraph["context"].strip(),
+                          "question": qa["question"].strip(), "reference": answers[0]["text"],
+                          "answers": "\n".join(a["text"].replace("\n", " ") for a in answers)})
   return records
 
 
@@ -158,8 +169,44 @@ READERS: Mapping[str, Callable[[Sequence[str]], list[dict]]] = {
 
 
 
+def _split_key(name: str, record: dict) -> str:
+  return record["article"] if name == "squad" else record["id"]
+
+
+def is_evaluation(name: str, record: dict) -> bool:
+  """Whether a record of fine-tune task `name` (squad, xsum, samsum) is in the evaluation part:
+  the first 8 hex digits of sha256(name/article title (squad) or id) below EVAL_SHARE."""
+  digest = hashlib.sha256(f"{name}/{_split_key(name, record)}".encode("utf-8")).hexdigest()
+  return int(digest[:8], 16) < EVAL_SHARE * 16 ** 8
+
+
+def _read(name: str, data_dir: str, files: Sequence[str]) -> list[dict]:
+  paths = [os.path.join(data_dir, p) for p in files]
+  for path in paths:
+    if not os.path.isfile(path):
+      raise ValueError(f"eval data file {path!r} of task {name!r} does not exist (set "
+                       "config.data_dir).")
+  records = READERS[name](paths)
+  if not records:
+    raise ValueError(f"eval data files {paths} of task {name!r} hold no examples.")
+  return records
+
+
+def read_finetune_records(name: str, data_dir: str) -> list[dict]:
+  """The fine-tune part of task `name` (FINETUNE_TASKS): records as `read_records` gives, never
+  one of its evaluation records (gsm8k: its train file; the others: `is_evaluation` False)."""
+  if name not in FINETUNE_TASKS:
+    raise ValueError(f"task {name!r} has no fine-tuning data; fine-tune tasks: "
+                     f"{', '.join(FINETUNE_TASKS)} (lambada stays language modelling).")
+  if name in FINETUNE_FILES:
+    return [dict(r, id=f"{name}-train-{i}")
+            for i, r in enumerate(_read(name, data_dir, FINETUNE_FILES[name]))]
+  return [r for r in _read(name, data_dir, DATA_FILES[name]) if not is_evaluation(name, r)]
+
+
 def read_records(name: str, data_dir: str, jsonl_path: Optional[str] = None) -> list[dict]:
-  """The raw records of eval set `name` (fields of its prompt format, "id", "reference").
+  """The raw records of eval set `name` (fields of its prompt format, "id", "reference"); for
+  squad, xsum and samsum only their evaluation part (see `is_evaluation`).
 
   Raises:
     ValueError: unknown name, a missing data file (named), or a bad JSONL file (file and line).
@@ -172,12 +219,7 @@ def read_records(name: str, data_dir: str, jsonl_path: Optional[str] = None) -> 
     return read_jsonl_prompts(jsonl_path)
   if jsonl_path:
     raise ValueError(f"jsonl_path is only used by eval task 'jsonl', not {name!r}.")
-  paths = [os.path.join(data_dir, p) for p in DATA_FILES[name]]
-  for path in paths:
-    if not os.path.isfile(path):
-      raise ValueError(f"eval data file {path!r} of task {name!r} does not exist (set "
-                       "config.data_dir).")
-  records = READERS[name](paths)
-  if not records:
-    raise ValueError(f"eval data files {paths} of task {name!r} hold no examples.")
+  records = _read(name, data_dir, DATA_FILES[name])
+  if name in FINETUNE_TASKS and name not in FINETUNE_FILES:
+    records = [r for r in records if is_evaluation(name, r)]
   return records

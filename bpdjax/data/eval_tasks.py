@@ -20,14 +20,16 @@ Prompt formats (`PROMPT_FORMATS`; "{field}" is a raw field of the source):
   lambada        "{context}": the passage without its last whitespace-separated word (and without
                  the whitespace before it); reference = that word.
   squad          "{context}\\n\\nQuestion: {question}\\nAnswer:"; reference = first answer. One
-                 example per question (10,570), in file order (part 1 then part 2).
-  xsum           "{document}\\n\\nSummary:"; reference = the summary.
+                 example per question of the evaluation part (1,925 of the 10,570: the
+                 articles eval_sets.is_evaluation holds out of fine-tuning), in file order.
+  xsum           "{document}\\n\\nSummary:"; reference = the summary (evaluation part: 189
+                 of test_1000; the rest is fine-tuning data, bpdjax/data/supervised.py).
   cnn_dailymail  "{document}\\n\\nSummary:"; the file's prompts are 1-shot (one fixed demo
                  article + highlights, then "Article: <article>\\n\\nSummarize the above
                  article in 3 sentences."): document = the last article only (no demo, no
                  instruction); reference = "" (the file has no highlights).
   samsum         "{document}\\n\\nSummary:"; document = the dialogue (CRLF -> LF); reference = the
-                 summary.
+                 summary (evaluation part: 174 of 819).
   gsm8k          "Question: {question}\\nAnswer:" (test split); reference = the full answer (the
                  final number follows "#### ").
   mt_bench       "{question}": the first turn; reference = "".

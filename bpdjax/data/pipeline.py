@@ -29,6 +29,7 @@ import seqio
 import tensorflow as tf
 
 from bpdjax.data import hide_accelerators
+from bpdjax.data import supervised
 from bpdjax.data import tasks
 
 hide_accelerators()
@@ -66,6 +67,13 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                      f"{config.model.max_len}.")
 
 
+def _register(config: ml_collections.ConfigDict, vocab_path: str) -> str:
+  """Registers the run's seqio Task (or the supervised Mixture of data.task "sft")."""
+  if config.data.task == supervised.TASK:
+    return supervised.register(config, vocab_path)
+  return tasks.register_task(config, vocab_path)
+
+
 def _shard_batches(config: ml_collections.ConfigDict, name: str, split: str, shard_index: int,
                    num_shards: int, shuffle: bool, start_step: int = 0,
                    bos_id: int = 0) -> Iterator[Batch]:
@@ -77,10 +85,16 @@ def _shard_batches(config: ml_collections.ConfigDict, name: str, split: str, sha
                      f"shards {num_shards} (data.num_input_shards, 0 = process count).")
   if start_step < 0:
     raise ValueError(f"start_step={start_step} must be >= 0.")
+  if config.data.task == supervised.TASK:  # Prompt + target rows, loss on the target only.
+    lengths = supervised.feature_lengths(config)
+    converter = supervised.feature_converter(bos_id)
+  else:
+    lengths = {"targets": config.data.seq_len}
+    converter = seqio.DecoderFeatureConverter(pack=True, bos_id=bos_id)
   ds = seqio.get_dataset(
       name,
-      task_feature_lengths={"targets": config.data.seq_len},
-      feature_converter=seqio.DecoderFeatureConverter(pack=True, bos_id=bos_id),
+      task_feature_lengths=lengths,
+      feature_converter=converter,
       dataset_split=split,
       shuffle=shuffle,
       num_epochs=None,  # Repeat forever (before packing and shuffling, as seqio does).
@@ -115,7 +129,7 @@ def make_shard_iterator(config: ml_collections.ConfigDict, vocab_path: str, shar
   Batch k of this iterator is batch start_step + k of the shard's stream.
   """
   _check_config(config)
-  name = tasks.register_task(config, vocab_path)
+  name = _register(config, vocab_path)
   return _shard_batches(config, name, "train", shard_index, num_shards, True, start_step,
                         tasks.input_bos_id(config, vocab_path))
 
@@ -136,7 +150,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, vocab_path: str,
   """
   _check_config(config)
   shards = process_shards(config)
-  name = tasks.register_task(config, vocab_path)
+  name = _register(config, vocab_path)
   bos_id = tasks.input_bos_id(config, vocab_path)
   return _stack([_shard_batches(config, name, "train", s, num_input_shards(config), True,
                                 start_step, bos_id) for s in shards])
@@ -155,7 +169,7 @@ def make_eval_iterator(config: ml_collections.ConfigDict, vocab_path: str,
   """
   _check_config(config)
   shards = process_shards(config)
-  name = tasks.register_task(config, vocab_path)
+  name = _register(config, vocab_path)
   bos_id = tasks.input_bos_id(config, vocab_path)
   stacked = _stack([_shard_batches(config, name, "validation", s, num_input_shards(config), False,
                                    bos_id=bos_id) for s in shards])

@@ -121,7 +121,9 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
       config.model.vocab_size.
   """
   source = configuration.init_source(config)
-  if source:  # A pretrained model's own tokenizer, copied into the workdir.
+  if source == "workdir":  # Fine-tuning keeps the parent workdir's vocabulary, copied in.
+    path = _copy_parent_vocabulary(config.init.workdir, workdir)
+  elif source:  # A pretrained model's own tokenizer, copied into the workdir.
     path = workdir_lib.path(workdir, workdir_lib.tokenizer_name(source))
     if not fileio.exists(path) and jax.process_index() == 0:
       fileio.makedirs(workdir)
@@ -156,6 +158,21 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
     raise ValueError(f"{path!r} is missing after process 0 wrote it: is the workdir on a shared "
                      "filesystem?")
   check_vocab_size(path, config.model.vocab_size)
+  return path
+
+
+def _copy_parent_vocabulary(parent: str, workdir: str) -> str:
+  """Copies a parent workdir's vocabulary (vocab.model or a pretrained model's tokenizer) into
+  `workdir` under the same name, unless it is there already; returns its path."""
+  parent_vocab = workdir_lib.vocab_path(parent)
+  name = os.path.basename(parent_vocab.rstrip("/"))
+  path = workdir_lib.path(workdir, name)
+  if not os.path.exists(path) and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    if name == workdir_lib.HF_TOKENIZER_DIR:
+      tokenizers.copy_tokenizer_files("hf", parent_vocab, path)
+    else:
+      fileio.write_atomic(path, fileio.read_bytes(parent_vocab))
   return path
 
 

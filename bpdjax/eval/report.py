@@ -110,9 +110,28 @@ def markdown(report: dict) -> str:
       ent = ", ".join(f"{x:.2f}" for x in e["head_entropy"])
       orc = ", ".join(f"k={k}: {v:.3f}" for k, v in e["oracle_topk"].items())
       lines.append(f"- **{task}**: entropy [{ent}]; oracle {orc}")
+  lines += _quality_markdown(report)
   lines += _refinement_markdown(report)
   lines += _choice_markdown(report)
   return "\n".join(lines) + "\n"
+
+
+def _quality_markdown(report: dict) -> list[str]:
+  """Task quality beside block efficiency (bpd's, else the first method's)."""
+  if not report.get("quality"):
+    return []
+  lines = ["\nTask quality of the outputs (computed once per task, on the named method's "
+           "outputs; greedy outputs are identical across methods):\n",
+           "| task | metric | value | examples | scored method | BE (bpd) |", "|---|---|---|---|---|---|"]
+  for task, q in report["quality"].items():
+    methods = report["tasks"].get(task, {})
+    be = (methods.get("bpd") or next(iter(methods.values()), {})).get("block_efficiency")
+    for metric, value in q.items():
+      if metric in ("num_examples", "method", "identical_across_methods"):
+        continue
+      lines.append(f"| {task} | {metric} | {value:.4f} | {q['num_examples']} | {q['method']} | "
+                   f"{_fmt(be)} |")
+  return lines
 
 
 def _choice_markdown(report: dict) -> list[str]:

@@ -24,6 +24,7 @@ from bpdjax.decoding import methods
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.eval import drafting_cost
 from bpdjax.eval import metrics
+from bpdjax.eval import quality
 from bpdjax.eval import report as report_lib
 from bpdjax.eval import settings as settings_lib
 
@@ -72,14 +73,16 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
     mesh = partitioning.make_mesh(dict(zip(partitioning.MESH_AXES, settings.mesh)))
   loaded = loaded or api.load(settings.workdir)
   config = loaded.model.config
-  max_prompt = config.max_len - settings.max_new_tokens
+  max_prompt = settings.max_prompt_tokens or config.max_len - settings.max_new_tokens
   vocab_path = workdir_lib.vocab_path(settings.workdir)
   data_dir = settings.data_dir or loaded.config.data_dir
   task_examples = {task: prompts_lib.load_prompts(
       task, data_dir, vocab_path, settings.num_examples,
       # A user's own prompts are never cut: one that is too long is an error (Generator).
       max_prompt_tokens=(1 << 30) if task == "jsonl" else max_prompt,
-      jsonl_path=settings.jsonl or None) for task in settings.tasks}
+      jsonl_path=settings.jsonl or None,
+      seed=None if settings.example_seed < 0 else settings.example_seed)
+      for task in settings.tasks}
   for task, examples in task_examples.items():
     if not examples:
       raise ValueError(f"Task {task!r} has no prompt with any token to decode")
@@ -98,7 +101,7 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
                              max_prompt_tokens=max_prompt,
                              lossless=settings.sampling.lossless),
             "reference": methods.reference(), "vanilla": methods.vanilla(),
-            "tasks": {}, "samples": {},
+            "tasks": {}, "samples": {}, "quality": {},
             "examples_decoded": {t: len(e) for t, e in task_examples.items()}}
   costs = {}
   decode = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
@@ -140,6 +143,14 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
     metrics.compare_to_vanilla(task_report, methods.vanilla())
     metrics.compare_to_best_other(task_report)
     result["tasks"][task] = task_report
+    if settings.quality:  # Once per task: greedy outputs are identical across methods.
+      scored = settings.methods[0]
+      refs = quality.references_by_id(task, data_dir)
+      texts = [loaded.vocab.decode(o.tolist()) for o in outputs[scored]]
+      result["quality"][task] = dict(
+          quality.score(task, [refs[e["id"]] for e in examples], texts), method=scored,
+          identical_across_methods=all(e.get("identical_to_ar") is not False
+                                       for e in task_report.values()))
     result["samples"][task] = [
         {"id": e["id"], "prompt_tail": e["prompt_text"][-200:],
          "output": loaded.vocab.decode(outputs[settings.methods[0]][i].tolist())}

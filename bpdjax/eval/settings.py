@@ -18,6 +18,7 @@ from bpdjax.data import eval_sets
 from bpdjax.decoding import methods
 from bpdjax.decoding import resources
 from bpdjax.decoding import sampling
+from bpdjax.eval import quality
 
 
 def parse_list(value: str) -> tuple[str, ...]:
@@ -44,6 +45,9 @@ class DecodeSettings:
   rescorer_workdir: str = ""
   ngram_arpa: str = ""
   cost_cache: str = ""
+  example_seed: int = 0
+  max_prompt_tokens: int = 0
+  quality: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "DecodeSettings":
@@ -63,7 +67,10 @@ class DecodeSettings:
                                          acceptance=str(config.get("acceptance", "tokenwise"))),
         seed=config.seed, record_topk=config.record_topk, data_dir=config.data_dir,
         jsonl=config.jsonl, mesh=mesh, rescorer_workdir=config.rescorer_workdir,
-        ngram_arpa=config.ngram_arpa, cost_cache=config.get("cost_cache", ""))
+        ngram_arpa=config.ngram_arpa, cost_cache=config.get("cost_cache", ""),
+        example_seed=int(config.get("example_seed", 0)),
+        max_prompt_tokens=int(config.get("max_prompt_tokens", 0)),
+        quality=bool(config.get("quality", False)))
 
   def validate(self, model: Optional[model_lib.TransformerConfig] = None) -> None:
     """Raises ValueError for bad settings; `model` adds the checks that need its shape."""
@@ -80,6 +87,11 @@ class DecodeSettings:
         raise ValueError(f"Unknown task {task!r}; known: {sorted(eval_sets.EVAL_TASKS)}")
     if "jsonl" in self.tasks and not self.jsonl:
       raise ValueError("Task 'jsonl' needs --jsonl=PATH (a file with a 'prompt' per line)")
+    if self.quality:
+      quality.check_tasks(self.tasks)
+    if self.max_prompt_tokens < 0:
+      raise ValueError(f"max_prompt_tokens must be >= 0 (0: max_len - max_new_tokens), got "
+                       f"{self.max_prompt_tokens}")
     if not self.methods:
       raise ValueError("No decoding method given")
     given = {resources.RESCORER: bool(self.rescorer_workdir),
@@ -106,6 +118,9 @@ class DecodeSettings:
       if self.max_new_tokens >= model.max_len:
         raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room for a prompt in "
                          f"the model's max_len={model.max_len}")
+      if self.max_prompt_tokens + self.max_new_tokens > model.max_len:
+        raise ValueError(f"max_prompt_tokens={self.max_prompt_tokens} + max_new_tokens="
+                         f"{self.max_new_tokens} exceed the model's max_len={model.max_len}")
 
   def as_dict(self) -> dict:
     """For the report: every setting, method options as dicts."""

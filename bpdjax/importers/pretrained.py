@@ -9,6 +9,9 @@ from typing import Optional
 import ml_collections
 
 from bpdjax import configuration
+from bpdjax import workdir as workdir_lib
+from bpdjax.data import tokenizers
+from bpdjax.importers import from_workdir
 from bpdjax.importers import llama
 from bpdjax.importers import llama2c
 
@@ -42,7 +45,8 @@ def import_model(path: str, tokenizer_path: Optional[str] = None, **kwargs):
 def import_for_config(config: ml_collections.ConfigDict):
   """Imports the pretrained model named by config.init (hf_model, or llama2c_bin +
   llama2c_tokenizer) with the config's num_heads_bpd / head_type / head_hidden_dim / dtype
-  and fresh heads seeded by config.seed.
+  and fresh heads seeded by config.seed; or (init.workdir) a bpdjax workdir's parameters,
+  heads included, and model section (see `from_workdir.import_workdir`).
 
   Returns:
     (a copy of config whose model section is the import's, params (numpy float32 tree, fresh
@@ -51,6 +55,9 @@ def import_for_config(config: ml_collections.ConfigDict):
     ValueError if config.init names nothing; FileNotFoundError / ValueError from the import.
   """
   source = configuration.init_source(config)
+  if source == "workdir":
+    config, params, _ = from_workdir.import_workdir(config)
+    return config, params, tokenizers.load_tokenizer(workdir_lib.vocab_path(config.init.workdir))
   m = config.model
   kwargs = dict(num_heads_bpd=m.num_heads_bpd, head_type=m.head_type,
                 head_hidden_dim=m.head_hidden_dim, seed=config.seed, dtype=m.dtype)

@@ -1,0 +1,124 @@
+"""Task quality of decoded outputs against the evaluation sets' references.
+
+  lambada  last_word_accuracy: the output's first word equals the passage's last word (both
+           lower-cased, surrounding punctuation stripped).
+  squad    exact_match and f1 with the official SQuAD v1.1 answer normalisation (lower case, no
+           punctuation, no articles a/an/the, single spaces), each the best over the question's
+           answers; the prediction is the output's first line.
+  xsum,    rougeL: ROUGE-L F-measure of Google's `rouge-score` package (stemming on); the
+  samsum   prediction is the output's first line (the models are fine-tuned on one-line
+           summaries ending in EOS).
+  gsm8k    accuracy: the final number of the output (after "####" when there is one, else the
+           last number) equals the reference's number after "####".
+
+Scores are means over examples, as fractions (rougeL too, not x100). Tasks without references
+(cnn_dailymail: our copy has none; mt_bench; jsonl) have no metric: asking for one is a
+ValueError (`check_tasks`). Greedy outputs are identical across decoding methods, so quality is
+computed once per task and model.
+"""
+from __future__ import annotations
+
+import collections
+import re
+import string
+from typing import Sequence
+
+from rouge_score import rouge_scorer
+
+from bpdjax.data import eval_sets
+
+METRICS = {"lambada": ("last_word_accuracy",), "squad": ("exact_match", "f1"),
+           "xsum": ("rougeL",), "samsum": ("rougeL",), "gsm8k": ("accuracy",)}
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def check_tasks(tasks: Sequence[str]) -> None:
+  """ValueError naming a task that has no quality metric (no references)."""
+  for task in tasks:
+    if task not in METRICS:
+      why = ("our copy of it has no reference summaries" if task == "cnn_dailymail"
+             else "it has no references")
+      raise ValueError(f"quality: task {task!r} has no quality metric ({why}); tasks with one: "
+                       f"{', '.join(METRICS)}. Drop it from the tasks or set quality=False.")
+
+
+def normalize_answer(text: str) -> str:
+  """The official SQuAD v1.1 normalisation."""
+  text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
+
+
+def squad_scores(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
+  """(exact match, F1) of one prediction, each the maximum over the answers."""
+  def f1(gold):
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = collections.Counter(pred_tokens) & collections.Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+      return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+  em = max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers)
+  return em, max(f1(a) for a in answers)
+
+
+def final_number(text: str) -> str:
+  """The final answer of a GSM8K-style text: the first number after "####", else the last
+  number; commas removed, a trailing ".0"/"." dropped; "" when there is none."""
+  tail = text.split("####", 1)[1] if "####" in text else text
+  numbers = _NUMBER.findall(tail)
+  if not numbers:
+    return ""
+  number = numbers[0] if "####" in text else numbers[-1]
+  number = number.replace(",", "")
+  return re.sub(r"\.0*$", "", number)
+
+
+def first_line(text: str) -> str:
+  return text.strip().split("\n", 1)[0].strip()
+
+
+def _word(text: str) -> str:
+  words = text.split()
+  return words[0].strip(string.punctuation).lower() if words else ""
+
+
+def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict:
+  """Mean quality of `outputs` (decoded texts, in the order of `references`).
+
+  Args:
+    task: a task of METRICS.
+    references: the evaluation records (eval_sets.read_records) of the outputs' examples.
+    outputs: the decoded continuations.
+  Returns:
+    {metric: mean, "num_examples": n}.
+  """
+  check_tasks([task])
+  if len(references) != len(outputs):
+    raise ValueError(f"quality: {len(outputs)} outputs for {len(references)} references")
+  values = collections.defaultdict(list)
+  scorer = (rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+            if "rougeL" in METRICS[task] else None)
+  for record, output in zip(references, outputs):
+    if task == "lambada":
+      values["last_word_accuracy"].append(float(_word(output) == _word(record["reference"])))
+    elif task == "squad":
+      em, f1 = squad_scores(first_line(output), record["answers"].split("\n"))
+      values["exact_match"].append(em)
+      values["f1"].append(f1)
+    elif task in ("xsum", "samsum"):
+      values["rougeL"].append(
+          scorer.score(record["reference"], first_line(output))["rougeL"].fmeasure)
+    else:
+      gold = final_number(record["reference"])
+      values["accuracy"].append(float(bool(gold) and final_number(output) == gold))
+  result = {k: sum(v) / max(len(v), 1) for k, v in values.items()}
+  result["num_examples"] = len(outputs)
+  return result
+
+
+def references_by_id(task: str, data_dir: str) -> dict[str, dict]:
+  """{example id: its evaluation record} of a task with a metric."""
+  check_tasks([task])
+  return {r["id"]: r for r in eval_sets.read_records(task, data_dir)}

@@ -1,0 +1,74 @@
+"""Task quality metrics (bpdjax/eval/quality.py) and decode.py's quality report."""
+import json
+import os
+
+import pytest
+
+from bpdjax import api
+from bpdjax.data import eval_sets
+from bpdjax.data import eval_tasks
+from bpdjax.eval import quality
+from bpdjax.eval import run as run_lib
+from tests import helpers
+
+
+def test_squad_official_normalisation_and_best_answer():
+  assert quality.normalize_answer("The  Denver Broncos!") == "denver broncos"
+  assert quality.squad_scores("the Denver Broncos.", ["Denver Broncos", "Broncos"]) == (1.0, 1.0)
+  em, f1 = quality.squad_scores("Denver", ["Denver Broncos", "Carolina"])
+  assert em == 0.0 and f1 == pytest.approx(2 / 3)   # precision 1, recall 1/2.
+  assert quality.squad_scores("Panthers", ["Denver Broncos"]) == (0.0, 0.0)
+
+
+def test_gsm8k_final_answer():
+  reference = "She sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 18"
+  assert quality.final_number(reference) == "18"
+  assert quality.final_number("so 1,800 in all. #### 1,800\nQuestion: 7") == "1800"
+  assert quality.final_number("It costs 5 and then 18.0") == "18"
+  assert quality.final_number("no number") == ""
+  records = [{"reference": reference}] * 3
+  got = quality.score("gsm8k", records, ["#### 18", "the answer is 18", "#### 17"])
+  assert got == {"accuracy": pytest.approx(2 / 3), "num_examples": 3}
+
+
+def test_rouge_l_and_lambada():
+  ref = [{"reference": "The cat sat on the mat."}]
+  assert quality.score("xsum", ref, [" The cat sat on the mat.\nMore text"])["rougeL"] == 1.0
+  half = quality.score("samsum", ref, ["the cat"])["rougeL"]
+  assert 0 < half < 1
+  words = [{"reference": "Dumbledore"}, {"reference": "wand"}]
+  got = quality.score("lambada", words, [" dumbledore, said Harry", " stick and"])
+  assert got["last_word_accuracy"] == 0.5
+
+
+def test_tasks_without_references_are_errors():
+  with pytest.raises(ValueError, match=r"quality: task 'cnn_dailymail' has no quality metric "
+                                       r"\(our copy of it has no reference summaries\)"):
+    quality.check_tasks(["squad", "cnn_dailymail"])
+  settings = helpers.decode_settings(workdir="w", output="o", tasks="mt_bench", methods="ar",
+                                     quality=True)
+  with pytest.raises(ValueError, match=r"task 'mt_bench' has no quality metric"):
+    settings.validate()
+
+
+def test_decode_reports_quality_once_per_task(trained_tiny_workdir, tmp_path):
+  settings = helpers.decode_settings(workdir=trained_tiny_workdir, output=str(tmp_path / "out"),
+                                     tasks="squad,gsm8k,lambada", methods="ar,bpd",
+                                     num_examples=3, max_new_tokens=8, record_topk=0,
+                                     quality=True, max_prompt_tokens=24)
+  result = run_lib.run(settings, log=lambda *_: None)
+  # Examples are a seeded shuffle of the evaluation part (example_seed 0), not its first ones.
+  data_dir = api.load(trained_tiny_workdir).config.data_dir
+  first = [r["id"] for r in eval_sets.read_records("squad", data_dir)[:3]]
+  shuffled = [e["id"] for e in eval_tasks.load_prompts(
+      "squad", data_dir, os.path.join(trained_tiny_workdir, "vocab.model"), 3, 24, seed=0)]
+  assert [e["id"] for e in result["samples"]["squad"]] == shuffled != first
+  assert result["settings"]["max_prompt_tokens"] == 24
+  for task, metric in (("squad", "f1"), ("gsm8k", "accuracy"), ("lambada", "last_word_accuracy")):
+    q = result["quality"][task]
+    assert q["num_examples"] == 3 and q["method"] == "ar" and q["identical_across_methods"]
+    assert 0.0 <= q[metric] <= 1.0
+  with open(os.path.join(tmp_path, "out", "report.json")) as f:
+    assert json.load(f)["quality"]["squad"]["num_examples"] == 3
+  with open(os.path.join(tmp_path, "out", "report.md")) as f:
+    assert "| squad | exact_match |" in f.read()
