@@ -73,7 +73,8 @@ def accept(topology: tree_lib.Tree, nodes: jax.Array, logits: jax.Array,
   if config.acceptance == sampling.TYPICAL_LOSSY:
     return accept_typical(nodes, logits, topology, config, rng)
   if topology.is_chain:
-    rule = accept_block if config.acceptance == sampling.BLOCK else accept_chain
+    block = config.acceptance == sampling.BLOCK and topology.size > 1   # ar: nothing to verify.
+    rule = accept_block if block else accept_chain
     return _chain_result(topology, nodes, *rule(nodes, logits, config, rng))
   return accept_tree_sampled(nodes, logits, topology, config, rng)
 
