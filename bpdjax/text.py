@@ -145,7 +145,8 @@ def stream(m: api.LoadedModel, prompt: str, method: str = "bpd", max_new_tokens:
   gen.check_prompts([ids], max_new_tokens)
   config = _sampling(temperature, top_k, top_p)
   config.validate(m.model.config.vocab_size)
-  settings = loop.Settings(built.drafter, max_new_tokens, m.vocab.eos_id, config)
+  settings = loop.Settings(built.drafter, max_new_tokens, m.vocab.eos_id, config,
+                           plain_stretches=False)   # One block per model call.
   width = generator_lib.bucket_width(len(ids), m.model.config.max_len, max_new_tokens)
   start, step = _stepper(m.model, settings, width,
                          width + max_new_tokens + loop.block_size(built.drafter))

@@ -6,9 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+from bpdjax import cache as cache_lib
 from bpdjax.decoding import cost
 from bpdjax.decoding import generator
+from bpdjax.decoding import loop
 from bpdjax.decoding import methods
+from bpdjax.decoding import model_fns
 from bpdjax.decoding import resources
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
@@ -76,6 +79,40 @@ def test_auto_adapts_to_the_cost_table(trained):
   linear, calls, timings = _run(loaded, rows, methods.build("auto", cfg, costs="1,2,3,4"), 1)
   assert _be(linear, calls) < 1.05
   assert sum(t.stats["chosen"][0] for t in timings) == calls - len(rows)
+
+
+@pytest.mark.parametrize("costs", ["1,2,3,4", "1,1.3,1.6,1.9"])
+def test_plain_stretches_run_inside_one_step(trained, costs):
+  """Plain steps between two looks run as one inner loop (protocol.PlainStretches): fewer outer
+  steps, and the same tokens, model calls and drafter counters as one call per step; with a
+  cost table where drafting never pays, the first step decodes to the end."""
+  loaded, rows = trained
+  cfg = loaded.model.config
+  built = methods.build("auto", cfg, costs=costs)
+  fns = model_fns.TransformerFns(loaded.model)
+  prompt = jax.numpy.asarray(np.asarray(rows[4], np.int32)[None])
+  lengths = jax.numpy.asarray([len(rows[4])], np.int32)
+  cache_len = prompt.shape[1] + MAX_NEW + loop.block_size(built.drafter)
+  runs = {}
+  for stretches in (True, False):
+    settings = loop.Settings(built.drafter, MAX_NEW, None, plain_stretches=stretches)
+    begin = jax.jit(lambda p, x, n, s=settings: loop.start(
+        fns, p, x, n, cache_lib.init_for_model(cfg, 1, cache_len), None, s))
+    step = jax.jit(lambda p, st, s=settings: loop.step(fns, p, st, None, s))
+    state, outer = begin(loaded.params, prompt, lengths), 0
+    while bool(loop.running(state, settings)):
+      state, outer = step(loaded.params, state), outer + 1
+    runs[stretches] = outer, loop.finish(state, settings)
+  (outer, got), (steps, ref) = runs[True], runs[False]
+  ar, _, _ = _run(loaded, [rows[4]], methods.build("ar", cfg), 1)
+  assert got.tokens[0, :int(got.lengths[0])].tolist() == ar[0]
+  np.testing.assert_array_equal(got.tokens, ref.tokens)
+  assert int(got.calls[0]) == int(ref.calls[0]) and int(got.iterations) == int(ref.iterations)
+  for name, value in ref.stats.items():
+    np.testing.assert_array_equal(got.stats[name], value, err_msg=name)
+  assert steps == int(ref.iterations) and outer < steps
+  if costs == "1,2,3,4":
+    assert outer == 1 and int(got.stats["head_looks"]) == 0
 
 
 def test_calibration_tracks_realized_tokens(trained, trained_tiny_workdir):

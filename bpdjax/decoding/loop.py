@@ -16,6 +16,10 @@ callback is split in two because the h vocabulary projections cost more than the
 small model: verification needs head 1 at every fed position, drafting needs heads
 2..drafter.last_head at one, and each is computed exactly once.
 
+A drafter that decides on a run of plain decoding (protocol.PlainStretches: `auto` between two
+looks at its heads) gets it within the same step as an inner while_loop of one-token calls, so
+those calls cost what plain decoding's do: no lax.switch over candidate sizes, no drafter call.
+
 Token accounting: a call that keeps n draft tokens also reveals the model's next token, so each
 call yields n tokens beyond the ones known before it, and plain decoding gets exactly 1.0
 tokens per call (prefill included as a call, since it yields the first token).
@@ -133,12 +137,15 @@ def block_size(drafter: protocol.Drafter) -> int:
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The loop's static settings (hashable): the drafter, M = max_new_tokens, the EOS id (or
-  None), greedy or the sampling distribution, and K > 0 to record the analyses (see Records)."""
+  None), greedy or the sampling distribution, K > 0 to record the analyses (see Records), and
+  whether a step may run a drafter's plain stretch (False: one model call per step, for
+  streaming; the tokens are the same)."""
   drafter: protocol.Drafter
   max_new_tokens: int
   eos_id: Optional[int] = None
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig()
   record_topk: int = 0
+  plain_stretches: bool = True
 
 
 def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
@@ -200,7 +207,48 @@ def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params
          settings: Settings) -> DecodeState:
   """One iteration: verify the draft (the drafter's chosen candidate size of it) in one model
   call, keep the accepted path and the model's next token, commit them, and propose the next
-  draft. Finished rows are left unchanged."""
+  draft. Finished rows are left unchanged. A drafter with protocol.PlainStretches that then
+  asks for a run of plain decoding gets it here too, as an inner loop of one-token calls."""
+  new = _drafting_step(fns, params, state, drafter_params, settings)
+  drafter = settings.drafter
+  if not settings.plain_stretches or not isinstance(drafter, protocol.PlainStretches):
+    return new
+  return jax.lax.cond(drafter.stretch(new.drafter_state) > 0,
+                      lambda s: _plain_stretch(fns, params, s, drafter_params, settings),
+                      lambda s: s, new)
+
+
+def _plain_stretch(fns, params, state: DecodeState, drafter_params, settings) -> DecodeState:
+  """Runs drafter.stretch(state) plain decoding iterations (fewer when decoding ends first):
+  verify the one-token draft, commit it, the model's next token becomes the draft; no drafter
+  call inside (protocol.PlainStretches)."""
+  drafter = settings.drafter
+  steps = drafter.stretch(state.drafter_state)
+  zero = jnp.zeros((), jnp.float32)
+  counts = protocol.StretchCounts(jnp.zeros((), jnp.int32), zero, jnp.zeros((), jnp.int32), zero)
+
+  def go_on(carry):
+    s, c = carry
+    return (c.iterations < steps) & running(s, settings)
+
+  def body(carry):
+    s, c = carry
+    new, _, _, next_token = verify_size(fns, params, s, drafter_params, settings, 1,
+                                        commit_drafter=False)
+    draft = s.draft.at[:, 0].set(jnp.where(s.done, s.draft[:, 0], next_token))
+    left = ~new.done
+    c = protocol.StretchCounts(
+        iterations=c.iterations + 1,
+        verified_rows=c.verified_rows + jnp.sum(~s.done).astype(jnp.float32),
+        drafted_steps=c.drafted_steps + jnp.any(left).astype(jnp.int32),
+        drafted_rows=c.drafted_rows + jnp.sum(left).astype(jnp.float32))
+    return new.replace(draft=draft), c
+
+  state, counts = jax.lax.while_loop(go_on, body, (state, counts))
+  return state.replace(drafter_state=drafter.after_stretch(state.drafter_state, counts))
+
+
+def _drafting_step(fns, params, state: DecodeState, drafter_params, settings) -> DecodeState:
   sizes = settings.drafter.candidates
   if len(sizes) == 1:
     verified = verify_size(fns, params, state, drafter_params, settings, sizes[0])
@@ -220,9 +268,10 @@ def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params
 
 
 def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params: Any,
-                settings: Settings, size: int):
+                settings: Settings, size: int, commit_drafter: bool = True):
   """Verifies the first `size` nodes of the draft (a prefix of the drafter's tree), keeps the
-  accepted path and the model's next token, and commits them (cache, output, drafter).
+  accepted path and the model's next token, and commits them (cache, output, and the drafter
+  unless commit_drafter is False: inside a plain stretch).
 
   Returns (state (its draft not yet replaced), hidden [B, 1, D] and, when recording, every
   head's logits [B, h, V] at each row's last kept node (else zeros [B, 1, 1]), next_token [B]).
@@ -262,7 +311,9 @@ def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter
   if eos_id is not None:
     done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
   cache = cache_lib.commit(cache, num_kept)
-  drafter_state = drafter.commit(drafter_params, state.drafter_state, appended, num_kept)
+  drafter_state = state.drafter_state
+  if commit_drafter:
+    drafter_state = drafter.commit(drafter_params, drafter_state, appended, num_kept)
   last = jnp.maximum(num_kept - 1, 0)
   last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)          # [B, 1, D]
   last_logits = jnp.zeros((b, 1, 1), jnp.float32)

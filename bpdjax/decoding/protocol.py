@@ -17,8 +17,9 @@ its state, so they are an argument of the jitted loop rather than part of the lo
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, runtime_checkable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -131,3 +132,35 @@ class SingleCandidate:
   def stats(self, state) -> dict:
     del state
     return {}
+
+
+
+@flax.struct.dataclass
+class StretchCounts:
+  """What a plain stretch did, for the drafter's counters ([] each): iterations run;
+  verified_rows, the sum over them of rows verified (still decoding before the call);
+  drafted_steps, the iterations after which some row still decodes (each gave those rows a
+  one-token draft); drafted_rows, the sum of those rows."""
+  iterations: jax.Array
+  verified_rows: jax.Array
+  drafted_steps: jax.Array
+  drafted_rows: jax.Array
+
+
+@runtime_checkable
+class PlainStretches(Protocol):
+  """Optional drafter capability: runs of plain decoding without propose or commit.
+
+  After propose, `stretch(state)` ([] int32) is how many further iterations the drafter has
+  already decided to spend on plain decoding, reading no head and keeping no per-token state.
+  The loop runs them as an inner loop of one-token verify calls (each costs what an AR step
+  costs: no lax.switch over candidate sizes, no drafter call), then calls
+  `after_stretch(state, counts)` (StretchCounts) so the drafter's counters read as if propose
+  and commit had run at each of them.
+  """
+
+  def stretch(self, state: Any) -> jax.Array:
+    ...
+
+  def after_stretch(self, state: Any, counts: StretchCounts) -> Any:
+    ...

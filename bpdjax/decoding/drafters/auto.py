@@ -7,14 +7,10 @@ with `tree_nodes`, trees made of that chain plus Medusa's extra nodes (sparse_tr
 loop verifies any of them with lax.switch over static sizes (loop.step).
 
 Expected tokens of a candidate, per row: 1 + the sum over its non-root nodes v of the product,
-along v's root path, of a(u) = P(u's token is accepted | its parent was). a is the calibrated
-acceptance of u's head at the head's probability p of u's token: counts of accepted / tried per
-(head, probability bin), learned online from the loop's own outcomes on the chain nodes (state
-in the loop carry, shared by the batch), from the prior a = p times the head's pooled ratio of
-accepted to expected tokens. Each call reveals the model's tokens one past what it kept, so
-a chain node is judged even when it was not verified (head 2 after a look that chose plain
-decoding). At temperature > 0 a point-mass draft x is accepted with probability p(x), the chance that the
-sampled token is x, so the same counts learn the sampling rule's acceptance.
+along v's root path, of a(u) = P(u's token is accepted | its parent was), the calibrated
+acceptance of u's head at the head's probability of u's token (decoding/calibration.py: counts
+per (head, probability bin) learned online from the loop's own outcomes, state in the loop
+carry, shared by the batch).
 
 Choice (`auto`): argmax over candidates c of (sum over active rows of E_row(c)) / cost(c), with
 cost(c) the measured seconds of one loop iteration verifying c (decoding/cost.py); one choice
@@ -29,7 +25,9 @@ CPU, so `auto` does not look at the heads on every step when drafting does not p
 (the heads' pooled acceptance rates against the cost table): it then probes them with
 exponential back-off (after 1, 2, 4 ... MAX_WAIT plain steps) and keeps looking at every step
 while the look leads to a draft, since predictable stretches of text come in runs. When the
-pooled rates say drafting pays, it looks at every step.
+pooled rates say drafting pays, it looks at every step. The plain steps between two looks run
+as one stretch (protocol.PlainStretches): an inner loop of one-token calls inside the decode
+loop, which costs what plain decoding costs, with no lax.switch and no drafter call per step.
 """
 from __future__ import annotations
 
@@ -40,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bpdjax.decoding import calibration
 from bpdjax.decoding import cost as cost_lib
 from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
@@ -48,9 +47,8 @@ from bpdjax.decoding import sparse_tree
 from bpdjax.decoding import tree as tree_lib
 from bpdjax.decoding.drafters import heads as heads_lib
 
-BINS = 10             # Probability bins of the calibration.
-PRIOR = 2.0           # Pseudo-counts of the prior a = p (bin centre).
 MAX_WAIT = 64         # Longest run of plain steps between two looks at the heads.
+NEVER = 2 ** 30       # The wait when the cost table shows drafting never pays.
 
 
 @flax.struct.dataclass
@@ -121,37 +119,11 @@ class AutoDrafter:
     return AutoState(
         choice=jnp.zeros((), jnp.int32), probs=jnp.zeros((b, t), jnp.float32),
         chain=jnp.zeros((b, self.length), jnp.int32),
-        hits=jnp.zeros((self.length - 1, BINS), jnp.float32),
-        tries=jnp.zeros((self.length - 1, BINS), jnp.float32),
+        hits=jnp.zeros((self.length - 1, calibration.BINS), jnp.float32),
+        tries=jnp.zeros((self.length - 1, calibration.BINS), jnp.float32),
         chosen=jnp.zeros((c,), jnp.int32), predicted=zeros, realized=zeros, verified=zeros,
         wait=jnp.zeros((), jnp.int32), backoff=jnp.ones((), jnp.int32),
         looks=jnp.zeros((), jnp.int32))
-
-  # ------------------------------------------------------------------------ expected tokens
-  def _acceptance(self, state: AutoState, head: jax.Array, prob: jax.Array) -> jax.Array:
-    """Calibrated acceptance of tokens of heads `head` (0-based among heads 2..L) at
-    probabilities `prob` (same shape): per (head, bin) counts over a prior that is the bin's
-    centre scaled by the head's pooled ratio of accepted to expected (hits / sum of p over its
-    tries), which learns a head's over- or under-confidence from its first few outcomes."""
-    centres = (jnp.arange(BINS, dtype=jnp.float32) + 0.5) / BINS
-    ratio = ((jnp.sum(state.hits, axis=1) + PRIOR)
-             / (jnp.sum(state.tries * centres, axis=1) + PRIOR))                 # [L-1]
-    bins = jnp.clip((prob * BINS).astype(jnp.int32), 0, BINS - 1)
-    prior = jnp.clip(centres[bins] * ratio[head], 0.0, 1.0)
-    hits, tries = state.hits[head, bins], state.tries[head, bins]
-    return (hits + PRIOR * prior) / (tries + PRIOR)
-
-  def _expected(self, state: AutoState, probs: jax.Array) -> jax.Array:
-    """probs [B, T] node probabilities (0 where not drafted) -> [B, C] expected tokens."""
-    topo = self.topology
-    depth = jnp.asarray(np.maximum(topo.depth - 1, 0))
-    a = self._acceptance(state, jnp.broadcast_to(depth, probs.shape), probs)
-    a = jnp.where(jnp.asarray(topo.depth)[None] == 0, 1.0, a * (probs > 0))
-    log_a = jnp.log(jnp.maximum(a, 1e-30))
-    reach = jnp.exp(log_a @ jnp.asarray(topo.ancestor_mask, jnp.float32).T)     # [B, T]
-    inside = np.arange(topo.size)[None, :] < np.asarray(self.sizes)[:, None]    # [C, T]
-    inside[:, 0] = False
-    return 1.0 + reach @ jnp.asarray(inside, jnp.float32).T
 
   # ------------------------------------------------------------------------------- propose
   def _pays_on_average(self, state: AutoState) -> jax.Array:
@@ -164,10 +136,12 @@ class AutoDrafter:
     return gain > 1.0 / self.costs[0]
 
   def propose(self, params, state: AutoState, heads: protocol.LastHeads, next_token):
-    if self.rule != "cost" or self._never_drafts() or self.length < 2:
+    if self.length < 2 or self._never_drafts():   # Plain decoding to the end: one stretch.
+      nodes, new = self._plain(state, heads, next_token)
+      return nodes, new.replace(wait=jnp.full((), NEVER, jnp.int32))
+    if self.rule != "cost":
       nodes, new = self._look(params, state, heads, next_token)
-      looks = int(not self._never_drafts() and self.length > 1)
-      return nodes, new.replace(looks=state.looks + looks)
+      return nodes, new.replace(looks=state.looks + 1)
     look = (state.wait <= 0) | self._pays_on_average(state)
     nodes, new = jax.lax.cond(look, lambda st: self._look(params, st, heads, next_token),
                               lambda st: self._plain(st, heads, next_token), state)
@@ -177,6 +151,20 @@ class AutoDrafter:
     wait = jnp.where(drafted, 0, jnp.where(look, backoff, state.wait - 1))
     return nodes, new.replace(wait=wait, backoff=backoff,
                               looks=state.looks + look.astype(jnp.int32))
+
+  def stretch(self, state: AutoState) -> jax.Array:
+    """The plain steps still to wait once propose has chosen plain decoding without a look
+    (then no head probability is held for calibration, so commit would only count)."""
+    return jnp.where(jnp.all(state.probs == 0), jnp.maximum(state.wait, 0), 0)
+
+  def after_stretch(self, state: AutoState, counts: protocol.StretchCounts) -> AutoState:
+    """What propose (_plain) and commit would have counted over the stretch's steps."""
+    return state.replace(
+        wait=state.wait - counts.iterations,
+        chosen=state.chosen.at[0].add(counts.drafted_steps),
+        predicted=state.predicted + counts.drafted_rows,
+        realized=state.realized + counts.verified_rows,
+        verified=state.verified + counts.verified_rows)
 
   def _plain(self, state: AutoState, heads: protocol.LastHeads, next_token):
     """Plain decoding without looking at the heads: candidate 0, one expected token per row."""
@@ -199,7 +187,8 @@ class AutoDrafter:
     depth, ranks = np.asarray(topo.depth), self.ranks
     node_ids = ids[:, np.maximum(depth - 1, 0), ranks].at[:, 0].set(next_token.astype(jnp.int32))
     node_probs = probs[:, np.maximum(depth - 1, 0), ranks].at[:, 0].set(1.0)
-    expected = self._expected(state, node_probs)                                # [B, C]
+    expected = calibration.expected(
+        state.hits, state.tries, self.topology, self.sizes, node_probs)                                # [B, C]
     totals = jnp.sum(expected * active[:, None], axis=0)                        # [C]
     drafted = np.asarray([topo.prefix(s).path_len for s in self.sizes])
     computed = jnp.sum(jnp.any(probs[:, :, 0] > 0, axis=0)) + 1                 # Heads + 1.
@@ -261,7 +250,8 @@ class AutoDrafter:
       j, ids, probs, expected, reach, best, stop = carry
       top_ids, top_p, entropy = compute(j)
       ids, probs = ids.at[:, j].set(top_ids), probs.at[:, j].set(top_p)
-      reach = reach * self._acceptance(state, jnp.full((b,), j), top_p[:, 0])
+      reach = reach * calibration.acceptance(
+          state.hits, state.tries, jnp.full((b,), j), top_p[:, 0])
       expected = expected + reach
       best = jnp.maximum(best, jnp.sum(expected * active) / costs[j + 1])
       mean_entropy = jnp.sum(entropy * active) / jnp.maximum(jnp.sum(active), 1.0)
@@ -276,35 +266,19 @@ class AutoDrafter:
 
   # -------------------------------------------------------------------------------- commit
   def commit(self, params, state: AutoState, tokens, num_kept):
-    """Calibration from the chain nodes whose true token is now known: the call appended
-    tokens[:, :num_kept + 1], so chain node d (depth d, drafted by head d + 1) was reached when
-    the chain's tokens 1..d-1 equal the appended ones, and is judged when d <= num_kept --
-    including the node just past what was verified (e.g. head 2's token against the model's
-    next token after a plain decoding step), so head 2 is calibrated at every step that looked
-    at the heads."""
+    """Counts the call's kept tokens and judges the chain nodes whose true token is now known
+    (calibration.judge), when the last propose looked at the heads."""
     verified = (num_kept > 0).astype(jnp.float32)
     state = state.replace(realized=state.realized + jnp.sum(num_kept * verified),
                           verified=state.verified + jnp.sum(verified))
     if self.length < 2:
       return state
-    return jax.lax.cond(jnp.any(state.probs[:, 1:self.length] > 0),
-                        lambda st: self._calibrate(st, tokens, num_kept), lambda st: st, state)
 
-  def _calibrate(self, state: AutoState, tokens, num_kept):
-    n = self.length - 1
-    width = min(tokens.shape[1], self.length)
-    same = (tokens[:, 1:width] == state.chain[:, 1:width]).astype(jnp.int32)     # [B, w-1]
-    match = jnp.pad(same, ((0, 0), (0, n - (width - 1))))                         # [B, L-1]
-    reached = jnp.cumprod(jnp.pad(match[:, :-1], ((0, 0), (1, 0)), constant_values=1), axis=1)
-    d = jnp.arange(1, self.length)[None, :]
-    prob = state.probs[:, 1:self.length]                                           # [B, L-1]
-    tried = (d <= num_kept[:, None]) & (reached > 0) & (prob > 0)
-    accepted = tried & (match > 0)
-    bins = jnp.clip((prob * BINS).astype(jnp.int32), 0, BINS - 1)
-    heads_idx = jnp.broadcast_to(jnp.arange(n), bins.shape)
-    tries = state.tries.at[heads_idx, bins].add(tried.astype(jnp.float32))
-    hits = state.hits.at[heads_idx, bins].add(accepted.astype(jnp.float32))
-    return state.replace(tries=tries, hits=hits)
+    def judge(st):
+      hits, tries = calibration.judge(st.hits, st.tries, st.chain, st.probs, tokens, num_kept)
+      return st.replace(hits=hits, tries=tries)
+
+    return jax.lax.cond(jnp.any(state.probs[:, 1:self.length] > 0), judge, lambda st: st, state)
 
   def stats(self, state: AutoState) -> dict:
     return {"chosen": state.chosen, "predicted_tokens": state.predicted,
