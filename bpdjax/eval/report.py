@@ -111,6 +111,7 @@ def markdown(report: dict) -> str:
       orc = ", ".join(f"k={k}: {v:.3f}" for k, v in e["oracle_topk"].items())
       lines.append(f"- **{task}**: entropy [{ent}]; oracle {orc}")
   lines += _quality_markdown(report)
+  lines += _distribution_markdown(report)
   lines += _refinement_markdown(report)
   lines += _choice_markdown(report)
   return "\n".join(lines) + "\n"
@@ -132,6 +133,29 @@ def _quality_markdown(report: dict) -> list[str]:
       lines.append(f"| {task} | {metric} | {value:.4f} | {q['num_examples']} | {q['method']} | "
                    f"{_fmt(be)} |")
   return lines
+
+
+def _distribution_markdown(report: dict) -> list[str]:
+  """Sampling: each method's samples against the model (eval/distribution.py)."""
+  rows = []
+  for task, methods in report["tasks"].items():
+    for method, e in methods.items():
+      d = e.get("distribution_check")
+      if d:
+        rows.append(f"| {task} | {method} | {'yes' if e.get('lossless', True) else 'NO (lossy)'} "
+                    f"| {_fmt(d['mean_logprob'])} ± {_fmt(d['logprob_se'])} | "
+                    f"{_fmt(d.get('logprob_z_vs_ar'), '+.2f')} | {_fmt(d['second_token_tv'])} | "
+                    f"{d['examples']} | {d['seed']} |")
+  if not rows:
+    return []
+  return [
+      "\nDistribution check of the samples: mean log q per generated token (q the processed "
+      "sampling distribution; ± standard error over examples), the z-score of its paired "
+      "difference from ar's (|z| > 3: not the model's distribution), and the total variation "
+      "distance of the second generated tokens' histogram from the model's exact distribution "
+      "of them (ar's value is the noise floor at this number of examples).\n",
+      "| task | method | lossless | mean log q | z vs ar | 2nd-token TV | examples | seed |",
+      "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def _choice_markdown(report: dict) -> list[str]:

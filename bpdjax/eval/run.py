@@ -22,6 +22,7 @@ from bpdjax.decoding import cost as cost_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.decoding import resources as resources_lib
+from bpdjax.eval import distribution
 from bpdjax.eval import drafting_cost
 from bpdjax.eval import metrics
 from bpdjax.eval import quality
@@ -110,7 +111,7 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
     prompts = [e["prompt_tokens"] for e in examples]
     generator.check_prompts(prompts, settings.max_new_tokens)
     width = widths[task]
-    task_report, outputs = {}, {}
+    task_report, outputs, scores = {}, {}, {}
     passes = 2 if settings.record_topk else 1
     progress = tqdm.tqdm(total=len(prompts) * len(settings.methods) * passes, desc=task,
                          unit="ex")
@@ -136,8 +137,16 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
                                                    settings.max_new_tokens, settings.batch_size)
       metrics.add_rescoring_share(entry, costs[name])
       outputs[name] = [g.tokens for g in timed]
+      if not settings.sampling.greedy:
+        scores[name] = distribution.score(loaded.model, loaded.params, prompts, outputs[name],
+                                          settings.sampling)
       task_report[name] = entry
     progress.close()
+    for name, scored in scores.items():  # Sampling: each method's samples against the model.
+      task_report[name]["distribution_check"] = dict(
+          distribution.summarize(
+              scored, None if name == methods.reference() else scores.get(methods.reference())),
+          seed=settings.seed)
     metrics.compare_to_reference(task_report, outputs, settings.sampling.greedy,
                                  methods.reference())
     metrics.compare_to_vanilla(task_report, methods.vanilla())
