@@ -8,13 +8,23 @@ import os
 import ml_collections
 
 
+def default_data_dir() -> str:
+  """BPDJAX_DATA_DIR; else ../shared/data next to the checkout these configs are in; else (an
+  installed package, whose configs sit in site-packages) ../shared/data from the current
+  directory, e.g. a checkout's root."""
+  if os.environ.get("BPDJAX_DATA_DIR"):
+    return os.environ["BPDJAX_DATA_DIR"]
+  here = os.path.dirname(os.path.abspath(__file__))
+  beside_checkout = os.path.normpath(os.path.join(here, "..", "..", "shared", "data"))
+  if os.path.isdir(beside_checkout):
+    return beside_checkout
+  return os.path.abspath(os.path.join("..", "shared", "data"))
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  # Where ../shared/data lives; BPDJAX_DATA_DIR overrides the default.
-  c.data_dir = os.environ.get(
-      "BPDJAX_DATA_DIR",
-      os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
+  c.data_dir = default_data_dir()
 
   c.model = ml_collections.ConfigDict()
   m = c.model

@@ -1,6 +1,58 @@
-"""Shared pytest fixtures."""
-import jax
+"""Shared pytest fixtures; and the package under test: an installed bpdjax (not editable, as
+.ci/run installs it) rather than the checkout that `python -m pytest` puts on sys.path."""
+import filecmp
+import importlib
+import importlib.metadata
+import json
+import os
+import sys
+
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import_installed_package() -> None:
+  """Imports bpdjax and configs from the environment's installed copy when there is one (its
+  own files in site-packages, not an editable link to this checkout), after checking that it
+  holds exactly the checkout's sources: tests of a stale install would test other code."""
+  elsewhere = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != ROOT]
+  dist = next(iter(importlib.metadata.distributions(name="bpdjax", path=elsewhere)), None)
+  if dist is None:
+    return                                          # Testing the checkout itself.
+  url = json.loads(dist.read_text("direct_url.json") or "{}")
+  if url.get("dir_info", {}).get("editable"):
+    return
+  site = str(dist.locate_file(""))
+  differs = []
+  for package in ("bpdjax", "configs"):
+    for folder, dirs, files in os.walk(os.path.join(ROOT, package)):
+      dirs[:] = [d for d in dirs if d != "__pycache__"]
+      for name in files:
+        if name.endswith(".pyc"):
+          continue
+        source = os.path.join(folder, name)
+        copy = os.path.join(site, os.path.relpath(source, ROOT))
+        if not (os.path.exists(copy) and filecmp.cmp(source, copy, shallow=False)):
+          differs.append(os.path.relpath(source, ROOT))
+  if differs:
+    pytest.exit(f"The installed bpdjax ({site}) is not this checkout's: {differs[:5]} differ "
+                f"({len(differs)} files). Reinstall it (pip install --no-deps .), install it "
+                "editable (pip install --no-deps -e .) or uninstall it.", returncode=2)
+  path = sys.path[:]
+  sys.path[:] = elsewhere
+  try:
+    for package in ("bpdjax", "configs"):
+      module = importlib.import_module(package)
+      assert module.__file__.startswith(site), (package, module.__file__)
+  finally:
+    sys.path[:] = path
+
+
+_import_installed_package()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 
 from tests import helpers
 
@@ -18,6 +70,12 @@ def tiny_vocab_path(tmp_path_factory) -> str:
   config = tiny.get_config()
   config.data.vocab_dir = str(tmp_path_factory.mktemp("vocab_cache"))
   return vocab.ensure_vocabulary(config, str(tmp_path_factory.mktemp("tiny_workdir")))
+
+
+def pytest_report_header(config):
+  del config
+  import bpdjax  # pylint: disable=g-import-not-at-top
+  return f"bpdjax under test: {os.path.dirname(bpdjax.__file__)}"
 
 
 def pytest_configure(config):
