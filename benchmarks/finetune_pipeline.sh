@@ -2,13 +2,13 @@
 # Issue #12 end to end on this CPU: pretrain configs/small.py (or reuse workdirs/small),
 # fine-tune it on each task (configs/finetune.py:TASK, ~10 min each on 2 idle cores), then per
 # task and model (pretrained, fine-tuned) one decode.py report with task quality, the paper's
-# Table 1 shape (BE of bpd for block sizes 2..9: the first k heads of the h = 9 model, via
-# options.bpd.draft_len=k), and the refinement table on the fine-tuned models with alpha tuned
-# over a grid that reaches toward 0.
+# Table 1 shape (benchmarks/block_sizes.py: BE of bpd for block sizes 2..9, the first k heads of
+# the h = 9 model), the repetition / entropy / h_max table (benchmarks/finetune_tables.py ->
+# benchmarks/results/finetune.md), and (REFINE=1, the default) the refinement table on the
+# fine-tuned models with alpha tuned over a grid that reaches toward 0.
 #
-#   bash benchmarks/finetune_pipeline.sh            # each stage resumes or is skipped when done
-#
-# Not yet run in full on this machine (see README.md); the stages are the commands below.
+#   bash benchmarks/finetune_pipeline.sh     # each stage resumes or is skipped when done
+#   REFINE=0 bash benchmarks/finetune_pipeline.sh   # without the refinement stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -24,16 +24,18 @@ for task in $TASKS; do
 done
 for task in $TASKS; do
   for model in small ft_"$task"; do
-    "$PY" decode.py --workdir=workdirs/"$model" --output="$OUT/$model/$task" --tasks="$task" \
-        --methods=ar,bpd --num_examples="$NUM" --max_new_tokens="$MAX_NEW" \
+    dir="$OUT/$model/$task"
+    [ -f "$dir/report.json" ] || "$PY" decode.py --workdir=workdirs/"$model" --output="$dir" \
+        --tasks="$task" --methods=ar,bpd --num_examples="$NUM" --max_new_tokens="$MAX_NEW" \
         --config.max_prompt_tokens=192 --config.quality=True
-    for k in 2 3 4 5 6 7 8 9; do
-      "$PY" decode.py --workdir=workdirs/"$model" --output="$OUT/$model/$task/block$k" \
-          --tasks="$task" --methods=bpd --num_examples="$NUM" --max_new_tokens="$MAX_NEW" \
-          --config.max_prompt_tokens=192 --config.options.bpd.draft_len="$k" --record_topk=0
-    done
+    [ -f "$dir/blocks.json" ] || "$PY" benchmarks/block_sizes.py --workdir=workdirs/"$model" \
+        --tasks="$task" --num_examples="$NUM" --max_new_tokens="$MAX_NEW" \
+        --config.max_prompt_tokens=192 --json="$dir/blocks.json"
   done
 done
+"$PY" benchmarks/finetune_tables.py --out="$OUT" --tasks="${TASKS// /,}" \
+    --markdown=benchmarks/results/finetune.md
+[ "${REFINE:-1}" = 1 ] || exit 0
 # Refinement on the fine-tuned models: rescorers and n-gram LMs of the refinement pipeline
 # (benchmarks/refinement_pipeline.sh builds them on the pretraining corpus).
 for task in $TASKS; do

@@ -1,0 +1,87 @@
+"""The fine-tuning tables from benchmarks/finetune_pipeline.sh's outputs (no decoding here).
+
+  python benchmarks/finetune_tables.py --out=out/finetune --tasks=squad,xsum,samsum,gsm8k \
+      [--markdown=benchmarks/results/finetune.md]
+
+Reads, per task and model (pretrained `small`, fine-tuned `ft_TASK`), OUT/MODEL/TASK/report.json
+(decode.py: ar and bpd with analyses and task quality) and OUT/MODEL/TASK/blocks.json
+(benchmarks/block_sizes.py), and prints:
+(a) the paper's Table 1 shape: BE of greedy BPD per block size k = 2..9 (the first k heads of
+    the h = 9 model), with task quality, pretrained beside fine-tuned;
+(b) per task and model: the outputs' repetition rate, the vanilla drafts' consecutive
+    repetition rate, per-head mean entropy, h_max and BE (k = 9); and the Pearson correlation
+    between h_max and BE over those (task, model) points, with its two-sided p-value.
+"""
+import json
+import os
+
+from absl import app
+from absl import flags
+from scipy import stats
+
+_OUT = flags.DEFINE_string("out", "out/finetune", "The pipeline's output folder.")
+_TASKS = flags.DEFINE_list("tasks", ["squad", "xsum", "samsum", "gsm8k"], "Tasks.")
+_MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the tables to this file.")
+QUALITY = {"squad": "f1", "xsum": "rougeL", "samsum": "rougeL", "gsm8k": "accuracy"}
+
+
+def _read(model: str, task: str, name: str) -> dict:
+  path = os.path.join(_OUT.value, model, task, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: run benchmarks/finetune_pipeline.sh first")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _fmt(x, spec=".3f"):
+  return "–" if x is None else format(x, spec)
+
+
+def main(argv):
+  del argv
+  lines, points = [], []
+  sizes = None
+  rows_a, rows_b = [], []
+  for task in _TASKS.value:
+    for label, model in (("pretrained", "small"), ("fine-tuned", f"ft_{task}")):
+      report, blocks = _read(model, task, "report.json"), _read(model, task, "blocks.json")
+      sizes = sizes or sorted(blocks["block_efficiency"], key=int)
+      quality = report.get("quality", {}).get(task, {})
+      metric = QUALITY.get(task)
+      bes = [blocks["block_efficiency"][k] for k in sizes]
+      rows_a.append(f"| {task} | {label} | {metric} {_fmt(quality.get(metric))} | "
+                    + " | ".join(f"{be:.3f}" for be in bes) + " |")
+      bpd = report["tasks"][task]["bpd"]
+      entropy = ", ".join(f"{e:.2f}" for e in bpd["head_entropy"])
+      rows_b.append(f"| {task} | {label} | {_fmt(bpd['output_repetition_rate'])} | "
+                    f"{_fmt(bpd['repetition_rate'])} | {entropy} | {bpd['h_max']} | "
+                    f"{bpd['block_efficiency']:.3f} |")
+      points.append((bpd["h_max"], bpd["block_efficiency"]))
+  lines += ["(a) Block efficiency of greedy BPD per block size k (the first k heads of one h = 9 "
+            "model; output identical to greedy decoding for every k), and task quality of the "
+            "greedy outputs.", "",
+            "| task | model | quality | " + " | ".join(f"k={k}" for k in sizes) + " |",
+            "|---|---|---|" + "---|" * len(sizes)] + rows_a
+  lines += ["", "(b) Repetition and head entropy (bpd, k = 9, recorded analyses): the outputs' "
+            "token repetition rate, the vanilla drafts' consecutive repetition rate, mean "
+            "entropy (nats) of heads 1..9, h_max (the last head up to which entropy rises) and "
+            "BE.", "",
+            "| task | model | output repetition | draft repetition | head entropy | h_max | BE |",
+            "|---|---|---|---|---|---|---|"] + rows_b
+  h, be = zip(*points)
+  if len(set(h)) > 1 and len(set(be)) > 1:
+    r, p = stats.pearsonr(h, be)
+    lines += ["", f"Pearson correlation of h_max and BE over the {len(points)} (task, model) "
+              f"points: r = {r:.3f}, two-sided p = {p:.3g}."]
+  else:
+    lines += ["", f"h_max takes one value over the {len(points)} points ({sorted(set(h))}): no "
+              "correlation with BE can be estimated."]
+  text = "\n".join(lines)
+  print(text)
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
