@@ -5,7 +5,10 @@ machine at hand: the denominator of cost-aware drafting (drafters/auto.py).
 commit, compute the heads a draft of that depth reads, propose) at the batch size and cache
 length in use, compile excluded, median over alternating repeats. One program serves every
 size: a proxy drafter verifies the size its state forces and drafts every node with its head's
-argmax (the drafting work of that depth, no more). The result is
+argmax (the drafting work of that depth, no more), through the lax.switch over sizes that a
+drafter with several candidates pays. Size 1 is timed as plain decoding (one candidate, no
+switch, no head beyond head 1): what a step costs in the plain stretches between two drafts
+(loop.py), and the unit every other size is compared with. The result is
 cached per (model shape, batch, cache length, backend, device kind, dtype, sizes, tree) in
 memory, and in a JSON file when given one (e.g. the workdir's cost_tables.json): an entry whose
 key differs in anything (another model shape, batch, backend...) is never reused; it is
@@ -38,6 +41,9 @@ from bpdjax import model as model_lib
 from bpdjax.decoding import loop
 from bpdjax.decoding import model_fns
 from bpdjax.decoding import tree as tree_lib
+
+
+TIMING = 2            # How `measure` times; tables cached by an older way are measured anew.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +124,7 @@ def table_key(config: model_lib.TransformerConfig, topology: tree_lib.Tree,
   return (("model", json.dumps(dataclasses.asdict(config), sort_keys=True)),
           ("batch", batch), ("cache_len", cache_len), ("backend", device.platform),
           ("device_kind", device.device_kind), ("dtype", config.dtype),
-          ("sizes", tuple(sizes)), ("tree", tuple(topology.parents)))
+          ("sizes", tuple(sizes)), ("tree", tuple(topology.parents)), ("timing", TIMING))
 
 
 _MEMORY: dict[tuple, CostTable] = {}
@@ -169,15 +175,21 @@ def measure(model: model_lib.Transformer, params: Any, topology: tree_lib.Tree,
   lengths = jnp.full((batch,), prompt_width, jnp.int32)
   settings = loop.Settings(_ArgmaxDrafter(topology, sizes), max_new_tokens)
   run, state = _compiled_steps(fns, settings, cache_len, params, prompts, lengths)
+  # Plain decoding as a plain stretch runs it: one candidate, no switch, no drafting.
+  plain = loop.Settings(_ArgmaxDrafter(tree_lib.chain(1), (1,)), max_new_tokens)
+  run_plain, state_plain = _compiled_steps(fns, plain, cache_len, params, prompts, lengths)
   t = time.perf_counter()
-  jax.block_until_ready(run(params, state, 8))
+  jax.block_until_ready(run_plain(params, state_plain, 8))
   iterations = int(np.clip(min_seconds / max((time.perf_counter() - t) / 8, 1e-9), 8, 4096))
   times = [[] for _ in sizes]
   for _ in range(repeats):
-    for i in range(len(sizes)):
-      forced = state.replace(drafter_state=jnp.asarray(i, jnp.int32))
+    for i, size in enumerate(sizes):
+      if size == 1:
+        program, start = run_plain, state_plain.replace(drafter_state=jnp.zeros((), jnp.int32))
+      else:
+        program, start = run, state.replace(drafter_state=jnp.asarray(i, jnp.int32))
       t = time.perf_counter()
-      jax.block_until_ready(run(params, forced, iterations))
+      jax.block_until_ready(program(params, start, iterations))
       times[i].append((time.perf_counter() - t) / iterations)
   table = CostTable(sizes, tuple(statistics.median(t) for t in times), "measured", key)
   if log:
