@@ -23,7 +23,8 @@ plain decoding even with perfect heads, no head is computed at all.
 Computing head 2 costs a vocabulary projection, about half an AR step for a small model on a
 CPU, so `auto` does not look at the heads on every step when drafting does not pay on average
 (the heads' pooled acceptance rates against the cost table): it then probes them with
-exponential back-off (after 1, 2, 4 ... MAX_WAIT plain steps) and keeps looking at every step
+exponential back-off (after 4, 16, 64 ... MAX_WAIT plain steps: a look costs about a step, so
+few of them, under 4% of the steps of a 128-token decode) and keeps looking at every step
 while the look leads to a draft, since predictable stretches of text come in runs. When the
 pooled rates say drafting pays, it looks at every step. The plain steps between two looks run
 as one stretch (protocol.PlainStretches): an inner loop of one-token calls inside the decode
@@ -47,7 +48,8 @@ from bpdjax.decoding import sparse_tree
 from bpdjax.decoding import tree as tree_lib
 from bpdjax.decoding.drafters import heads as heads_lib
 
-MAX_WAIT = 64         # Longest run of plain steps between two looks at the heads.
+GROWTH = 4            # Back-off factor between two looks that led to no draft.
+MAX_WAIT = 256        # Longest run of plain steps between two looks at the heads.
 NEVER = 2 ** 30       # The wait when the cost table shows drafting never pays.
 
 
@@ -58,7 +60,7 @@ class AutoState:
   head 2..L and probability bin; chosen: [C] int32 steps per candidate; predicted, realized,
   verified: [] float32 sums over verified rows of expected and kept tokens, and their count;
   wait: [] int32 plain steps left before the heads are looked at again; backoff: [] int32 the
-  wait set after a look that led to no draft (doubles up to MAX_WAIT); looks: [] int32 steps
+  wait set after a look that led to no draft (x GROWTH up to MAX_WAIT); looks: [] int32 steps
   that computed heads."""
   choice: jax.Array
   probs: jax.Array
@@ -146,8 +148,8 @@ class AutoDrafter:
     nodes, new = jax.lax.cond(look, lambda st: self._look(params, st, heads, next_token),
                               lambda st: self._plain(st, heads, next_token), state)
     drafted = new.choice > 0
-    backoff = jnp.where(drafted, 1, jnp.where(look, jnp.minimum(2 * state.backoff, MAX_WAIT),
-                                              state.backoff))
+    grown = jnp.minimum(GROWTH * state.backoff, MAX_WAIT)
+    backoff = jnp.where(drafted, 1, jnp.where(look, grown, state.backoff))
     wait = jnp.where(drafted, 0, jnp.where(look, backoff, state.wait - 1))
     return nodes, new.replace(wait=wait, backoff=backoff,
                               looks=state.looks + look.astype(jnp.int32))

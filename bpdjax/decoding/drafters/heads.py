@@ -48,6 +48,14 @@ class NoDraft(protocol.SingleCandidate):
   def commit(self, params, state, tokens, num_kept):
     return state
 
+  def stretch(self, state):
+    """The whole decode is one plain stretch (protocol.PlainStretches): the loop's leanest
+    iteration, the same one auto's plain steps run, so ar is the baseline auto must beat."""
+    return jnp.full((), 2 ** 30, jnp.int32)
+
+  def after_stretch(self, state, counts):
+    return state
+
 
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
