@@ -116,6 +116,10 @@ class _ArgmaxDrafter:
   def commit(self, params, state, tokens, num_kept):
     return state
 
+  def force(self, state, index: int):
+    del state
+    return jnp.asarray(index, jnp.int32)
+
 
 def table_key(config: model_lib.TransformerConfig, topology: tree_lib.Tree,
               sizes: Sequence[int], batch: int, cache_len: int) -> tuple:
@@ -140,9 +144,13 @@ def _read_file(path: str) -> list:
 def measure(model: model_lib.Transformer, params: Any, topology: tree_lib.Tree,
             sizes: Sequence[int], batch: int, prompt_width: int, max_new_tokens: int,
             repeats: int = 5, min_seconds: float = 0.02, cache_path: str = "",
-            log=None) -> CostTable:
+            log=None, drafter: Optional[Any] = None) -> CostTable:
   """Seconds per loop iteration for each verify size (prefixes of `topology`), at this batch
   size and cache length (prompt_width + max_new_tokens + topology.size), compile excluded.
+
+  drafter: time sizes > 1 with this drafter's own propose and commit rather than the argmax
+  proxy's (what a cost-aware drafter pays per drafting step: its head-by-head look, its
+  calibration); it must have `force(state, i) -> state`, making every step verify candidate i.
 
   Each repeat runs every size in turn (alternating, so machine noise hits all sizes alike), as
   many steps as last at least `min_seconds` (counted once, on plain decoding); the median over
@@ -153,7 +161,8 @@ def measure(model: model_lib.Transformer, params: Any, topology: tree_lib.Tree,
   if not sizes or sizes[0] < 1 or list(sizes) != sorted(set(sizes)) or sizes[-1] > topology.size:
     raise ValueError(f"Candidate sizes must increase within 1..{topology.size}, got {sizes}")
   cache_len = prompt_width + max_new_tokens + topology.size
-  key = table_key(model.config, topology, sizes, batch, cache_len)
+  key = table_key(model.config, topology, sizes, batch, cache_len) + (
+      ("drafter", type(drafter).__name__ if drafter is not None else "argmax proxy"),)
   with _LOCK:
     if key in _MEMORY:
       return _MEMORY[key]
@@ -173,7 +182,9 @@ def measure(model: model_lib.Transformer, params: Any, topology: tree_lib.Tree,
   prompts = jnp.asarray(rng.integers(0, model.config.vocab_size, (batch, prompt_width)),
                         jnp.int32)
   lengths = jnp.full((batch,), prompt_width, jnp.int32)
-  settings = loop.Settings(_ArgmaxDrafter(topology, sizes), max_new_tokens)
+  timed = drafter if drafter is not None else _ArgmaxDrafter(topology, sizes)
+  force = timed.force
+  settings = loop.Settings(timed, max_new_tokens)
   run, state = _compiled_steps(fns, settings, cache_len, params, prompts, lengths)
   # Plain decoding as a plain stretch runs it: one candidate, no switch, no drafting.
   plain = loop.Settings(_ArgmaxDrafter(tree_lib.chain(1), (1,)), max_new_tokens)
@@ -187,7 +198,7 @@ def measure(model: model_lib.Transformer, params: Any, topology: tree_lib.Tree,
       if size == 1:
         program, start = run_plain, state_plain.replace(drafter_state=jnp.zeros((), jnp.int32))
       else:
-        program, start = run, state.replace(drafter_state=jnp.asarray(i, jnp.int32))
+        program, start = run, state.replace(drafter_state=force(state.drafter_state, i))
       t = time.perf_counter()
       jax.block_until_ready(program(params, start, iterations))
       times[i].append((time.perf_counter() - t) / iterations)
@@ -288,8 +299,10 @@ class CostModel:
   log: Optional[Any] = None
   tables: list = dataclasses.field(default_factory=list)   # Every table handed out (report).
 
-  def table(self, topology: tree_lib.Tree, sizes: Sequence[int]) -> CostTable:
+  def table(self, topology: tree_lib.Tree, sizes: Sequence[int],
+            drafter: Optional[Any] = None) -> CostTable:
     table = measure(self.model, self.params, topology, sizes, self.batch, self.prompt_width,
-                    self.max_new_tokens, cache_path=self.cache_path, log=self.log)
+                    self.max_new_tokens, cache_path=self.cache_path, log=self.log,
+                    drafter=drafter)
     self.tables.append(table)
     return table

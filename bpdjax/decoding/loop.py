@@ -220,31 +220,31 @@ def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params
 
 def _plain_stretch(fns, params, state: DecodeState, drafter_params, settings) -> DecodeState:
   """Runs drafter.stretch(state) plain decoding iterations (fewer when decoding ends first):
-  verify the one-token draft, commit it, the model's next token becomes the draft; no drafter
-  call inside (protocol.PlainStretches)."""
+  verify the one-token draft, commit it, the model's next token becomes the draft. The drafter's
+  commit runs on the first (it may judge what its last propose looked at), no drafter call on
+  the others (protocol.PlainStretches)."""
   drafter = settings.drafter
   steps = drafter.stretch(state.drafter_state)
   zero = jnp.zeros((), jnp.float32)
   counts = protocol.StretchCounts(jnp.zeros((), jnp.int32), zero, jnp.zeros((), jnp.int32), zero)
 
-  def go_on(carry):
-    s, c = carry
-    return (c.iterations < steps) & running(s, settings)
-
-  def body(carry):
+  def body(carry, first=False):
     s, c = carry
     new, _, _, next_token = verify_size(fns, params, s, drafter_params, settings, 1,
-                                        commit_drafter=False)
+                                        commit_drafter=first)
     draft = s.draft.at[:, 0].set(jnp.where(s.done, s.draft[:, 0], next_token))
     left = ~new.done
+    verified = jnp.zeros((), jnp.float32) if first else jnp.sum(~s.done).astype(jnp.float32)
     c = protocol.StretchCounts(
-        iterations=c.iterations + 1,
-        verified_rows=c.verified_rows + jnp.sum(~s.done).astype(jnp.float32),
+        iterations=c.iterations + 1, verified_rows=c.verified_rows + verified,
         drafted_steps=c.drafted_steps + jnp.any(left).astype(jnp.int32),
         drafted_rows=c.drafted_rows + jnp.sum(left).astype(jnp.float32))
     return new.replace(draft=draft), c
 
-  state, counts = jax.lax.while_loop(go_on, body, (state, counts))
+  carry = jax.lax.cond(running(state, settings), lambda c: body(c, first=True), lambda c: c,
+                       (state, counts))
+  state, counts = jax.lax.while_loop(
+      lambda c: (c[1].iterations < steps) & running(c[0], settings), body, carry)
   return state.replace(drafter_state=drafter.after_stretch(state.drafter_state, counts))
 
 

@@ -138,7 +138,8 @@ class SingleCandidate:
 @flax.struct.dataclass
 class StretchCounts:
   """What a plain stretch did, for the drafter's counters ([] each): iterations run;
-  verified_rows, the sum over them of rows verified (still decoding before the call);
+  verified_rows, the sum over them but the first (whose commit the drafter ran) of rows
+  verified (still decoding before the call);
   drafted_steps, the iterations after which some row still decodes (each gave those rows a
   one-token draft); drafted_rows, the sum of those rows."""
   iterations: jax.Array
@@ -152,11 +153,11 @@ class PlainStretches(Protocol):
   """Optional drafter capability: runs of plain decoding without propose or commit.
 
   After propose, `stretch(state)` ([] int32) is how many further iterations the drafter has
-  already decided to spend on plain decoding, reading no head and keeping no per-token state.
-  The loop runs them as an inner loop of one-token verify calls (each costs what an AR step
-  costs: no lax.switch over candidate sizes, no drafter call), then calls
-  `after_stretch(state, counts)` (StretchCounts) so the drafter's counters read as if propose
-  and commit had run at each of them.
+  already decided to spend on plain decoding, reading no head. The loop runs them as an inner
+  loop of one-token verify calls (each costs what an AR step costs: no lax.switch over
+  candidate sizes, no drafter call) except that the drafter's commit runs on the first, then
+  calls `after_stretch(state, counts)` (StretchCounts) so the drafter's counters read as if
+  propose and commit had run at each of them.
   """
 
   def stretch(self, state: Any) -> jax.Array:

@@ -61,7 +61,8 @@ class AutoState:
   verified: [] float32 sums over verified rows of expected and kept tokens, and their count;
   wait: [] int32 plain steps left before the heads are looked at again; backoff: [] int32 the
   wait set after a look that led to no draft (x GROWTH up to MAX_WAIT); looks: [] int32 steps
-  that computed heads."""
+  that computed heads; forced: [] int32 the candidate every step verifies, -1 (the default)
+  to choose (set by `force`, for timing the drafter's own steps in decoding/cost.py)."""
   choice: jax.Array
   probs: jax.Array
   chain: jax.Array
@@ -74,6 +75,7 @@ class AutoState:
   wait: jax.Array
   backoff: jax.Array
   looks: jax.Array
+  forced: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +127,11 @@ class AutoDrafter:
         tries=jnp.zeros((self.length - 1, calibration.BINS), jnp.float32),
         chosen=jnp.zeros((c,), jnp.int32), predicted=zeros, realized=zeros, verified=zeros,
         wait=jnp.zeros((), jnp.int32), backoff=jnp.ones((), jnp.int32),
-        looks=jnp.zeros((), jnp.int32))
+        looks=jnp.zeros((), jnp.int32), forced=jnp.full((), -1, jnp.int32))
+
+  def force(self, state: AutoState, index: int) -> AutoState:
+    """Every step looks at the heads a draft of candidate `index` needs and verifies it."""
+    return state.replace(forced=jnp.asarray(index, jnp.int32))
 
   # ------------------------------------------------------------------------------- propose
   def _pays_on_average(self, state: AutoState) -> jax.Array:
@@ -144,7 +150,7 @@ class AutoDrafter:
     if self.rule != "cost":
       nodes, new = self._look(params, state, heads, next_token)
       return nodes, new.replace(looks=state.looks + 1)
-    look = (state.wait <= 0) | self._pays_on_average(state)
+    look = (state.wait <= 0) | self._pays_on_average(state) | (state.forced >= 0)
     nodes, new = jax.lax.cond(look, lambda st: self._look(params, st, heads, next_token),
                               lambda st: self._plain(st, heads, next_token), state)
     drafted = new.choice > 0
@@ -155,9 +161,10 @@ class AutoDrafter:
                               looks=state.looks + look.astype(jnp.int32))
 
   def stretch(self, state: AutoState) -> jax.Array:
-    """The plain steps still to wait once propose has chosen plain decoding without a look
-    (then no head probability is held for calibration, so commit would only count)."""
-    return jnp.where(jnp.all(state.probs == 0), jnp.maximum(state.wait, 0), 0)
+    """The plain steps to wait once propose has chosen plain decoding and drafting does not pay
+    on average (the stretch's first step commits: head 2 is judged against it)."""
+    plain = (state.choice == 0) & (state.forced < 0) & ~self._pays_on_average(state)
+    return jnp.where(plain, jnp.maximum(state.wait, 0), 0)
 
   def after_stretch(self, state: AutoState, counts: protocol.StretchCounts) -> AutoState:
     """What propose (_plain) and commit would have counted over the stretch's steps."""
@@ -200,6 +207,7 @@ class AutoDrafter:
       choice = jnp.argmax(score).astype(jnp.int32)
     else:                      # The longest chain whose heads passed the entropy test.
       choice = jnp.max(jnp.where(usable, jnp.arange(len(self.sizes)), 0)).astype(jnp.int32)
+    choice = jnp.where(state.forced >= 0, state.forced, choice)
     choice = jnp.where(jnp.any(heads.active), choice, 0)
     any_active = jnp.any(heads.active)
     state = state.replace(
@@ -246,7 +254,9 @@ class AutoDrafter:
       chain_bound = (sum_e + jnp.maximum(path_lens - (j + 1), 0) * sum_r) / costs
       tree_bound = rows * path_lens / costs
       bound = jnp.where(is_chain, chain_bound, tree_bound)
-      return (j < n) & jnp.any((path_lens > j + 1) & (bound > best))
+      needed = path_lens[jnp.maximum(state.forced, 0)] > j + 1
+      return (j < n) & jnp.where(state.forced >= 0, needed,
+                                 jnp.any((path_lens > j + 1) & (bound > best)))
 
     def body(carry):
       j, ids, probs, expected, reach, best, stop = carry
@@ -350,8 +360,9 @@ def _build_auto(options: AutoOptions, model, resources):
   largest = max(trees) if trees else 0
   k = options.k if trees else 1
   topology = sparse_tree.chain_then_tree(length, k, largest)[0]
-  if options.costs == "measured":
-    table = resources.need(resources_lib.COST_MODEL, "auto").table(topology, sizes)
+  if options.costs == "measured":   # Timed with auto's own drafting steps (any costs do).
+    timed = AutoDrafter(length, sizes, (1.0,) * len(sizes), tree_nodes=largest, k=k)
+    table = resources.need(resources_lib.COST_MODEL, "auto").table(topology, sizes, timed)
   else:
     table = cost_lib.given(sizes, _parse_floats(options.costs))
   return AutoDrafter(length, sizes, table.seconds, tree_nodes=largest, k=k), None
