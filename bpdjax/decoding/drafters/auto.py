@@ -22,13 +22,15 @@ plain decoding even with perfect heads, no head is computed at all.
 
 Computing head 2 costs a vocabulary projection, about half an AR step for a small model on a
 CPU, so `auto` does not look at the heads on every step when drafting does not pay on average
-(the heads' pooled acceptance rates against the cost table): it then probes them with
-exponential back-off (after 4, 16, 64 ... MAX_WAIT plain steps: a look costs about a step, so
-few of them, under 4% of the steps of a 128-token decode) and keeps looking at every step
-while the look leads to a draft, since predictable stretches of text come in runs. When the
-pooled rates say drafting pays, it looks at every step. The plain steps between two looks run
-as one stretch (protocol.PlainStretches): an inner loop of one-token calls inside the decode
-loop, which costs what plain decoding costs, with no lax.switch and no drafter call per step.
+(the heads' recent acceptance rates against the cost table): it then probes them with
+back-off. After a look that led to no draft it waits long enough that looking costs at most
+PROBE_BUDGET of the decode's time (a look costs about a 2-token call, costs[1] / costs[0]
+plain steps), the wait growing x GROWTH up to MAX_WAIT while looks keep failing; it keeps
+looking at every step while the look leads to a draft, since predictable stretches of text
+come in runs, and at every step while the recent rates say drafting pays. The plain steps
+between two looks run as one stretch (protocol.PlainStretches): an inner loop of one-token
+calls inside the decode loop, costing what plain decoding costs (no lax.switch, no drafter
+call per step).
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ from bpdjax.decoding import sparse_tree
 from bpdjax.decoding import tree as tree_lib
 from bpdjax.decoding.drafters import heads as heads_lib
 
+RECENT = 0.9          # Decay per judged step of the outcomes behind "drafting pays on average".
+PROBE_BUDGET = 0.02   # Most of the decode time that looks may cost while drafting does not pay.
 GROWTH = 4            # Back-off factor between two looks that led to no draft.
 MAX_WAIT = 256        # Longest run of plain steps between two looks at the heads.
 NEVER = 2 ** 30       # The wait when the cost table shows drafting never pays.
@@ -60,9 +64,10 @@ class AutoState:
   head 2..L and probability bin; chosen: [C] int32 steps per candidate; predicted, realized,
   verified: [] float32 sums over verified rows of expected and kept tokens, and their count;
   wait: [] int32 plain steps left before the heads are looked at again; backoff: [] int32 the
-  wait set after a look that led to no draft (x GROWTH up to MAX_WAIT); looks: [] int32 steps
+  wait set after a look that led to no draft (see propose); looks: [] int32 steps
   that computed heads; forced: [] int32 the candidate every step verifies, -1 (the default)
-  to choose (set by `force`, for timing the drafter's own steps in decoding/cost.py)."""
+  to choose (set by `force`, for timing the drafter's own steps in decoding/cost.py); recent:
+  [2, L-1] accepted and tried chain nodes per head, decayed by RECENT per judged step."""
   choice: jax.Array
   probs: jax.Array
   chain: jax.Array
@@ -76,6 +81,7 @@ class AutoState:
   backoff: jax.Array
   looks: jax.Array
   forced: jax.Array
+  recent: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +133,8 @@ class AutoDrafter:
         tries=jnp.zeros((self.length - 1, calibration.BINS), jnp.float32),
         chosen=jnp.zeros((c,), jnp.int32), predicted=zeros, realized=zeros, verified=zeros,
         wait=jnp.zeros((), jnp.int32), backoff=jnp.ones((), jnp.int32),
-        looks=jnp.zeros((), jnp.int32), forced=jnp.full((), -1, jnp.int32))
+        looks=jnp.zeros((), jnp.int32), forced=jnp.full((), -1, jnp.int32),
+        recent=jnp.zeros((2, self.length - 1), jnp.float32))
 
   def force(self, state: AutoState, index: int) -> AutoState:
     """Every step looks at the heads a draft of candidate `index` needs and verifies it."""
@@ -135,9 +142,10 @@ class AutoDrafter:
 
   # ------------------------------------------------------------------------------- propose
   def _pays_on_average(self, state: AutoState) -> jax.Array:
-    """Whether some chain beats plain decoding with every node accepted at its head's pooled
-    rate (hits / tries over all bins, from the prior 1/2)."""
-    rates = (jnp.sum(state.hits, axis=1) + 1.0) / (jnp.sum(state.tries, axis=1) + 2.0)  # [L-1]
+    """Whether some chain beats plain decoding with every node accepted at its head's recent
+    rate (outcomes decayed by RECENT per judged step, over all bins, from the prior 1/2): recent,
+    so that a predictable passage does not keep auto looking at every step after it ends."""
+    rates = (state.recent[0] + 1.0) / (state.recent[1] + 2.0)                       # [L-1]
     reach = jnp.concatenate([jnp.ones((1,)), jnp.cumprod(rates)])                    # [L]
     chains = [(i, s) for i, s in enumerate(self.sizes) if s <= self.length]
     gain = jnp.max(jnp.stack([jnp.sum(reach[:s]) / self.costs[i] for i, s in chains]))
@@ -154,11 +162,15 @@ class AutoDrafter:
     nodes, new = jax.lax.cond(look, lambda st: self._look(params, st, heads, next_token),
                               lambda st: self._plain(st, heads, next_token), state)
     drafted = new.choice > 0
-    grown = jnp.minimum(GROWTH * state.backoff, MAX_WAIT)
+    grown = jnp.minimum(jnp.maximum(GROWTH * state.backoff, self._probe_wait()), MAX_WAIT)
     backoff = jnp.where(drafted, 1, jnp.where(look, grown, state.backoff))
     wait = jnp.where(drafted, 0, jnp.where(look, backoff, state.wait - 1))
     return nodes, new.replace(wait=wait, backoff=backoff,
                               looks=state.looks + look.astype(jnp.int32))
+
+  def _probe_wait(self) -> int:
+    """Plain steps per look that keep looks within PROBE_BUDGET of the time."""
+    return int(np.ceil(self.costs[1] / self.costs[0] / PROBE_BUDGET))    # Needs L >= 2.
 
   def stretch(self, state: AutoState) -> jax.Array:
     """The plain steps to wait once propose has chosen plain decoding and drafting does not pay
@@ -288,7 +300,8 @@ class AutoDrafter:
 
     def judge(st):
       hits, tries = calibration.judge(st.hits, st.tries, st.chain, st.probs, tokens, num_kept)
-      return st.replace(hits=hits, tries=tries)
+      outcomes = jnp.stack([jnp.sum(hits - st.hits, axis=1), jnp.sum(tries - st.tries, axis=1)])
+      return st.replace(hits=hits, tries=tries, recent=RECENT * st.recent + outcomes)
 
     return jax.lax.cond(jnp.any(state.probs[:, 1:self.length] > 0), judge, lambda st: st, state)
 
