@@ -109,7 +109,7 @@ def lmplz():
   try:
     return estimate.find_lmplz(build=True)
   except (FileNotFoundError, subprocess.CalledProcessError) as e:
-    pytest.skip(f"KenLM lmplz could not be built here (tools/build_kenlm.sh): {e}")
+    pytest.skip(f"KenLM lmplz could not be built here (bpdjax/ngram/build_kenlm.sh): {e}")
 
 
 @pytest.fixture(scope="session")

@@ -58,8 +58,11 @@ def test_console_scripts_help_exits_0(installed, tmp_path, script):
 
 def test_config_flag_falls_back_to_the_installed_configs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)                  # No configs/ folder here.
+  import configs  # pylint: disable=g-import-not-at-top
   resolved = configuration.config_file("configs/tiny.py")
-  assert resolved == os.path.join(ROOT, "configs", "tiny.py") and os.path.isfile(resolved)
+  # The configs package in use: the checkout's in a dev install, site-packages' under CI.
+  assert resolved == os.path.join(os.path.dirname(configs.__file__), "tiny.py")
+  assert os.path.isfile(resolved)
   assert configuration.config_file("configs/nope.py") == "configs/nope.py"
   assert configuration.resolve_config_flag(["x", "--config=configs/tiny.py", "--workdir=w"]) == [
       "x", f"--config={resolved}", "--workdir=w"]

@@ -2,7 +2,8 @@
 
 The corpus is one sequence per line, each token id written as a decimal word ("17 4 902"), i.e.
 the text as the model's vocabulary tokenizes it. `lmplz` (modified Kneser-Ney, interpolated,
-ARPA out) is built from the PyPI `kenlm` sdist by `tools/build_kenlm.sh` into `<repo>/.kenlm/bin`.
+ARPA out) is built from the PyPI `kenlm` sdist by `build_kenlm.sh` (shipped beside this module;
+`tools/build_kenlm.sh` runs it for a checkout) into `kenlm_prefix()/bin`.
 
 Command line: the n-gram LM of a workdir, over its own vocabulary and training corpus:
 
@@ -32,20 +33,32 @@ from bpdjax.data import tasks
 from bpdjax.data import token_files
 from bpdjax.data import vocabulary as vocabulary_lib
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_KENLM_BIN = os.path.join(_REPO, ".kenlm", "bin")
-BUILD_SCRIPT = os.path.join(_REPO, "tools", "build_kenlm.sh")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+BUILD_SCRIPT = os.path.join(_PACKAGE_DIR, "build_kenlm.sh")
+
+
+def kenlm_prefix() -> str:
+  """Where KenLM is built and looked for: <checkout>/.kenlm when bpdjax runs from a checkout
+  (editable install or the repository on the path), else $XDG_CACHE_HOME/bpdjax/kenlm
+  (~/.cache/bpdjax/kenlm) for an installed package, whose site-packages is no place to build."""
+  checkout = os.path.dirname(os.path.dirname(_PACKAGE_DIR))
+  if os.path.isfile(os.path.join(checkout, "pyproject.toml")) and os.path.isfile(
+      os.path.join(checkout, "tools", "build_kenlm.sh")):
+    return os.path.join(checkout, ".kenlm")
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache, "bpdjax", "kenlm")
 
 
 def find_lmplz(lmplz: Optional[str] = None, build: bool = False) -> str:
-  """Returns a path to `lmplz`: the argument, $KENLM_BIN/lmplz, <repo>/.kenlm/bin/lmplz, or PATH.
+  """Returns a path to `lmplz`: the argument, $KENLM_BIN/lmplz, kenlm_prefix()/bin/lmplz, or PATH.
 
   Args:
     lmplz: explicit path (returned as is after an existence check).
-    build: run tools/build_kenlm.sh when no lmplz is found (takes about a minute).
+    build: run build_kenlm.sh into kenlm_prefix() when no lmplz is found (a minute or two).
 
   Raises:
     FileNotFoundError: no lmplz and `build` is False (the message says how to build it).
+    subprocess.CalledProcessError: `build` and the build failed.
   """
   if lmplz:
     if not os.path.exists(lmplz):
@@ -54,7 +67,8 @@ def find_lmplz(lmplz: Optional[str] = None, build: bool = False) -> str:
   candidates = []
   if os.environ.get("KENLM_BIN"):
     candidates.append(os.path.join(os.environ["KENLM_BIN"], "lmplz"))
-  candidates.append(os.path.join(DEFAULT_KENLM_BIN, "lmplz"))
+  prefix = kenlm_prefix()
+  candidates.append(os.path.join(prefix, "bin", "lmplz"))
   for c in candidates:
     if os.path.exists(c):
       return c
@@ -62,11 +76,12 @@ def find_lmplz(lmplz: Optional[str] = None, build: bool = False) -> str:
   if on_path:
     return on_path
   if build:
-    subprocess.run(["bash", BUILD_SCRIPT], check=True)
+    subprocess.run(["bash", BUILD_SCRIPT, prefix], check=True,
+                   env={**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)})
     return find_lmplz(None, build=False)
   raise FileNotFoundError(
-      f"KenLM lmplz not found (looked in $KENLM_BIN, {DEFAULT_KENLM_BIN}, PATH); build it with "
-      f"`bash {BUILD_SCRIPT}`")
+      f"KenLM lmplz not found (looked in $KENLM_BIN, {prefix}/bin, PATH); build it with "
+      f"`bash {BUILD_SCRIPT} {prefix}` or pass --build_kenlm")
 
 
 def write_token_corpus(token_sequences: Iterable[Sequence[int]], path: str) -> int:
@@ -101,7 +116,7 @@ def estimate_arpa(corpus_path: str, order: int, arpa_path: str, lmplz: Optional[
     prune: optional --prune thresholds per order (e.g. [0, 0, 1, 1]).
     temp_dir: lmplz -T (defaults to the directory of arpa_path).
     extra_args: more lmplz flags.
-    build: build KenLM with tools/build_kenlm.sh if lmplz is missing.
+    build: build KenLM (see find_lmplz) if lmplz is missing.
 
   Uses --discount_fallback so that tiny corpora (whose count-of-counts make the modified-KN
   discounts undefined) still estimate.
@@ -203,8 +218,8 @@ def estimate_workdir(workdir: str, order: int, output: str,
   for name, value in (("max_documents", max_documents), ("max_tokens", max_tokens)):
     if value is not None and value < 1:
       raise ValueError(f"{name} must be >= 1, got {value}")
-  exe = find_lmplz(lmplz, build=build)  # Fail before the long tokenization.
-  token_documents = training_token_documents(workdir)
+  token_documents = training_token_documents(workdir)  # A missing workdir is named first.
+  exe = find_lmplz(lmplz, build=build)  # Fails before the long (lazy) tokenization.
   remote_output = output if fileio.is_remote(output) else None
   if remote_output:
     fileio.check_bucket(remote_output)
@@ -279,9 +294,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   help='lmplz --prune thresholds per order, e.g. "0 0 1 1" for order 4.')
   ap.add_argument("--memory", default="20%", help="lmplz -S sorting memory (e.g. 20%%, 1G).")
   ap.add_argument("--corpus", default=None, help="Keep the token-id corpus at this path.")
-  ap.add_argument("--lmplz", default=None, help="Path to lmplz (default: .kenlm/bin, PATH).")
+  ap.add_argument("--lmplz", default=None, help="Path to lmplz (default: $KENLM_BIN, the "
+                  "checkout's .kenlm/bin or ~/.cache/bpdjax/kenlm/bin, PATH).")
   ap.add_argument("--build_kenlm", action="store_true",
-                  help="Build KenLM with tools/build_kenlm.sh when lmplz is missing.")
+                  help="Build KenLM (a minute or two) when lmplz is missing.")
   args = ap.parse_args(argv)
   try:
     prune = parse_prune(args.prune, args.order)
