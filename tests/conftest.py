@@ -130,6 +130,7 @@ def lms(lmplz, tmp_path_factory):
   assert estimate.write_token_corpus(seqs, corpus) == 300
   out = {}
   for order in (2, 3, 4):
-    path = estimate.estimate_arpa(corpus, order, str(d / f"o{order}.arpa"), lmplz=lmplz)
+    path = estimate.estimate_arpa(corpus, order, str(d / f"o{order}.arpa"), lmplz=lmplz,
+                                  memory=helpers.LMPLZ_MEMORY)
     out[order] = (path, arpa.parse_arpa(path, NGRAM_VOCAB))
   return out

@@ -17,6 +17,8 @@ from bpdjax.decoding import sampling
 # corpus, read for a model vocabulary of NGRAM_VOCAB (the other ids are <unk> to the LM).
 NGRAM_VOCAB = 16
 NGRAM_CORPUS_V = 12
+# lmplz -S for the tests' tiny corpora: the default (20% of RAM) spends ~3 s allocating per LM.
+LMPLZ_MEMORY = "64M"
 
 
 def random_model(vocab_size=64, h=4, seed=0, scale=0.3, head_type="ffn"):

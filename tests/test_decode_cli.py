@@ -44,6 +44,7 @@ def tiny_resources(trained_tiny_workdir, lmplz, tmp_path_factory):
   loop.train_and_evaluate(config, str(d / "rescorer"))
   arpa = str(d / "ngram2.arpa")
   estimate.estimate_workdir(trained_tiny_workdir, 2, arpa, max_documents=50, lmplz=lmplz,
+                            memory=helpers.LMPLZ_MEMORY,
                             log=lambda _: None)
   return str(d / "rescorer"), arpa
 

@@ -27,6 +27,7 @@ from bpdjax import api
 from bpdjax import checkpoints
 from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
+from tests import helpers
 
 emulator_server = pytest.importorskip("gcp_storage_emulator.server")
 from gcp_storage_emulator.handlers import objects as emulator_objects  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -186,7 +187,7 @@ def test_ngram_estimate_on_a_bucket_workdir(emulator, trained_tiny_workdir, lmpl
     fileio.copy_file(os.path.join(trained_tiny_workdir, name), workdir_lib.path(workdir, name))
   arpa = f"{workdir}/ngram2.arpa"
   stats = estimate.estimate_workdir(workdir, 2, arpa, max_documents=20, lmplz=lmplz,
-                                    log=lambda _: None)
+                                    memory=helpers.LMPLZ_MEMORY, log=lambda _: None)
   assert stats["arpa"] == arpa and stats["ngrams"][1] > 1
   assert fileio.exists(workdir_lib.arpa_vocab_record_path(arpa))
   lm = resources.load_ngram_lm(arpa, 512, workdir)

@@ -12,6 +12,7 @@ from bpdjax.data import vocabulary as vocabulary_lib
 from bpdjax.decoding import resources
 from bpdjax.ngram import arpa
 from bpdjax.ngram import estimate
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,8 @@ def test_estimate_workdir_holds_out_eval_documents(trained_tiny_workdir, lmplz, 
   out, corpus = str(tmp_path / "ngram2.arpa"), str(tmp_path / "corpus.txt")
   lines = []
   stats = estimate.main([f"--workdir={trained_tiny_workdir}", "--order=2", f"--output={out}",
-                         f"--corpus={corpus}", f"--lmplz={lmplz}"])
+                         f"--corpus={corpus}", f"--lmplz={lmplz}",
+                         f"--memory={helpers.LMPLZ_MEMORY}"])
   config = workdir_lib.load_config(trained_tiny_workdir)
   vocabulary = vocabulary_lib.load_vocabulary(os.path.join(trained_tiny_workdir, "vocab.model"))
   chunks = tasks.shakespeare_chunks(tasks.corpus_path(config), config.data.eval_fraction)
@@ -39,11 +41,13 @@ def test_estimate_workdir_holds_out_eval_documents(trained_tiny_workdir, lmplz, 
   assert stats["arpa_bytes"] == os.path.getsize(out) and stats["corpus"] == corpus
   # Limits: documents, and tokens (the last document cut to fit).
   few = estimate.estimate_workdir(trained_tiny_workdir, 2, str(tmp_path / "few.arpa"),
-                                  max_documents=5, lmplz=lmplz, log=lines.append)
+                                  max_documents=5, lmplz=lmplz,
+                                  memory=helpers.LMPLZ_MEMORY, log=lines.append)
   assert few["documents"] == 5 and few["corpus"] is None
   assert not [p for p in os.listdir(tmp_path) if p.startswith("ngram_corpus_")]
   capped = estimate.estimate_workdir(trained_tiny_workdir, 3, str(tmp_path / "cap.arpa"),
                                      max_tokens=1000, prune=[0, 0, 1], lmplz=lmplz,
+                                     memory=helpers.LMPLZ_MEMORY,
                                      log=lines.append)
   assert capped["tokens"] == 1000 and set(capped["ngrams"]) == {1, 2, 3}
 
@@ -53,6 +57,7 @@ def test_arpa_vocabulary_is_recorded_and_checked(trained_tiny_workdir, lmplz, tm
   vocabulary (same size, other pieces) fails and names both."""
   out = str(tmp_path / "ngram2.arpa")
   estimate.estimate_workdir(trained_tiny_workdir, 2, out, max_documents=20, lmplz=lmplz,
+                            memory=helpers.LMPLZ_MEMORY,
                             log=lambda _: None)
   own = workdir_lib.vocab_digest(trained_tiny_workdir)
   with open(workdir_lib.arpa_vocab_record_path(out)) as f:
@@ -75,7 +80,8 @@ def test_estimate_command_line(trained_tiny_workdir, lmplz, tmp_path):
   out = tmp_path / "ngram2.arpa"
   proc = subprocess.run(
       [sys.executable, "-m", "bpdjax.ngram.estimate", f"--workdir={trained_tiny_workdir}",
-       "--order=2", f"--output={out}", "--max_documents=20", f"--lmplz={lmplz}"],
+       "--order=2", f"--output={out}", "--max_documents=20", f"--lmplz={lmplz}",
+       f"--memory={helpers.LMPLZ_MEMORY}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "tokenized 20 training documents" in proc.stdout
@@ -93,7 +99,7 @@ def test_estimate_command_line(trained_tiny_workdir, lmplz, tmp_path):
 def test_estimate_bad_flags(trained_tiny_workdir, lmplz, tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as e:
     estimate.main([f"--workdir={trained_tiny_workdir}", f"--output={tmp_path}/x.arpa",
-                   f"--lmplz={lmplz}", *flags])
+                   f"--lmplz={lmplz}", f"--memory={helpers.LMPLZ_MEMORY}", *flags])
   assert e.value.code == 2
   assert message in capsys.readouterr().err
   assert not (tmp_path / "x.arpa").exists()
