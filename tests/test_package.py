@@ -66,3 +66,15 @@ def test_config_flag_falls_back_to_the_installed_configs(tmp_path, monkeypatch):
   assert configuration.config_file("configs/nope.py") == "configs/nope.py"
   assert configuration.resolve_config_flag(["x", "--config=configs/tiny.py", "--workdir=w"]) == [
       "x", f"--config={resolved}", "--workdir=w"]
+
+
+def test_installed_package_builds_kenlm_outside_site_packages(installed, tmp_path):
+  """An installed bpdjax ships its KenLM build script and looks for / builds lmplz under the
+  user's cache, not in site-packages (where a checkout-relative path pointed before)."""
+  code = ("import os\nfrom bpdjax.ngram import estimate\n"
+          "print(estimate.kenlm_prefix(), os.path.isfile(estimate.BUILD_SCRIPT))\n")
+  run = _outside(installed, tmp_path)
+  run["env"]["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+  proc = subprocess.run([sys.executable, "-c", code], **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == [str(tmp_path / "cache" / "bpdjax" / "kenlm"), "True"]
