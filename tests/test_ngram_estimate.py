@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bpdjax import workdir as workdir_lib
+from bpdjax.data import eval_sets
 from bpdjax.data import tasks
 from bpdjax.data import vocabulary as vocabulary_lib
 from bpdjax.decoding import resources
@@ -109,3 +110,29 @@ def test_estimate_missing_workdir(tmp_path, capsys):
   with pytest.raises(SystemExit):
     estimate.main([f"--workdir={tmp_path}/none", "--order=2"])
   assert "config.json" in capsys.readouterr().err
+
+
+def test_estimate_on_fine_tuning_targets(trained_tiny_workdir, lmplz, tmp_path):
+  """An sft workdir's n-gram LM is estimated on its tasks' fine-tuning targets only (the paper's
+  appendix: n-gram LMs on each task's fine-tuning data), never on an evaluation reference."""
+  config = workdir_lib.load_config(trained_tiny_workdir)
+  config.data.update(task="sft", sft_tasks="samsum", sft_prompt_tokens=48)
+  workdir = str(tmp_path / "ft")
+  os.makedirs(workdir)
+  workdir_lib.save_config(workdir, config)
+  with open(workdir_lib.vocab_path(trained_tiny_workdir), "rb") as src, \
+       open(os.path.join(workdir, "vocab.model"), "wb") as dst:
+    dst.write(src.read())
+  corpus = str(tmp_path / "corpus.txt")
+  stats = estimate.estimate_workdir(workdir, 2, str(tmp_path / "ngram2.arpa"),
+                                    corpus_path=corpus, lmplz=lmplz,
+                                    memory=helpers.LMPLZ_MEMORY, log=lambda _: None)
+  vocabulary = vocabulary_lib.load_vocabulary(workdir_lib.vocab_path(workdir))
+  encode = lambda text: " ".join(map(str, vocabulary.encode(text.strip())))  # noqa: E731
+  finetune = eval_sets.read_finetune_records("samsum", config.data_dir)
+  evaluation = eval_sets.read_records("samsum", config.data_dir)
+  with open(corpus) as f:
+    lines = f.read().splitlines()
+  assert lines == [encode(r["reference"]) for r in finetune]
+  assert stats["documents"] == len(finetune) > 0
+  assert not {encode(r["reference"]) for r in evaluation} & set(lines)

@@ -33,7 +33,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from bpdjax.data import eval_sets
 from bpdjax.data import hide_accelerators
+from bpdjax.data import supervised
 from bpdjax.data import token_files
 from bpdjax.data import tokenizers
 from bpdjax.data import vocabulary as vocab_lib
@@ -259,9 +261,18 @@ def input_bos_id(config: ml_collections.ConfigDict, vocab_path: str) -> int:
 
 def iter_training_documents(config: ml_collections.ConfigDict) -> Iterator[str]:
   """Yields the documents (examples) of a local task's train split, in corpus order, as training
-  reads them: the documents of the validation split (config.data.eval_fraction) are held out."""
+  reads them: the documents of the validation split (config.data.eval_fraction) are held out.
+  data.task "sft": the targets (references) of each data.sft_tasks task's fine-tune part, one
+  document per example (never an evaluation example)."""
   task = config.data.task
-  if task == "wiki":
+  if task == supervised.TASK:
+    for name in supervised.task_names(config):
+      records = (supervised.split_records(name, config.data_dir, config.data.sft_jsonl)["train"]
+                 if name == "jsonl" else eval_sets.read_finetune_records(name, config.data_dir))
+      for record in records:
+        if record["reference"].strip():
+          yield record["reference"].strip()
+  elif task == "wiki":
     ds = wiki_dataset(list_wiki_files(corpus_path(config)), "train", config.data.eval_fraction)
     for example in ds.as_numpy_iterator():
       yield example["text"].decode("utf-8", errors="replace")
