@@ -20,21 +20,7 @@ TUNE_MAX_NEW=${TUNE_MAX_NEW:-16}
 MAX_NEW=${MAX_NEW:-32}
 
 "$PY" train.py --config=configs/small.py --workdir=workdirs/small
-for size in xs s; do
-  steps=$XS_STEPS; [[ $size == s ]] && steps=$S_STEPS
-  # Same vocabulary as the BPD model (the rescorer must score its token ids).
-  "$PY" train.py --config=configs/rescorer_$size.py --workdir=workdirs/rescorer_$size \
-      --config.data.vocab_path=workdirs/small/vocab.model --config.num_train_steps="$steps" \
-      --config.warmup_steps=50 --config.eval_every_steps="$steps" \
-      --config.checkpoint_every_steps=100
-done
-[[ -x .kenlm/bin/lmplz ]] || bash tools/build_kenlm.sh
-for order in 2 4; do
-  prune="0 0"; [[ $order == 4 ]] && prune="0 0 1 1"   # 4-gram: singleton 3/4-grams dropped.
-  [[ -f workdirs/small/ngram$order.arpa ]] || "$PY" -m bpdjax.ngram.estimate \
-      --workdir=workdirs/small --order=$order --output=workdirs/small/ngram$order.arpa \
-      --max_tokens=3000000 --prune="$prune"
-done
+XS_STEPS=$XS_STEPS S_STEPS=$S_STEPS PY=$PY bash benchmarks/refinement_resources.sh
 "$PY" benchmarks/refinement_table.py --workdir=workdirs/small \
     --rescorers=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s \
     --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa \

@@ -38,9 +38,11 @@ _CONFIG = common.define_config(workdir="workdirs/small", output="out/refinement"
                                tasks="lambada,squad,xsum,cnn_dailymail,samsum",
                                max_new_tokens=64)
 _RESCORERS = flags.DEFINE_list("rescorers", [], "name=workdir of rescoring LMs (method local).")
-_NGRAMS = flags.DEFINE_list("ngrams", [], "order=arpa_path of n-gram LMs (ngram methods).")
+_NGRAMS = flags.DEFINE_list("ngrams", [], "name=arpa_path of n-gram LMs (ngram methods; a row "
+                            "ngram:<name>, e.g. 4=corpus.arpa,4ft=targets.arpa).")
 _PBEST_NGRAM = flags.DEFINE_string("pbest_ngram_order", "",
-                                   "Order of the n-gram LM for pbest_ngram (default: highest).")
+                                   "Name (of --ngrams) of the n-gram LM for pbest_ngram "
+                                   "(default: the first of the highest order).")
 _ALPHAS = flags.DEFINE_list("alphas", ["0.25", "0.5", "0.75", "0.9"], "Alpha grid to tune.")
 _NUM_TUNE = flags.DEFINE_integer("num_tune", 100, "Examples per task that tune alpha.")
 _NUM_REPORT = flags.DEFINE_integer("num_report", 100, "Examples per task that are reported.")
@@ -112,14 +114,16 @@ def main(argv):
     res = resources.Resources(rescorer=resources.load_rescorer(path, workdir))
     rows.append(Row(f"local:{name}", "local", res=res, tuned=True))
   ngrams = {}
-  for order, path in _pairs(_NGRAMS.value):
-    ngrams[order] = resources.Resources(
+  for name, path in _pairs(_NGRAMS.value):
+    ngrams[name] = resources.Resources(
         ngram_lm=resources.load_ngram_lm(path, config.vocab_size, workdir))
-    rows.append(Row(f"ngram:{order}", "ngram", res=ngrams[order], tuned=True))
+    rows.append(Row(f"ngram:{name}", "ngram", res=ngrams[name], tuned=True))
   rows.append(Row("pbest_0gram", "pbest_0gram"))
   if ngrams:
-    order = _PBEST_NGRAM.value or max(ngrams, key=int)
-    rows.append(Row(f"pbest_ngram:{order}", "pbest_ngram", res=ngrams[order], tuned=True))
+    name = _PBEST_NGRAM.value or max(ngrams, key=lambda n: ngrams[n].ngram_lm.order)
+    if name not in ngrams:
+      raise ValueError(f"--pbest_ngram_order={name!r} names none of --ngrams ({', '.join(ngrams)})")
+    rows.append(Row(f"pbest_ngram:{name}", "pbest_ngram", res=ngrams[name], tuned=True))
   alphas = [float(a) for a in _ALPHAS.value]
   runner = Runner(loaded, _CONFIG.value)
   data_dir = settings.data_dir or loaded.config.data_dir
@@ -134,7 +138,8 @@ def main(argv):
   for task in settings.tasks:
     examples = eval_tasks.load_prompts(task, data_dir, vocab_path,
                                        _NUM_TUNE.value + _NUM_REPORT.value,
-                                       max_prompt_tokens=_MAX_PROMPT.value, seed=_SEED.value)
+                                       max_prompt_tokens=_MAX_PROMPT.value,
+                                       jsonl_path=settings.jsonl or None, seed=_SEED.value)
     tune = [e["prompt_tokens"] for e in examples[:_NUM_TUNE.value]]
     report = [e["prompt_tokens"] for e in examples[_NUM_TUNE.value:]]
     ar, _ = runner.run(Row(methods.reference(), methods.reference()), 0.0, report, max_new)
