@@ -86,9 +86,10 @@ class Runner:
   def release(self) -> None:
     """Drops every built drafter and JAX's compiled executables. A drafter bakes its n-gram
     tables into its executables, so keeping a 4-gram row's five alphas of a 3M-token LM ran the
-    process out of memory (LLVM "Cannot allocate memory", then a segfault); rows release after
-    they finish."""
+    process out of memory (LLVM "Cannot allocate memory", then a segfault); every tuning run
+    and every finished row releases."""
     self.built.clear()
+    self.generator.clear_compiled()
     jax.clear_caches()
     gc.collect()
 
@@ -163,6 +164,7 @@ def main(argv):
         for a in alphas:
           t0 = time.time()
           entry["tuning_be"][str(a)] = _be(runner.run(row, a, tune, tune_max_new)[0])
+          runner.release()
           print(f"  {task} {row.label} alpha={a}: tuning BE {entry['tuning_be'][str(a)]:.3f} "
                 f"({time.time() - t0:.0f} s)", flush=True)
         alpha = max(alphas, key=lambda a: (entry["tuning_be"][str(a)], -a))

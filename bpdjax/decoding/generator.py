@@ -129,6 +129,10 @@ class Generator:
       return jax.jit(fn, in_shardings=(self._param_sharding, rows, rows, None, None)).lower(
           *args).compile()
 
+  def clear_compiled(self) -> None:
+    """Forgets the compiled decodes (each holds its drafter's constants, e.g. n-gram tables)."""
+    self._compiled.clear()
+
   def compiled(self, drafter, drafter_params, max_new_tokens, sampling_config, record_topk,
                batch, width):
     """The compiled decode for these settings (compiled once, then reused). Drafter params are
