@@ -33,7 +33,6 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from bpdjax.data import eval_sets
 from bpdjax.data import hide_accelerators
 from bpdjax.data import supervised
 from bpdjax.data import token_files
@@ -267,11 +266,10 @@ def iter_training_documents(config: ml_collections.ConfigDict) -> Iterator[str]:
   task = config.data.task
   if task == supervised.TASK:
     for name in supervised.task_names(config):
-      records = (supervised.split_records(name, config.data_dir, config.data.sft_jsonl)["train"]
-                 if name == "jsonl" else eval_sets.read_finetune_records(name, config.data_dir))
-      for record in records:
-        if record["reference"].strip():
-          yield record["reference"].strip()
+      for record in supervised.split_records(name, config.data_dir,
+                                             config.data.sft_jsonl)["train"]:
+        if target := record["reference"].strip():
+          yield target
   elif task == "wiki":
     ds = wiki_dataset(list_wiki_files(corpus_path(config)), "train", config.data.eval_fraction)
     for example in ds.as_numpy_iterator():

@@ -13,9 +13,9 @@ Command line: the n-gram LM of a workdir, over its own vocabulary and training c
 It reads the training documents of the workdir's config (wiki / tiny_shakespeare: the train
 split, so the documents training holds out for evaluation -- data.eval_fraction -- are held out
 here too; token_file: the train shards; sft: the fine-tuning targets of its tasks, as the
-paper's appendix estimates its n-gram LMs on each task's fine-tuning data), tokenizes each document whole with the workdir's
-vocabulary (as training does, without the EOS: lmplz's </s> ends each line), writes one
-document per line, runs lmplz and prints the counts, times and the ARPA's size.
+paper's appendix estimates n-gram LMs on each task's fine-tuning data), tokenizes each document
+whole with the workdir's vocabulary (as training does, without the EOS: lmplz's </s> ends each
+line), writes one document per line, runs lmplz and prints the counts, times and the ARPA's size.
 """
 from __future__ import annotations
 
