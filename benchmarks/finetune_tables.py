@@ -3,7 +3,8 @@
   python benchmarks/finetune_tables.py --out=out/finetune --tasks=squad,xsum,samsum,gsm8k \
       [--markdown=benchmarks/results/finetune.md]
 
-Reads, per task and model (pretrained `small`, fine-tuned `ft_TASK`), OUT/MODEL/TASK/report.json
+Reads, per task and model (pretrained --pretrained, fine-tuned --finetuned_prefix + TASK),
+OUT/MODEL/TASK/report.json
 (decode.py: ar and bpd with analyses and task quality) and OUT/MODEL/TASK/blocks.json
 (benchmarks/block_sizes.py), and prints:
 (a) the paper's Table 1 shape: BE of greedy BPD per block size k = 2..9 (the first k heads of
@@ -11,6 +12,7 @@ Reads, per task and model (pretrained `small`, fine-tuned `ft_TASK`), OUT/MODEL/
 (b) per task and model: the outputs' repetition rate, the vanilla drafts' consecutive
     repetition rate, per-head mean entropy, h_max and BE (k = 9); and the Pearson correlation
     between h_max and BE over those (task, model) points, with its two-sided p-value.
+--markdown keeps the text that file holds above its first table (its title and commands).
 """
 import json
 import os
@@ -21,8 +23,13 @@ from scipy import stats
 
 _OUT = flags.DEFINE_string("out", "out/finetune", "The pipeline's output folder.")
 _TASKS = flags.DEFINE_list("tasks", ["squad", "xsum", "samsum", "gsm8k"], "Tasks.")
+_PRETRAINED = flags.DEFINE_string("pretrained", "small", "The parent workdir's name under OUT.")
+_FINETUNED_PREFIX = flags.DEFINE_string("finetuned_prefix", "ft_",
+                                        "The fine-tuned workdirs' names under OUT: PREFIX + task.")
 _MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the tables to this file.")
-QUALITY = {"squad": "f1", "xsum": "rougeL", "samsum": "rougeL", "gsm8k": "accuracy"}
+_FIRST_TABLE = "(a) Block efficiency"
+QUALITY = {"squad": ("f1",), "xsum": ("rougeL",), "samsum": ("rougeL",),
+           "gsm8k": ("accuracy", "answer_format")}
 
 
 def _read(model: str, task: str, name: str) -> dict:
@@ -43,13 +50,14 @@ def main(argv):
   sizes = None
   rows_a, rows_b = [], []
   for task in _TASKS.value:
-    for label, model in (("pretrained", "small"), ("fine-tuned", f"ft_{task}")):
+    for label, model in (("pretrained", _PRETRAINED.value),
+                         ("fine-tuned", _FINETUNED_PREFIX.value + task)):
       report, blocks = _read(model, task, "report.json"), _read(model, task, "blocks.json")
       sizes = sizes or sorted(blocks["block_efficiency"], key=int)
       quality = report.get("quality", {}).get(task, {})
-      metric = QUALITY.get(task)
+      shown = ", ".join(f"{m} {_fmt(quality.get(m))}" for m in QUALITY[task])
       bes = [blocks["block_efficiency"][k] for k in sizes]
-      rows_a.append(f"| {task} | {label} | {metric} {_fmt(quality.get(metric))} | "
+      rows_a.append(f"| {task} | {label} | {shown} | "
                     + " | ".join(f"{be:.3f}" for be in bes) + " |")
       bpd = report["tasks"][task]["bpd"]
       entropy = ", ".join(f"{e:.2f}" for e in bpd["head_entropy"])
@@ -57,7 +65,7 @@ def main(argv):
                     f"{_fmt(bpd['repetition_rate'])} | {entropy} | {bpd['h_max']} | "
                     f"{bpd['block_efficiency']:.3f} |")
       points.append((bpd["h_max"], bpd["block_efficiency"]))
-  lines += ["(a) Block efficiency of greedy BPD per block size k (the first k heads of one h = 9 "
+  lines += [_FIRST_TABLE + " of greedy BPD per block size k (the first k heads of one h = 9 "
             "model; output identical to greedy decoding for every k), and task quality of the "
             "greedy outputs.", "",
             "| task | model | quality | " + " | ".join(f"k={k}" for k in sizes) + " |",
@@ -79,8 +87,13 @@ def main(argv):
   text = "\n".join(lines)
   print(text)
   if _MARKDOWN.value:
+    preamble = ""
+    if os.path.exists(_MARKDOWN.value):
+      with open(_MARKDOWN.value, encoding="utf-8") as f:
+        preamble = f.read().partition(_FIRST_TABLE)[0]
+        preamble = preamble if preamble.strip() else ""
     with open(_MARKDOWN.value, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
+      f.write(preamble + text + "\n")
 
 
 if __name__ == "__main__":

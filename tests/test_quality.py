@@ -28,7 +28,10 @@ def test_gsm8k_final_answer():
   assert quality.final_number("no number") == ""
   records = [{"reference": reference}] * 3
   got = quality.score("gsm8k", records, ["#### 18", "the answer is 18", "#### 17"])
-  assert got == {"accuracy": pytest.approx(2 / 3), "num_examples": 3}
+  assert got == {"accuracy": pytest.approx(2 / 3), "answer_format": pytest.approx(2 / 3),
+                 "num_examples": 3}
+  got = quality.score("gsm8k", records[:2], ["x = 4. ####", "#### -2.5 apples"])
+  assert got["accuracy"] == 0 and got["answer_format"] == 0.5
 
 
 def test_rouge_l_and_lambada():

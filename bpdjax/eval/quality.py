@@ -9,7 +9,9 @@
   samsum   prediction is the output's first line (the models are fine-tuned on one-line
            summaries ending in EOS).
   gsm8k    accuracy: the final number of the output (after "####" when there is one, else the
-           last number) equals the reference's number after "####".
+           last number) equals the reference's number after "####"; answer_format: the output
+           gives its answer in the dataset's form ("#### <number>"), whatever the number — a
+           model too small to solve any problem can still be seen to have learnt the format.
 
 Scores are means over examples, as fractions (rougeL too, not x100). Tasks without references
 (cnn_dailymail: our copy has none; mt_bench; jsonl) have no metric: asking for one is a
@@ -28,8 +30,9 @@ from rouge_score import rouge_scorer
 from bpdjax.data import eval_sets
 
 METRICS = {"lambada": ("last_word_accuracy",), "squad": ("exact_match", "f1"),
-           "xsum": ("rougeL",), "samsum": ("rougeL",), "gsm8k": ("accuracy",)}
+           "xsum": ("rougeL",), "samsum": ("rougeL",), "gsm8k": ("accuracy", "answer_format")}
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_ANSWER_LINE = re.compile(r"####\s*" + _NUMBER.pattern)
 
 
 def check_tasks(tasks: Sequence[str]) -> None:
@@ -113,6 +116,7 @@ def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict
     else:
       gold = final_number(record["reference"])
       values["accuracy"].append(float(bool(gold) and final_number(output) == gold))
+      values["answer_format"].append(float(bool(_ANSWER_LINE.search(output))))
   result = {k: sum(v) / max(len(v), 1) for k, v in values.items()}
   result["num_examples"] = len(outputs)
   return result
