@@ -264,3 +264,29 @@ def test_rescorer_from_scratch_on_distill_data(trained, distilled, tiny_vocab_pa
   shutil.copy(tiny_vocab_path, os.path.join(other, "vocab.model"))
   with pytest.raises(ValueError, match="uses another vocabulary"):
     resources.load_rescorer(other, trained[1])
+
+
+@pytest.mark.parametrize("trained", ["ffn"], indirect=True)
+def test_full_fine_tuning_from_heads_workdir(trained, tmp_path):
+  """configs/finetune_tinystories.py: supervised fine-tuning from a heads-on-frozen-base
+  workdir trains every parameter, body included, and keeps the parent's tokenizer and shape."""
+  from configs import finetune_tinystories  # pylint: disable=g-import-not-at-top
+  _, parent, parent_result = trained
+  config = finetune_tinystories.get_config("squad")
+  config.init.workdir = parent
+  config.model.num_heads_bpd = 4
+  config.data.seq_len = 64
+  config.data.sft_prompt_tokens = 48
+  config.data.shuffle_buffer = 16
+  config.update(batch_size=4, num_train_steps=2, warmup_steps=1, log_every_steps=1,
+                eval_every_steps=1000, num_eval_batches=1, checkpoint_every_steps=1000)
+  child = str(tmp_path / "child")
+  result = train_loop.train_and_evaluate(config, child)
+  assert os.path.isfile(os.path.join(child, "hf_tokenizer", "tokenizer.json"))
+  assert api.load(child).model.config == api.load(parent).model.config
+  before, after = _leaves(parent_result["params"]), _leaves(result["params"])
+  changed = {k for k in before if not np.array_equal(before[k], after[k])}
+  assert any(not k.startswith("['head_") for k in changed), changed   # The body trains too.
+  assert all(np.isfinite(r["loss"]) for r in _train_metrics(child))
+  with pytest.raises(ValueError, match="no such fine-tuning task"):
+    finetune_tinystories.get_config("lambada")
