@@ -290,3 +290,26 @@ def test_full_fine_tuning_from_heads_workdir(trained, tmp_path):
   assert all(np.isfinite(r["loss"]) for r in _train_metrics(child))
   with pytest.raises(ValueError, match="no such fine-tuning task"):
     finetune_tinystories.get_config("lambada")
+
+
+@pytest.mark.parametrize("trained", ["ffn"], indirect=True)
+def test_supervised_rows_with_a_tokenizer_whose_id_0_is_unk(trained):
+  """TinyStories' tokenizer encodes '#', '(' or 'é' as <unk> = id 0, seqio's padding id; the
+  supervised examples drop those tokens, so every packed row's loss weights sit on the target
+  tokens (before the fix, a squad row weighted padding and read its answer as zeros)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from bpdjax.data import supervised  # pylint: disable=g-import-not-at-top
+  from configs import finetune_tinystories  # pylint: disable=g-import-not-at-top
+  vocab_path = os.path.join(trained[1], "hf_tokenizer")
+  tok = tokenizers.load_tokenizer(vocab_path)
+  assert 0 in tok.encode("#### 18 (é)")
+  config = finetune_tinystories.get_config("squad")
+  lengths = supervised.feature_lengths(config)
+  task = seqio.get_mixture_or_task(supervised.register(config, vocab_path))
+  ds = task.get_dataset(sequence_length=lengths, split="validation", shuffle=False)
+  examples = list(ds.take(40).as_numpy_iterator())
+  assert all(0 not in ex["inputs"] and 0 not in ex["targets"] for ex in examples)
+  rows = list(supervised.feature_converter(tok.bos_id)(ds.take(40), lengths).as_numpy_iterator())
+  weighted = [r["decoder_target_tokens"][r["decoder_loss_weights"] > 0] for r in rows]
+  got = np.concatenate(weighted)
+  assert np.array_equal(got, np.concatenate([ex["targets"] for ex in examples]))

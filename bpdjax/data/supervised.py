@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from absl import logging
 import ml_collections
 import numpy as np
 import seqio
@@ -42,6 +43,7 @@ hide_accelerators()
 TASK = "sft"
 TASKS = eval_sets.FINETUNE_TASKS + ("jsonl",)
 LONG_PROMPTS = ("keep_last", "error")
+PADDING_ID = 0  # seqio's padding id in every feature.
 
 
 def task_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -83,6 +85,11 @@ def encode_examples(name: str, records: list[dict], vocabulary: seqio.Vocabulary
                     lengths: dict[str, int], long_prompts: str) -> list[dict]:
   """{"inputs": int32 [n], "targets": int32 [m]} per record (see the module docstring).
 
+  seqio reads id 0 as padding: inside a packed row it would misalign the converter's inputs,
+  targets and loss weights (a target's tokens read as 0, weights on padding). A tokenizer whose
+  id 0 is a real token (TinyStories-656K's <unk>, which '#', '(', '%', accented letters ...
+  become) has those tokens dropped here, and their count logged; decode.py's prompts keep them.
+
   Raises:
     ValueError naming the task and example id: an empty reference, a prompt without tokens, or
     (long_prompts="error") a prompt of more than lengths["inputs"] tokens.
@@ -91,13 +98,21 @@ def encode_examples(name: str, records: list[dict], vocabulary: seqio.Vocabulary
     raise ValueError(f"data.sft_long_prompts={long_prompts!r} must be one of {LONG_PROMPTS}.")
   template = eval_sets.PROMPT_FORMATS[name]
   eos = vocabulary.eos_id
-  examples = []
+  examples, dropped = [], 0
+
+  def encode(text: str) -> list[int]:
+    nonlocal dropped
+    ids = list(vocabulary.encode(text))
+    kept = [i for i in ids if i != PADDING_ID]
+    dropped += len(ids) - len(kept)
+    return kept
+
   for record in records:
     target_text = record["reference"].strip()
     if not target_text:
       raise ValueError(f"supervised task {name!r}: example {record['id']!r} has an empty target "
                        "(reference); every fine-tuning example needs one.")
-    prompt = list(vocabulary.encode(template.format(**record)))
+    prompt = encode(template.format(**record))
     if not prompt:
       raise ValueError(f"supervised task {name!r}: example {record['id']!r} has an empty prompt.")
     if len(prompt) > lengths["inputs"]:
@@ -108,9 +123,18 @@ def encode_examples(name: str, records: list[dict], vocabulary: seqio.Vocabulary
             "(the prompt room of a data.seq_len row); set data.sft_long_prompts='keep_last' to "
             "keep its last tokens, as decode.py does.")
       prompt = prompt[-lengths["inputs"]:]
-    target = (list(vocabulary.encode(target_text)) + [eos])[:lengths["targets"]]
+    target = encode(target_text)
+    if not target:
+      raise ValueError(f"supervised task {name!r}: the target of example {record['id']!r} "
+                       f"({target_text[:40]!r}) has no tokens but id {PADDING_ID} (the "
+                       "tokenizer's unknown token, seqio's padding id).")
+    target = (target + [eos])[:lengths["targets"]]
     examples.append({"inputs": np.asarray(prompt, np.int32),
                      "targets": np.asarray(target, np.int32)})
+  if dropped:
+    logging.warning("supervised task %r: dropped %d tokens of id %d (the tokenizer's unknown "
+                    "token; seqio's padding id) from %d examples", name, dropped, PADDING_ID,
+                    len(records))
   return examples
 
 
