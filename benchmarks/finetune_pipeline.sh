@@ -9,6 +9,12 @@
 #
 #   bash benchmarks/finetune_pipeline.sh     # each stage resumes or is skipped when done
 #   REFINE=0 bash benchmarks/finetune_pipeline.sh   # without the refinement stage
+#   BASE=tinystories bash benchmarks/finetune_pipeline.sh
+#
+# BASE=tinystories fine-tunes TinyStories-656K with its h = 9 heads (workdirs/ts_ffn9, from
+# benchmarks/tinystories_track.sh) instead, every parameter trained
+# (configs/finetune_tinystories.py), into workdirs/ft_ts_TASK and out/finetune_ts; its
+# refinement stage uses the track's rescorer and 2-/4-gram LMs of the distillation data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,49 +22,69 @@ TASKS=${TASKS:-squad xsum samsum gsm8k}
 NUM=${NUM:-50}          # Evaluation examples per task (a seeded shuffle of the evaluation part).
 MAX_NEW=${MAX_NEW:-64}
 ALPHAS=${ALPHAS:-0.05,0.1,0.25,0.5,0.75}
-OUT=${OUT:-out/finetune}
+BASE=${BASE:-small}
+case $BASE in
+  small) PARENT=small; FT=ft_; FT_CONFIG=configs/finetune.py; OUT=${OUT:-out/finetune}
+         RESULTS=benchmarks/results/finetune.md
+         RESCORERS=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s
+         NGRAMS=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa ;;
+  tinystories) PARENT=ts_ffn9; FT=ft_ts_; FT_CONFIG=configs/finetune_tinystories.py
+         OUT=${OUT:-out/finetune_ts}; RESULTS=benchmarks/results/finetune_tinystories.md
+         RESCORERS=ts=workdirs/ts_rescorer
+         NGRAMS=2=workdirs/ts_ffn9/ngram2.arpa,4=workdirs/ts_ffn9/ngram4.arpa ;;
+  *) echo "BASE=$BASE: must be small or tinystories" >&2; exit 2 ;;
+esac
 NUM_TUNE=${NUM_TUNE:-24}        # Refinement stage: alpha-tuning and reported examples per task,
 NUM_REPORT=${NUM_REPORT:-32}    # tokens per tuning / reported example.
 TUNE_MAX_NEW=${TUNE_MAX_NEW:-16}
 REFINE_MAX_NEW=${REFINE_MAX_NEW:-32}
 
-"$PY" train.py --config=configs/small.py --workdir=workdirs/small
+# Prompts keep their last N tokens: 192, and 448 for squad on the TinyStories base, whose
+# tokenizer leaves only 48% of the answers inside a prompt's last 192 tokens (87% inside 448;
+# configs/finetune_tinystories.py trains squad on rows of 512 for the same reason).
+prompt_cap() { [ "$BASE:$1" = tinystories:squad ] && echo 448 || echo 192; }
+
+if [ "$BASE" = small ]; then
+  "$PY" train.py --config=configs/small.py --workdir=workdirs/small
+elif [ ! -f workdirs/ts_ffn9/ngram4.arpa ] || [ ! -d workdirs/ts_rescorer/checkpoints ]; then
+  echo "BASE=tinystories needs workdirs/ts_ffn9 (with its n-gram LMs) and workdirs/ts_rescorer:" \
+       "run benchmarks/tinystories_track.sh first" >&2; exit 2
+fi
 for task in $TASKS; do
-  "$PY" train.py --config=configs/finetune.py:"$task" --workdir=workdirs/ft_"$task"
+  "$PY" train.py --config="$FT_CONFIG":"$task" --workdir=workdirs/"$FT$task"
 done
 for task in $TASKS; do
-  for model in small ft_"$task"; do
+  for model in "$PARENT" "$FT$task"; do
     dir="$OUT/$model/$task"
     [ -f "$dir/report.json" ] || "$PY" decode.py --workdir=workdirs/"$model" --output="$dir" \
         --tasks="$task" --methods=ar,bpd --num_examples="$NUM" --max_new_tokens="$MAX_NEW" \
-        --config.max_prompt_tokens=192 --config.quality=True
+        --config.max_prompt_tokens="$(prompt_cap "$task")" --config.quality=True
     [ -f "$dir/blocks.json" ] || "$PY" benchmarks/block_sizes.py --workdir=workdirs/"$model" \
         --tasks="$task" --num_examples="$NUM" --max_new_tokens="$MAX_NEW" \
-        --config.max_prompt_tokens=192 --json="$dir/blocks.json"
+        --config.max_prompt_tokens="$(prompt_cap "$task")" --json="$dir/blocks.json"
   done
 done
 # The tables cover every task decoded so far, so a run for a subset of tasks keeps the others.
-done_tasks=$(for t in squad xsum samsum gsm8k; do [ -f "$OUT/ft_$t/$t/blocks.json" ] && echo "$t"; done | paste -sd,)
-"$PY" benchmarks/finetune_tables.py --out="$OUT" --tasks="$done_tasks" \
-    --markdown=benchmarks/results/finetune.md
+done_tasks=$(for t in squad xsum samsum gsm8k; do [ -f "$OUT/$FT$t/$t/blocks.json" ] && echo "$t"; done | paste -sd,)
+"$PY" benchmarks/finetune_tables.py --out="$OUT" --tasks="$done_tasks" --pretrained="$PARENT" \
+    --finetuned_prefix="$FT" --markdown="$RESULTS"
 [ "${REFINE:-1}" = 1 ] || exit 0
 # Refinement on the fine-tuned models: the rescorers and n-gram LMs of the pretraining corpus
 # (benchmarks/refinement_resources.sh), and each task's 4-gram LM of its fine-tuning targets
 # (an sft workdir's n-gram LM; row ngram:4ft; a 2-gram row of the targets would add a sixth of
 # the stage's time). Each task's table is written to
 # $OUT/refinement_TASK/refinement.{json,md}; a finished one is kept.
-PY=$PY bash benchmarks/refinement_resources.sh
+[ "$BASE" = small ] && PY=$PY bash benchmarks/refinement_resources.sh
 for task in $TASKS; do
-  [ -f workdirs/ft_"$task"/ngram4.arpa ] || "$PY" -m bpdjax.ngram.estimate \
-      --workdir=workdirs/ft_"$task" --order=4 --output=workdirs/ft_"$task"/ngram4.arpa --build_kenlm
+  [ -f workdirs/"$FT$task"/ngram4.arpa ] || "$PY" -m bpdjax.ngram.estimate \
+      --workdir=workdirs/"$FT$task" --order=4 --output=workdirs/"$FT$task"/ngram4.arpa --build_kenlm
 done
 for task in $TASKS; do
   [ -f "$OUT/refinement_$task/refinement.json" ] && grep -q wall_minutes \
       "$OUT/refinement_$task/refinement.json" && continue
-  "$PY" benchmarks/refinement_table.py --workdir=workdirs/ft_"$task" --tasks="$task" \
-      --rescorers=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s \
-      --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa,4ft=workdirs/ft_"$task"/ngram4.arpa \
+  "$PY" benchmarks/refinement_table.py --workdir=workdirs/"$FT$task" --tasks="$task" \
+      --rescorers="$RESCORERS" --ngrams="$NGRAMS",4ft=workdirs/"$FT$task"/ngram4.arpa \
       --pbest_ngram_order=4 --alphas="$ALPHAS" --num_tune="$NUM_TUNE" --num_report="$NUM_REPORT" \
       --tune_max_new_tokens="$TUNE_MAX_NEW" --max_new_tokens="$REFINE_MAX_NEW" \
-      --output="$OUT/refinement_$task"
+      --max_prompt_tokens="$(prompt_cap "$task")" --output="$OUT/refinement_$task"
 done

@@ -174,6 +174,11 @@ def test_token_ids_beyond_vocab(distilled, tmp_path):
     train_loop.train_and_evaluate(_config(str(out)), str(tmp_path / "run"))
   with pytest.raises(ValueError, match="has no validation-\\*.npz shards"):
     token_files.read_token_split(str(tmp_path), "validation", 2048)
+  token_files.write_token_shard(str(out / "train-00000-of-00001.npz"),
+                                [np.asarray([5, 0, 6], np.int32), np.asarray([0], np.int32),
+                                 np.asarray([7, 8], np.int32)])
+  got = token_files.read_token_split(str(out), "train", 2048)
+  assert [x.tolist() for x in got] == [[5, 6], [7, 8]]   # id 0 is seqio's padding: dropped.
 
 
 def test_missing_model_and_bad_config(distilled, tmp_path):

@@ -8,9 +8,11 @@ import json
 import os
 from typing import Sequence
 
+from absl import logging
 import numpy as np
 
 TOKEN_MANIFEST = "manifest.json"
+PADDING_ID = 0  # seqio's padding id.
 
 
 def token_shard_files(token_dir: str, split: str) -> list[str]:
@@ -43,6 +45,8 @@ def read_token_split(token_dir: str, split: str, vocab_size: int) -> list[np.nda
   Raises:
     ValueError: no such folder, no shards of the split, a malformed shard, an empty split, or
       an id outside [0, vocab_size) (naming the file, the id and the vocabulary size).
+  Tokens of id 0 (seqio's padding id, which a tokenizer such as TinyStories' uses for <unk>)
+  are dropped, with a warning: seqio would read them as padding.
   """
   if not os.path.isdir(token_dir):
     raise ValueError(f"data.token_dir {token_dir!r} does not exist (write it with "
@@ -67,7 +71,13 @@ def read_token_split(token_dir: str, split: str, vocab_size: int) -> list[np.nda
       bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())
       raise ValueError(f"token shard {path!r} has token id {bad}, outside [0, {vocab_size}) "
                        f"(model.vocab_size={vocab_size}): was it made with another model?")
-    sequences.extend(np.split(tokens.astype(np.int32), np.cumsum(lengths)[:-1]))
+    pieces = np.split(tokens.astype(np.int32), np.cumsum(lengths)[:-1])
+    padding = int(np.sum(tokens == PADDING_ID))
+    if padding:  # seqio would read them as padding and misalign the packed rows.
+      logging.warning("token shard %r: dropped %d tokens of id %d (seqio's padding id; a "
+                      "tokenizer's <unk> there)", path, padding, PADDING_ID)
+      pieces = [x[x != PADDING_ID] for x in pieces]
+    sequences.extend(pieces)
   sequences = [x for x in sequences if x.size]
   if not sequences:
     raise ValueError(f"data.token_dir {token_dir!r}: split {split!r} holds no tokens.")
