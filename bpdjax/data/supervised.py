@@ -43,7 +43,6 @@ hide_accelerators()
 TASK = "sft"
 TASKS = eval_sets.FINETUNE_TASKS + ("jsonl",)
 LONG_PROMPTS = ("keep_last", "error")
-PADDING_ID = 0  # seqio's padding id in every feature.
 
 
 def task_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -103,7 +102,7 @@ def encode_examples(name: str, records: list[dict], vocabulary: seqio.Vocabulary
   def encode(text: str) -> list[int]:
     nonlocal dropped
     ids = list(vocabulary.encode(text))
-    kept = [i for i in ids if i != PADDING_ID]
+    kept = [i for i in ids if i != vocab_lib.PAD_ID]
     dropped += len(ids) - len(kept)
     return kept
 
@@ -126,14 +125,14 @@ def encode_examples(name: str, records: list[dict], vocabulary: seqio.Vocabulary
     target = encode(target_text)
     if not target:
       raise ValueError(f"supervised task {name!r}: the target of example {record['id']!r} "
-                       f"({target_text[:40]!r}) has no tokens but id {PADDING_ID} (the "
+                       f"({target_text[:40]!r}) has no tokens but id {vocab_lib.PAD_ID} (the "
                        "tokenizer's unknown token, seqio's padding id).")
     target = (target + [eos])[:lengths["targets"]]
     examples.append({"inputs": np.asarray(prompt, np.int32),
                      "targets": np.asarray(target, np.int32)})
   if dropped:
     logging.warning("supervised task %r: dropped %d tokens of id %d (the tokenizer's unknown "
-                    "token; seqio's padding id) from %d examples", name, dropped, PADDING_ID,
+                    "token; seqio's padding id) from %d examples", name, dropped, vocab_lib.PAD_ID,
                     len(records))
   return examples
 
