@@ -32,6 +32,27 @@ def test_gsm8k_final_answer():
                  "num_examples": 3}
   got = quality.score("gsm8k", records[:2], ["x = 4. ####", "#### -2.5 apples"])
   assert got["accuracy"] == 0 and got["answer_format"] == 0.5
+  assert quality.score_examples("gsm8k", records, ["#### 18", "the answer is 18", "#### 17"]) == {
+      "accuracy": [1.0, 1.0, 0.0], "answer_format": [1.0, 0.0, 1.0]}
+
+
+def test_paired_comparison_of_two_models_on_the_same_examples():
+  ids = [{"id": str(i)} for i in range(200)]
+  before = [dict(e, accuracy=0.0) for e in ids]
+  # 12 examples fixed, none broken: the paired test sees it; an unpaired look at two means
+  # of 0.0 and 0.06 would need far more examples.
+  after = [dict(e, accuracy=float(i < 12)) for i, e in enumerate(ids)]
+  c = quality.paired_comparison(before, after, "accuracy")
+  assert (c["examples"], c["better"], c["worse"]) == (200, 12, 0)
+  assert c["mean_b"] == pytest.approx(0.06) and c["difference"] == pytest.approx(0.06)
+  assert c["p_value"] < 0.001  # Exact McNemar: 2 * 0.5**12 = 0.0005.
+  # Six fixed and six broken: no evidence either way.
+  mixed = [dict(e, accuracy=float(i < 6)) for i, e in enumerate(ids)]
+  broken = [dict(e, accuracy=float(6 <= i < 12)) for i, e in enumerate(ids)]
+  assert quality.paired_comparison(broken, mixed, "accuracy")["p_value"] > 0.5
+  assert quality.paired_comparison(before, before, "accuracy")["p_value"] == 1.0
+  with pytest.raises(ValueError, match="the two runs scored different examples"):
+    quality.paired_comparison(before, after[::-1], "accuracy")
 
 
 def test_rouge_l_and_lambada():
@@ -71,6 +92,15 @@ def test_decode_reports_quality_once_per_task(trained_tiny_workdir, tmp_path):
     q = result["quality"][task]
     assert q["num_examples"] == 3 and q["method"] == "ar" and q["identical_across_methods"]
     assert 0.0 <= q[metric] <= 1.0
+    # Per example (for paired comparisons of two models): the same ids, rescored from the
+    # recorded outputs, average to the reported mean.
+    per_example = result["quality_examples"][task]
+    refs = quality.references_by_id(task, data_dir)
+    rescored = quality.score_examples(task, [refs[e["id"]] for e in per_example],
+                                      [e["output"] for e in per_example])
+    assert rescored[metric] == [e[metric] for e in per_example]
+    assert abs(sum(rescored[metric]) / 3 - q[metric]) < 1e-12
+  assert [e["id"] for e in result["quality_examples"]["squad"]] == shuffled
   with open(os.path.join(tmp_path, "out", "report.json")) as f:
     assert json.load(f)["quality"]["squad"]["num_examples"] == 3
   with open(os.path.join(tmp_path, "out", "report.md")) as f:

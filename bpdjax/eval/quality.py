@@ -13,7 +13,8 @@
            gives its answer in the dataset's form ("#### <number>"), whatever the number — a
            model too small to solve any problem can still be seen to have learnt the format.
 
-Scores are means over examples, as fractions (rougeL too, not x100). Tasks without references
+Scores are fractions (rougeL too, not x100): per example (`score_examples`, for paired
+comparisons of two models) and their means (`score`). Tasks without references
 (cnn_dailymail: our copy has none; mt_bench; jsonl) have no metric: asking for one is a
 ValueError (`check_tasks`). Greedy outputs are identical across decoding methods, so quality is
 computed once per task and model.
@@ -25,7 +26,9 @@ import re
 import string
 from typing import Sequence
 
+import numpy as np
 from rouge_score import rouge_scorer
+from scipy import stats
 
 from bpdjax.data import eval_sets
 
@@ -78,6 +81,11 @@ def final_number(text: str) -> str:
   return re.sub(r"\.0*$", "", number)
 
 
+def numbers(text: str) -> list[str]:
+  """The numbers written in `text`, in order, as written ("1,800", "-2.5")."""
+  return _NUMBER.findall(text)
+
+
 def first_line(text: str) -> str:
   return text.strip().split("\n", 1)[0].strip()
 
@@ -87,20 +95,22 @@ def _word(text: str) -> str:
   return words[0].strip(string.punctuation).lower() if words else ""
 
 
-def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict:
-  """Mean quality of `outputs` (decoded texts, in the order of `references`).
+def score_examples(task: str, references: Sequence[dict],
+                   outputs: Sequence[str]) -> dict[str, list[float]]:
+  """Per-example quality of `outputs` (decoded texts, in the order of `references`).
 
   Args:
     task: a task of METRICS.
     references: the evaluation records (eval_sets.read_records) of the outputs' examples.
     outputs: the decoded continuations.
   Returns:
-    {metric: mean, "num_examples": n}.
+    {metric: [value per example]}, each list as long as `outputs` (for paired comparisons of
+    two models on the same examples).
   """
   check_tasks([task])
   if len(references) != len(outputs):
     raise ValueError(f"quality: {len(outputs)} outputs for {len(references)} references")
-  values = collections.defaultdict(list)
+  values = {metric: [] for metric in METRICS[task]}
   scorer = (rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
             if "rougeL" in METRICS[task] else None)
   for record, output in zip(references, outputs):
@@ -117,9 +127,53 @@ def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict
       gold = final_number(record["reference"])
       values["accuracy"].append(float(bool(gold) and final_number(output) == gold))
       values["answer_format"].append(float(bool(_ANSWER_LINE.search(output))))
+  return values
+
+
+def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict:
+  """Mean quality of `outputs`: {metric: mean, "num_examples": n} (see score_examples)."""
+  values = score_examples(task, references, outputs)
   result = {k: sum(v) / max(len(v), 1) for k, v in values.items()}
   result["num_examples"] = len(outputs)
   return result
+
+
+def _stderr(values: np.ndarray) -> float:
+  """Standard error of the mean of `values` [n]; nan for fewer than 2."""
+  return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def paired_comparison(before: Sequence[dict], after: Sequence[dict], metric: str,
+                      resamples: int = 9_999) -> dict:
+  """Two models' quality on the same examples: is `after` better than `before`?
+
+  Args:
+    before, after: report.json's quality_examples[task] of each model (dicts with "id" and the
+      metric), the same examples in the same order.
+    metric: the metric to compare.
+    resamples: Monte Carlo resamples of the test (the smallest p it can give is 1/(resamples+1)).
+  Returns:
+    examples; mean_a, stderr_a, mean_b, stderr_b (standard errors of the means); difference
+    (mean of after - before); better / worse (examples where after is above / below before);
+    p_value: two-sided, of a paired permutation test (the per-example differences' signs
+    flipped at random, seeded; for 0/1 metrics a Monte Carlo McNemar test); 1.0 when no
+    example differs.
+  Raises:
+    ValueError: the runs scored different examples (another seed, count or prompt cap).
+  """
+  if [e["id"] for e in before] != [e["id"] for e in after]:
+    raise ValueError(f"quality: the two runs scored different examples ({len(before)} and "
+                     f"{len(after)}; another seed, count or prompt cap); a paired comparison "
+                     "needs the same examples in the same order")
+  a = np.array([e[metric] for e in before], dtype=np.float64)
+  b = np.array([e[metric] for e in after], dtype=np.float64)
+  diff = b - a
+  p = 1.0 if not diff.any() else float(stats.permutation_test(
+      (diff,), np.mean, permutation_type="samples", vectorized=True, n_resamples=resamples,
+      batch=1_000, alternative="two-sided", random_state=0).pvalue)
+  return dict(examples=len(a), mean_a=float(a.mean()), stderr_a=_stderr(a),
+              mean_b=float(b.mean()), stderr_b=_stderr(b), difference=float(diff.mean()),
+              better=int((diff > 0).sum()), worse=int((diff < 0).sum()), p_value=p)
 
 
 def references_by_id(task: str, data_dir: str) -> dict[str, dict]:

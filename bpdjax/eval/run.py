@@ -102,7 +102,7 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
                              max_prompt_tokens=max_prompt,
                              lossless=settings.sampling.lossless),
             "reference": methods.reference(), "vanilla": methods.vanilla(),
-            "tasks": {}, "samples": {}, "quality": {},
+            "tasks": {}, "samples": {}, "quality": {}, "quality_examples": {},
             "examples_decoded": {t: len(e) for t, e in task_examples.items()}}
   costs = {}
   decode = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
@@ -156,10 +156,15 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
       scored = settings.methods[0]
       refs = quality.references_by_id(task, data_dir)
       texts = [loaded.vocab.decode(o.tolist()) for o in outputs[scored]]
+      per_example = quality.score_examples(task, [refs[e["id"]] for e in examples], texts)
       result["quality"][task] = dict(
-          quality.score(task, [refs[e["id"]] for e in examples], texts), method=scored,
-          identical_across_methods=all(e.get("identical_to_ar") is not False
-                                       for e in task_report.values()))
+          {m: float(np.mean(v)) for m, v in per_example.items()}, num_examples=len(texts),
+          method=scored, identical_across_methods=all(e.get("identical_to_ar") is not False
+                                                      for e in task_report.values()))
+      # Per example, so two models decoded on the same examples compare paired.
+      result["quality_examples"][task] = [
+          dict(id=e["id"], output=text, **{m: v[i] for m, v in per_example.items()})
+          for i, (e, text) in enumerate(zip(examples, texts))]
     result["samples"][task] = [
         {"id": e["id"], "prompt_tail": e["prompt_text"][-200:],
          "output": loaded.vocab.decode(outputs[settings.methods[0]][i].tolist())}
