@@ -3,9 +3,10 @@
 # fine-tune it on each task (configs/finetune.py:TASK, ~10 min each on 2 idle cores), then per
 # task and model (pretrained, fine-tuned) one decode.py report with task quality, the paper's
 # Table 1 shape (benchmarks/block_sizes.py: BE of bpd for block sizes 2..9, the first k heads of
-# the h = 9 model), the repetition / entropy / h_max table (benchmarks/finetune_tables.py ->
-# benchmarks/results/finetune.md), and (REFINE=1, the default) the refinement table on the
-# fine-tuned models with alpha tuned over a grid that reaches toward 0.
+# the h = 9 model), the repetition / entropy / h_max table, task quality on up to QUALITY_NUM
+# examples with a paired test (benchmarks/finetune_tables.py -> benchmarks/results/finetune.md),
+# and (REFINE=1, the default) the refinement table on the fine-tuned models with alpha tuned
+# over a grid that reaches toward 0.
 #
 #   bash benchmarks/finetune_pipeline.sh     # each stage resumes or is skipped when done
 #   REFINE=0 bash benchmarks/finetune_pipeline.sh   # without the refinement stage
@@ -21,6 +22,9 @@ PY=${PY:-.venv/bin/python}
 TASKS=${TASKS:-squad xsum samsum gsm8k}
 NUM=${NUM:-50}          # Evaluation examples per task (a seeded shuffle of the evaluation part).
 MAX_NEW=${MAX_NEW:-64}
+# Table (c): up to this many examples per task; 2000 takes whole evaluation parts (squad 1,925,
+# xsum 189, samsum 174, gsm8k 1,319).
+QUALITY_NUM=${QUALITY_NUM:-2000}
 ALPHAS=${ALPHAS:-0.05,0.1,0.25,0.5,0.75}
 BASE=${BASE:-small}
 case $BASE in
@@ -64,10 +68,22 @@ for task in $TASKS; do
         --config.max_prompt_tokens="$(prompt_cap "$task")" --json="$dir/blocks.json"
   done
 done
+# Task quality on more examples (greedy ar only, per-example scores for table (c)'s paired
+# test): at a few percent of problems solved, NUM examples cannot tell two models apart.
+for task in $TASKS; do
+  for model in "$PARENT" "$FT$task"; do
+    dir="$OUT/$model/$task/quality"
+    [ -f "$dir/report.json" ] || "$PY" decode.py --workdir=workdirs/"$model" --output="$dir" \
+        --tasks="$task" --methods=ar --num_examples="$QUALITY_NUM" --max_new_tokens="$MAX_NEW" \
+        --config.max_prompt_tokens="$(prompt_cap "$task")" --config.quality=True
+  done
+done
 # The tables cover every task decoded so far, so a run for a subset of tasks keeps the others.
-done_tasks=$(for t in squad xsum samsum gsm8k; do [ -f "$OUT/$FT$t/$t/blocks.json" ] && echo "$t"; done | paste -sd,)
+done_tasks=$(for t in squad xsum samsum gsm8k; do
+  [ -f "$OUT/$FT$t/$t/blocks.json" ] && [ -f "$OUT/$FT$t/$t/quality/report.json" ] && echo "$t"
+done | paste -sd,)
 "$PY" benchmarks/finetune_tables.py --out="$OUT" --tasks="$done_tasks" --pretrained="$PARENT" \
-    --finetuned_prefix="$FT" --markdown="$RESULTS"
+    --finetuned_prefix="$FT" --quality_dir=quality --markdown="$RESULTS"
 [ "${REFINE:-1}" = 1 ] || exit 0
 # Refinement on the fine-tuned models: the rescorers and n-gram LMs of the pretraining corpus
 # (benchmarks/refinement_resources.sh), and each task's 4-gram LM of its fine-tuning targets
