@@ -75,6 +75,7 @@ for task in $TASKS; do
     dir="$OUT/$model/$task/quality"
     [ -f "$dir/report.json" ] || "$PY" decode.py --workdir=workdirs/"$model" --output="$dir" \
         --tasks="$task" --methods=ar --num_examples="$QUALITY_NUM" --max_new_tokens="$MAX_NEW" \
+        --record_topk=0 \
         --config.max_prompt_tokens="$(prompt_cap "$task")" --config.quality=True
   done
 done

@@ -26,6 +26,7 @@ def test_gsm8k_final_answer():
   assert quality.final_number("so 1,800 in all. #### 1,800\nQuestion: 7") == "1800"
   assert quality.final_number("It costs 5 and then 18.0") == "18"
   assert quality.final_number("no number") == ""
+  assert quality.numbers("Ann has 1,800 apples, eats -2.5 and 3.") == ["1,800", "-2.5", "3"]
   records = [{"reference": reference}] * 3
   got = quality.score("gsm8k", records, ["#### 18", "the answer is 18", "#### 17"])
   assert got == {"accuracy": pytest.approx(2 / 3), "answer_format": pytest.approx(2 / 3),
