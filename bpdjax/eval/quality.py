@@ -130,12 +130,16 @@ def score_examples(task: str, references: Sequence[dict],
   return values
 
 
+def summarize(values: dict[str, list[float]]) -> dict:
+  """{metric: mean, "num_examples": n} of score_examples' per-example values."""
+  result = {k: sum(v) / max(len(v), 1) for k, v in values.items()}
+  result["num_examples"] = max((len(v) for v in values.values()), default=0)
+  return result
+
+
 def score(task: str, references: Sequence[dict], outputs: Sequence[str]) -> dict:
   """Mean quality of `outputs`: {metric: mean, "num_examples": n} (see score_examples)."""
-  values = score_examples(task, references, outputs)
-  result = {k: sum(v) / max(len(v), 1) for k, v in values.items()}
-  result["num_examples"] = len(outputs)
-  return result
+  return summarize(score_examples(task, references, outputs))
 
 
 def _stderr(values: np.ndarray) -> float:

@@ -158,9 +158,9 @@ def run(settings: settings_lib.DecodeSettings, log: Callable[[str], None] = prin
       texts = [loaded.vocab.decode(o.tolist()) for o in outputs[scored]]
       per_example = quality.score_examples(task, [refs[e["id"]] for e in examples], texts)
       result["quality"][task] = dict(
-          {m: float(np.mean(v)) for m, v in per_example.items()}, num_examples=len(texts),
-          method=scored, identical_across_methods=all(e.get("identical_to_ar") is not False
-                                                      for e in task_report.values()))
+          quality.summarize(per_example), method=scored,
+          identical_across_methods=all(e.get("identical_to_ar") is not False
+                                       for e in task_report.values()))
       # Per example, so two models decoded on the same examples compare paired.
       result["quality_examples"][task] = [
           dict(id=e["id"], output=text, **{m: v[i] for m, v in per_example.items()})
