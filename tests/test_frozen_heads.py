@@ -5,6 +5,7 @@ TinyStories-656K, the base checksum, loading heads onto a fresh import, resume, 
 Small settings throughout (24 sampled sequences of 48 tokens, batches of 4, a few steps).
 Needs the shared model (data_dir/models/TinyStories-656K); skips without it.
 """
+import itertools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from bpdjax import workdir as workdir_lib
 from bpdjax.data import tokenizers
 from bpdjax.decoding import resources
 from bpdjax.importers import llama
+from bpdjax.ngram import estimate
 from bpdjax.train import loop as train_loop
 from bpdjax.data import pipeline
 from bpdjax.data import token_files
@@ -318,3 +320,19 @@ def test_supervised_rows_with_a_tokenizer_whose_id_0_is_unk(trained):
   weighted = [r["decoder_target_tokens"][r["decoder_loss_weights"] > 0] for r in rows]
   got = np.concatenate(weighted)
   assert np.array_equal(got, np.concatenate([ex["targets"] for ex in examples]))
+
+
+@pytest.mark.parametrize("trained", ["ffn"], indirect=True)
+def test_ngram_corpus_of_fine_tuning_targets_drops_id_0(trained, tmp_path):
+  """The n-gram LM of an sft workdir's targets sees the tokens its fine-tuning saw: GSM8K's
+  '####' is <unk> = id 0 for the TinyStories tokenizer, dropped as the supervised rows drop it."""
+  config = workdir_lib.load_config(trained[1])
+  config.data.update(task="sft", sft_tasks="gsm8k", sft_prompt_tokens=96)
+  workdir = str(tmp_path / "ft")
+  shutil.copytree(os.path.join(trained[1], "hf_tokenizer"), os.path.join(workdir, "hf_tokenizer"))
+  workdir_lib.save_config(workdir, config)
+  tok = tokenizers.load_tokenizer(workdir_lib.vocab_path(workdir))
+  assert 0 in tok.encode("#### 18")
+  documents = list(itertools.islice(estimate.training_token_documents(workdir), 50))
+  assert len(documents) == 50 and all(documents)
+  assert not any(0 in document for document in documents)

@@ -187,7 +187,10 @@ def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
   if vocabulary.vocab_size != config.model.vocab_size:
     raise ValueError(f"The workdir's vocabulary has {vocabulary.vocab_size} ids, its model "
                      f"{config.model.vocab_size}")
-  return (vocabulary.encode(document) for document in tasks.iter_training_documents(config))
+  # As the training examples do (supervised.py, token_files.py): id 0 is seqio's padding id, and
+  # a tokenizer without byte fallback (TinyStories') encodes its unknown characters as it.
+  return ([t for t in vocabulary.encode(document) if t != vocabulary_lib.PAD_ID]
+          for document in tasks.iter_training_documents(config))
 
 
 def estimate_workdir(workdir: str, order: int, output: str,
