@@ -101,8 +101,8 @@ def encode_examples(name: str, records: list[dict], vocabulary: seqio.Vocabulary
 
   def encode(text: str) -> list[int]:
     nonlocal dropped
-    ids = list(vocabulary.encode(text))
-    kept = [i for i in ids if i != vocab_lib.PAD_ID]
+    ids = vocabulary.encode(text)
+    kept = vocab_lib.drop_padding(ids)
     dropped += len(ids) - len(kept)
     return kept
 

@@ -22,6 +22,13 @@ hide_accelerators()
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
+def drop_padding(ids) -> list[int]:
+  """`ids` without PAD_ID: seqio reads id 0 as padding, and a tokenizer without byte fallback
+  (TinyStories') encodes its unknown characters as id 0. Training examples and the n-gram
+  corpora of training text go through this; decode.py's prompts keep every id."""
+  return [int(i) for i in ids if i != PAD_ID]
+
+
 class PretrainedVocabulary(seqio.Vocabulary):
   """seqio view of a pretrained model's tokenizer (`tokenizers.HFTokenizer`,
   `tokenizers.Llama2cTokenizer`).

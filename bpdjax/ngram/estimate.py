@@ -187,9 +187,7 @@ def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
   if vocabulary.vocab_size != config.model.vocab_size:
     raise ValueError(f"The workdir's vocabulary has {vocabulary.vocab_size} ids, its model "
                      f"{config.model.vocab_size}")
-  # As the training examples do (supervised.py, token_files.py): id 0 is seqio's padding id, and
-  # a tokenizer without byte fallback (TinyStories') encodes its unknown characters as it.
-  return ([t for t in vocabulary.encode(document) if t != vocabulary_lib.PAD_ID]
+  return (vocabulary_lib.drop_padding(vocabulary.encode(document))  # As the model trained.
           for document in tasks.iter_training_documents(config))
 
 
