@@ -1,0 +1,63 @@
+"""What SQuAD F1 a model gets by copying words of the paragraph, without reading the question or
+with the crudest look at it: the floor a fine-tuned model's F1 is measured against.
+
+  python benchmarks/squad_copy_baseline.py [--data_dir=../shared/data]
+
+Scores, with decode.py's metric (bpdjax/eval/quality.py: official normalisation, F1 the
+maximum over the question's answers), outputs copied from the paragraph of each question of
+the evaluation part: its first word, its first 4 words, a random word and a random capitalised
+word (seeded), and the 3 words after the 4-word window of the paragraph that holds the most
+of the question's words. A model below the first rows does not copy from its context.
+"""
+import random
+
+from absl import app
+from absl import flags
+
+from bpdjax.data import eval_sets
+from bpdjax.eval import quality
+
+_DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Folder holding squad_v1.1/.")
+_WINDOW = 4
+_SPAN = 3
+
+
+def after_best_match(context: str, question: str) -> str:
+  """The _SPAN words after the _WINDOW-word window of `context` holding the most distinct
+  normalised words of `question` (the first such window; the first words when none holds any)."""
+  words = context.split()
+  asked = set(quality.normalize_answer(question).split())
+  best, best_end = 0, 0
+  for end in range(_WINDOW, len(words) - _SPAN + 1):
+    window = {quality.normalize_answer(w) for w in words[end - _WINDOW:end]}
+    hits = len(window & asked)
+    if hits > best:
+      best, best_end = hits, end
+  return " ".join(words[best_end:best_end + _SPAN])
+
+
+def main(argv):
+  del argv
+  records = eval_sets.read_records("squad", _DATA_DIR.value)
+  rng = random.Random(0)
+  outputs = {"first word of the paragraph": [], "first 4 words of the paragraph": [],
+             "a random word of the paragraph": [],
+             "a random capitalised word of the paragraph": [],
+             "3 words after the window that best matches the question": []}
+  for record in records:
+    words = record["context"].split()
+    capitalised = [w for w in words if w[:1].isupper()] or words
+    outputs["first word of the paragraph"].append(words[0])
+    outputs["first 4 words of the paragraph"].append(" ".join(words[:4]))
+    outputs["a random word of the paragraph"].append(rng.choice(words))
+    outputs["a random capitalised word of the paragraph"].append(rng.choice(capitalised))
+    outputs["3 words after the window that best matches the question"].append(
+        after_best_match(record["context"], record["question"]))
+  print(f"SQuAD v1.1 evaluation part, {len(records)} questions, F1 of copying baselines:")
+  for name, texts in outputs.items():
+    f1 = quality.score_examples("squad", records, texts)["f1"]
+    print(f"  {name}: {sum(f1) / len(f1):.4f} ({sum(v > 0 for v in f1)} with any overlap)")
+
+
+if __name__ == "__main__":
+  app.run(main)
