@@ -36,27 +36,32 @@ def after_best_match(context: str, question: str) -> str:
   return " ".join(words[best_end:best_end + _SPAN])
 
 
+def _capitalised(words: list[str]) -> list[str]:
+  return [w for w in words if w[:1].isupper()] or words
+
+
+# name -> (words of the paragraph, question, seeded rng) -> the copied output.
+BASELINES = {
+    "first word of the paragraph": lambda words, question, rng: words[0],
+    "first 4 words of the paragraph": lambda words, question, rng: " ".join(words[:4]),
+    "a random word of the paragraph": lambda words, question, rng: rng.choice(words),
+    "a random capitalised word of the paragraph":
+        lambda words, question, rng: rng.choice(_capitalised(words)),
+    "3 words after the window that best matches the question":
+        lambda words, question, rng: after_best_match(" ".join(words), question),
+}
+
+
 def main(argv):
   del argv
   records = eval_sets.read_records("squad", _DATA_DIR.value)
-  rng = random.Random(0)
-  outputs = {"first word of the paragraph": [], "first 4 words of the paragraph": [],
-             "a random word of the paragraph": [],
-             "a random capitalised word of the paragraph": [],
-             "3 words after the window that best matches the question": []}
-  for record in records:
-    words = record["context"].split()
-    capitalised = [w for w in words if w[:1].isupper()] or words
-    outputs["first word of the paragraph"].append(words[0])
-    outputs["first 4 words of the paragraph"].append(" ".join(words[:4]))
-    outputs["a random word of the paragraph"].append(rng.choice(words))
-    outputs["a random capitalised word of the paragraph"].append(rng.choice(capitalised))
-    outputs["3 words after the window that best matches the question"].append(
-        after_best_match(record["context"], record["question"]))
   print(f"SQuAD v1.1 evaluation part, {len(records)} questions, F1 of copying baselines:")
-  for name, texts in outputs.items():
+  for name, baseline in BASELINES.items():
+    rng = random.Random(0)
+    texts = [baseline(r["context"].split(), r["question"], rng) for r in records]
     f1 = quality.score_examples("squad", records, texts)["f1"]
-    print(f"  {name}: {sum(f1) / len(f1):.4f} ({sum(v > 0 for v in f1)} with any overlap)")
+    print(f"  {name}: {quality.summarize({'f1': f1})['f1']:.4f} "
+          f"({sum(v > 0 for v in f1)} with any overlap)")
 
 
 if __name__ == "__main__":
