@@ -33,21 +33,23 @@ def repeat_stats(loaded, segments: np.ndarray) -> dict:
   """LM loss (nats/token) on the first and second copy and top-1 copy accuracy on the second.
 
   Args:
-    segments: int32 [n, S] token ids; each row is decoded as [BOS, segment, segment].
+    segments: int32 [n, S] token ids; each row is decoded as [BOS, segment, segment] (without
+      the BOS for a tokenizer that has none).
   """
   n, s = segments.shape
-  tokens = jnp.asarray(np.concatenate(
-      [np.full((n, 1), loaded.vocab.bos_id), segments, segments], 1), jnp.int32)   # [n, 2S+1]
+  p = int(loaded.vocab.bos_id is not None)
+  bos = np.full((n, p), loaded.vocab.bos_id or 0, np.int32)
+  tokens = jnp.asarray(np.concatenate([bos, segments, segments], 1), jnp.int32)   # [n, p+2S]
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
   logits, _ = loaded.model.apply({"params": loaded.params}, tokens, positions)   # [n, L, h, V]
   logp = jax.nn.log_softmax(logits[:, :-1, 0].astype(jnp.float32), -1)         # [n, L-1, V]
   nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]            # [n, L-1]
   hit = jnp.argmax(logp, -1) == tokens[:, 1:]
-  # Prediction t reads token t+1: the first copy's targets are 1..S (skip the first, which has
-  # no context), the second copy's are S+1..2S.
-  return {"first_copy_nll": float(nll[:, 1:s].mean()),
-          "second_copy_nll": float(nll[:, s:].mean()),
-          "copy_accuracy": float(hit[:, s:].mean())}
+  # Prediction t reads token t+1. The first copy is tokens p..p+S-1: its predictions are p..
+  # p+S-2 (its first token has no context to predict it); the second copy's are p+S-1 on.
+  return {"first_copy_nll": float(nll[:, p:p + s - 1].mean()),
+          "second_copy_nll": float(nll[:, p + s - 1:].mean()),
+          "copy_accuracy": float(hit[:, p + s - 1:].mean())}
 
 
 def paragraph_segments(loaded, data_dir: str, num: int, segment: int,
@@ -56,7 +58,10 @@ def paragraph_segments(loaded, data_dir: str, num: int, segment: int,
   contexts = sorted({r["context"] for r in eval_sets.read_records("squad", data_dir)})
   rows = []
   for i in rng.permutation(len(contexts)):
-    ids = loaded.vocab.encode(contexts[i])[:segment]
+    ids = loaded.vocab.encode(contexts[i])
+    if ids and ids[0] == loaded.vocab.bos_id:   # Tokenizers that add BOS themselves.
+      ids = ids[1:]
+    ids = ids[:segment]
     if len(ids) == segment:
       rows.append(ids)
     if len(rows) == num:
