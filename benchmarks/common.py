@@ -26,7 +26,7 @@ from bpdjax.eval import flags as alias_flags  # noqa: F401  (defines --workdir, 
 from bpdjax.eval import metrics
 from bpdjax.eval import run
 from bpdjax.eval import settings as settings_lib
-from configs import decode as decode_config
+from bpdjax.configs import decode as decode_config
 
 
 def define_config(**defaults):

@@ -27,8 +27,8 @@ from bpdjax import model as model_lib
 from bpdjax.decoding import cost
 from bpdjax.decoding import sparse_tree
 from bpdjax.decoding.drafters import auto
-from configs import c4_1p5b
-from configs import small
+from bpdjax.configs import c4_1p5b
+from bpdjax.configs import small
 
 _SHAPES = flags.DEFINE_list("shapes", ["small", "base_130m", "c4_1p5b"], "Model shapes.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.")

@@ -34,7 +34,7 @@ import numpy as np
 
 
 def _text_lines(max_bytes: int, skip_bytes: int = 0):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import default  # pylint: disable=g-import-not-at-top
   data_dir = default.get_config().data_dir
   files = sorted(glob.glob(os.path.join(data_dir, "wikipedia_en_2015", "*", "wiki_*")))
   if not files:

@@ -118,18 +118,20 @@ def validate_mesh(config: ml_collections.ConfigDict) -> None:
 
 
 def config_file(path: str) -> str:
-  """`path` if it is a file; else, for a path under configs/ (`--config=configs/tiny.py` from
-  outside a checkout), that file of the installed `configs` package. Unchanged when neither
-  exists, so the flag parser names the missing file."""
-  if os.path.isfile(path):
+  """`path` if it is a file; else, for a path under configs/ (`--config=configs/tiny.py`, the
+  spelling of earlier versions, from a checkout or from anywhere), that file of the package's
+  `bpdjax.configs`. A `:ARGS` suffix (`configs/finetune.py:squad`) is kept. Unchanged when
+  neither exists, so the flag parser names the missing file."""
+  file, sep, args = path.partition(":")
+  if os.path.isfile(file):
     return path
-  parts = os.path.normpath(path).split(os.sep)
+  parts = os.path.normpath(file).split(os.sep)
   if len(parts) > 1 and parts[0] == "configs":
-    spec = importlib.util.find_spec("configs")  # Locates the package; imports nothing.
+    spec = importlib.util.find_spec("bpdjax.configs")  # Locates the package; imports nothing.
     for root in (spec.submodule_search_locations or []) if spec else []:
       candidate = os.path.join(root, *parts[1:])
       if os.path.isfile(candidate):
-        return candidate
+        return candidate + sep + args
   return path
 
 

@@ -25,7 +25,7 @@ def _import_installed_package() -> None:
     return
   site = str(dist.locate_file(""))
   differs = []
-  for package in ("bpdjax", "configs"):
+  for package in ("bpdjax",):
     for folder, dirs, files in os.walk(os.path.join(ROOT, package)):
       dirs[:] = [d for d in dirs if d != "__pycache__"]
       for name in files:
@@ -42,7 +42,7 @@ def _import_installed_package() -> None:
   path = sys.path[:]
   sys.path[:] = elsewhere
   try:
-    for package in ("bpdjax", "configs"):
+    for package in ("bpdjax",):
       module = importlib.import_module(package)
       assert module.__file__.startswith(site), (package, module.__file__)
   finally:
@@ -66,7 +66,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def tiny_vocab_path(tmp_path_factory) -> str:
   """The 512-piece tiny_shakespeare SentencePiece model (configs/tiny.py), trained once (~5 s)."""
   from bpdjax.data import vocab  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.data.vocab_dir = str(tmp_path_factory.mktemp("vocab_cache"))
   return vocab.ensure_vocabulary(config, str(tmp_path_factory.mktemp("tiny_workdir")))
@@ -88,7 +88,7 @@ def pytest_configure(config):
 def trained_tiny_workdir(tmp_path_factory, tiny_vocab_path) -> str:
   """A configs/tiny.py workdir trained for 30 steps (~15 s), shared by decoding tests."""
   from bpdjax.train import loop  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import tiny  # pylint: disable=g-import-not-at-top
   config = tiny.get_config()
   config.num_train_steps = 30
   config.data.vocab_path = tiny_vocab_path

@@ -88,7 +88,7 @@ def decode_settings(options=None, **values):
   """eval.settings.DecodeSettings from configs/decode.py's defaults with `values` over them
   (options: {method: {knob: value}})."""
   from bpdjax.eval import settings as settings_lib  # pylint: disable=g-import-not-at-top
-  from configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import decode as decode_config  # pylint: disable=g-import-not-at-top
   config = decode_config.get_config()
   config.update(values)
   for method, knobs in (options or {}).items():

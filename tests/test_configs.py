@@ -16,13 +16,14 @@ from bpdjax import partitioning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(   # Training configs; decode.py is decode.py's (tests/test_decode_cli.py).
-    os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    os.path.splitext(os.path.basename(p))[0]
+    for p in glob.glob(os.path.join(ROOT, "bpdjax", "configs", "*.py"))
     if not os.path.basename(p).startswith("_")    # _*.py: shared helpers, not configs.
     and os.path.basename(p) != "decode.py")
 
 
 def load(name):
-  return importlib.import_module(f"configs.{name}").get_config()
+  return importlib.import_module(f"bpdjax.configs.{name}").get_config()
 
 
 def abstract_params(model_config):
@@ -193,7 +194,7 @@ def test_check_compatible_names_fields():
 
 @pytest.mark.parametrize("task", ["squad", "xsum", "samsum", "gsm8k"])
 def test_finetune_configs(task):
-  from configs import finetune  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import finetune  # pylint: disable=g-import-not-at-top
   config = finetune.get_config(task)
   configuration.validate(config)
   assert config.data.sft_tasks == task and config.init.workdir

@@ -12,7 +12,7 @@ from bpdjax.data import tasks
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import vocab
 from bpdjax.data import vocabulary
-from configs import tiny
+from bpdjax.configs import tiny
 
 N_RESUME = 6
 

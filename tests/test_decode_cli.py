@@ -35,7 +35,7 @@ def _run_decode(*args, env=None):
 def tiny_resources(trained_tiny_workdir, lmplz, tmp_path_factory):
   """(rescorer workdir: an h = 1 LM in the tiny vocabulary, 2-gram ARPA of the tiny corpus)."""
   from bpdjax.train import loop  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import tiny  # pylint: disable=g-import-not-at-top
   d = tmp_path_factory.mktemp("tiny_resources")
   config = tiny.get_config()
   config.num_train_steps = 10
@@ -119,7 +119,7 @@ def test_help_lists_every_method_and_task():
 
 def test_flag_aliases_set_the_config(monkeypatch):
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import decode as decode_config  # pylint: disable=g-import-not-at-top
   flags.FLAGS(["decode.py", "--alpha=0.25", "--k=4", "--methods=ar,local", "--ngram_backend=wfst"])
   try:
     config = decode_config.get_config()
@@ -201,7 +201,7 @@ def test_settings_validation(trained_tiny_workdir):
 
 
 def test_decode_config_defaults_are_the_methods_own():
-  from configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import decode as decode_config  # pylint: disable=g-import-not-at-top
   config = decode_config.get_config()
   assert set(config.options) == set(methods.names())
   for name in methods.names():

@@ -15,7 +15,7 @@ from bpdjax.eval import report as report_lib
 from bpdjax.eval import run as run_lib
 from bpdjax.eval import settings as settings_lib
 from bpdjax.ngram import arpa
-from configs import decode as decode_config
+from bpdjax.configs import decode as decode_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["First Citizen:", "ROMEO:", "To be, or not"]

@@ -8,7 +8,7 @@ import seqio
 
 from bpdjax.data import eval_sets
 from bpdjax.data import eval_tasks
-from configs import default
+from bpdjax.configs import default
 
 DATA_DIR = default.get_config().data_dir
 BUILTIN = [n for n in eval_tasks.EVAL_TASKS if n != "jsonl"]

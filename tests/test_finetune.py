@@ -14,7 +14,7 @@ from bpdjax.data import pipeline
 from bpdjax.train import loop as train_loop
 from bpdjax.train import state as train_state
 from bpdjax.train import steps
-from configs import tiny
+from bpdjax.configs import tiny
 
 QUICK = dict(log_every_steps=1, eval_every_steps=1000, num_eval_batches=1,
              checkpoint_every_steps=1000)

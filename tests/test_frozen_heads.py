@@ -26,7 +26,7 @@ from bpdjax.ngram import estimate
 from bpdjax.train import loop as train_loop
 from bpdjax.data import pipeline
 from bpdjax.data import token_files
-from configs import tinystories_heads
+from bpdjax.configs import tinystories_heads
 
 MODEL = tinystories_heads.get_config().init.hf_model
 STORIES260K = os.path.join(os.path.dirname(MODEL), "stories260K")
@@ -251,7 +251,7 @@ def test_llama2c_base(tmp_path):
 def test_rescorer_from_scratch_on_distill_data(trained, distilled, tiny_vocab_path, tmp_path):
   """A from-scratch LM on token_file data keeps the tokenizer its manifest names, so it can
   rescore the heads model's drafts; a rescorer with another vocabulary is refused by name."""
-  from configs import tinystories_rescorer  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import tinystories_rescorer  # pylint: disable=g-import-not-at-top
   config = tinystories_rescorer.get_config()
   config.data.token_dir = distilled[0]
   config.data.seq_len = SEQ_LEN
@@ -277,7 +277,7 @@ def test_rescorer_from_scratch_on_distill_data(trained, distilled, tiny_vocab_pa
 def test_full_fine_tuning_from_heads_workdir(trained, tmp_path):
   """configs/finetune_tinystories.py: supervised fine-tuning from a heads-on-frozen-base
   workdir trains every parameter, body included, and keeps the parent's tokenizer and shape."""
-  from configs import finetune_tinystories  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import finetune_tinystories  # pylint: disable=g-import-not-at-top
   _, parent, parent_result = trained
   config = finetune_tinystories.get_config("squad")
   config.init.workdir = parent
@@ -306,7 +306,7 @@ def test_supervised_rows_with_a_tokenizer_whose_id_0_is_unk(trained):
   tokens (before the fix, a squad row weighted padding and read its answer as zeros)."""
   import seqio  # pylint: disable=g-import-not-at-top
   from bpdjax.data import supervised  # pylint: disable=g-import-not-at-top
-  from configs import finetune_tinystories  # pylint: disable=g-import-not-at-top
+  from bpdjax.configs import finetune_tinystories  # pylint: disable=g-import-not-at-top
   vocab_path = os.path.join(trained[1], "hf_tokenizer")
   tok = tokenizers.load_tokenizer(vocab_path)
   assert 0 in tok.encode("#### 18 (é)")

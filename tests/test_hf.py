@@ -18,7 +18,7 @@ from bpdjax.importers import llama2c
 from bpdjax import model as model_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
-from configs import default
+from bpdjax.configs import default
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
 MODELS = os.path.join(default.get_config().data_dir, "models")

@@ -34,9 +34,9 @@ def _outside(installed, tmp_path):
 
 @pytest.mark.slow
 def test_import_and_generate_from_another_directory(installed, trained_tiny_workdir, tmp_path):
-  code = ("import bpdjax, configs\n"
+  code = ("import bpdjax, importlib.util\n"
           f"assert bpdjax.__file__.startswith({installed[0]!r}), bpdjax.__file__\n"
-          f"assert configs.__file__.startswith({installed[0]!r}), configs.__file__\n"
+          "assert importlib.util.find_spec('configs') is None, 'a top-level configs package'\n"
           f"m = bpdjax.load({trained_tiny_workdir!r})\n"
           "out = bpdjax.generate(m, 'First Citizen:', method='bpd', max_new_tokens=16)\n"
           "ref = bpdjax.generate(m, 'First Citizen:', method='ar', max_new_tokens=16)\n"
@@ -58,12 +58,14 @@ def test_console_scripts_help_exits_0(installed, tmp_path, script):
 
 def test_config_flag_falls_back_to_the_installed_configs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)                  # No configs/ folder here.
-  import configs  # pylint: disable=g-import-not-at-top
+  from bpdjax import configs  # pylint: disable=g-import-not-at-top
   resolved = configuration.config_file("configs/tiny.py")
   # The configs package in use: the checkout's in a dev install, site-packages' under CI.
   assert resolved == os.path.join(os.path.dirname(configs.__file__), "tiny.py")
   assert os.path.isfile(resolved)
   assert configuration.config_file("configs/nope.py") == "configs/nope.py"
+  assert configuration.config_file("configs/finetune.py:squad") == os.path.join(
+      os.path.dirname(configs.__file__), "finetune.py") + ":squad"
   assert configuration.resolve_config_flag(["x", "--config=configs/tiny.py", "--workdir=w"]) == [
       "x", f"--config={resolved}", "--workdir=w"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from bpdjax.data import eval_tasks
 from bpdjax.data import prompts
-from configs import default
+from bpdjax.configs import default
 
 DATA_DIR = default.get_config().data_dir
 

@@ -12,7 +12,7 @@ _SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     import flax.linen as nn
-    from configs import tiny
+    from bpdjax.configs import tiny
     from bpdjax import model as model_lib, partitioning
     from bpdjax.decoding import generator, methods
     assert jax.device_count() == 8, jax.devices()

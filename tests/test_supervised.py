@@ -13,7 +13,7 @@ from bpdjax.data import pipeline
 from bpdjax.data import supervised
 from bpdjax.data import vocabulary
 from bpdjax.train import steps
-from configs import tiny
+from bpdjax.configs import tiny
 from tests import helpers
 
 PROMPT_ROOM = 48

@@ -23,7 +23,7 @@ from bpdjax import api
 from bpdjax import checkpoints
 from bpdjax.train import loop as train_loop
 from bpdjax.train import state as train_state
-from configs import tiny
+from bpdjax.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 8  # Steps of the reference run.

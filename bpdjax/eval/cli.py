@@ -19,7 +19,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-import configs
+from bpdjax import configs
 from bpdjax import configuration
 from bpdjax.eval import flags as alias_flags
 from bpdjax.eval import report

@@ -4,7 +4,7 @@ Throughput decides the shape: the h = 9 tied softmaxes cost h x vocab x emb_dim 
 token, more than the 6 layers, so the vocabulary is 4096 pieces (8192 ran at a third of the
 speed). Measured and reached figures are in README.md.
 """
-from configs import default
+from bpdjax.configs import default
 
 
 def get_config():

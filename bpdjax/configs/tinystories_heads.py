@@ -13,7 +13,7 @@ About 10 minutes on 2 shared CPU cores (800 steps of 16 x 256 tokens, ~5 epochs 
 """
 import os
 
-from configs import default
+from bpdjax.configs import default
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

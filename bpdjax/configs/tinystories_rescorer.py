@@ -10,7 +10,7 @@ parameters, ~70% of them the tied 2048 x 64 embedding) against the base's two la
 """
 import os
 
-from configs import default
+from bpdjax.configs import default
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ pairs, loss on the target tokens only (bpdjax/data/supervised.py). The prompt ro
 leaves seq_len - P tokens for the target: short answers (squad) get most of the row for the
 context, GSM8K's worked solutions the most target room.
 """
-from configs import small
+from bpdjax.configs import small
 
 PROMPT_TOKENS = {"squad": 224, "xsum": 200, "samsum": 192, "gsm8k": 96}
 

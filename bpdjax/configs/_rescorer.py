@@ -10,7 +10,7 @@ that model's vocabulary:
 With h = 1 the model is a plain next-token LM; its single "ffn" head (zero-initialised output,
 residual) is one extra FFN block, sized like the layers' MLP and counted below.
 """
-from configs import default
+from bpdjax.configs import default
 
 # name: (vocab, num_layers, emb_dim, num_heads, head_dim, mlp_dim); parameter counts with h = 1.
 SHAPES = {

@@ -4,7 +4,7 @@ Uses T5's 32000-piece C4 SentencePiece vocabulary, which must be given:
 --config.data.vocab_path=PATH (the same model as configs/c4_1p5b.py's).
 Shapes and training settings in configs/_rescorer.py.
 """
-from configs import _rescorer
+from bpdjax.configs import _rescorer
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Seconds-long config for tests and smoke runs: tiny_shakespeare, a 512-piece vocabulary."""
-from configs import default
+from bpdjax.configs import default
 
 
 def get_config():

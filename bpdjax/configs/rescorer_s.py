@@ -2,7 +2,7 @@
 
 Shapes and training settings in configs/_rescorer.py.
 """
-from configs import _rescorer
+from bpdjax.configs import _rescorer
 
 
 def get_config():

@@ -14,8 +14,8 @@ idle CPU cores (measured figures in benchmarks/results/finetune_tinystories.md).
 """
 import os
 
-from configs import finetune
-from configs import tinystories_heads
+from bpdjax.configs import finetune
+from bpdjax.configs import tinystories_heads
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # SQuAD rows of 512 tokens (8 per batch: the same tokens per step), 480 of prompt room: this

@@ -14,7 +14,7 @@ there is no local C4 text to train one on, so
 (the T5 model is gs://t5-data/vocabs/cc_all.32000/sentencepiece.model). C4 itself is read
 through TFDS (`c4/en`); set --config.data.tfds_data_dir if it is not in the TFDS default place.
 """
-from configs import default
+from bpdjax.configs import default
 
 
 def get_config():
