@@ -38,8 +38,8 @@ def main(argv):
                                      s.max_new_tokens)
 
   def decode(built):
-    return generator.generate(prompts, built.drafter, built.params, s.max_new_tokens,
-                              s.batch_size, prompt_width=width)
+    return generator.generate(prompts, built, max_new_tokens=s.max_new_tokens,
+                              batch_size=s.batch_size, prompt_width=width)
 
   reference, _ = decode(methods.build("ar", config))
   result = {"workdir": s.workdir, "step": loaded.step, "task": task, "examples": len(prompts),

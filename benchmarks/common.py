@@ -22,9 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
 from bpdjax.decoding import methods
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import resources as resources_lib
 from bpdjax.eval import flags as alias_flags  # noqa: F401  (defines --workdir, --methods, ...)
 from bpdjax.eval import metrics
-from bpdjax.eval import run
+from bpdjax.eval import session as session_lib
 from bpdjax.eval import settings as settings_lib
 from bpdjax.configs import decode as decode_config
 
@@ -59,17 +61,25 @@ def prompts(s: settings_lib.DecodeSettings, loaded, task: str,
   return [e["prompt_tokens"] for e in examples]
 
 
-def build_methods(s: settings_lib.DecodeSettings, loaded, prompt_width: int = 0,
-                  batch_size: int = 0, res=None) -> dict:
-  """{method: registry.Built} for the settings' methods (resources `res`, or loaded now); a
-  cost-aware method measures its cost table for `prompt_width` (default: the model's longest
-  prompt) and `batch_size` (default: the settings')."""
-  config = loaded.model.config
+def load_resources(s: settings_lib.DecodeSettings, loaded) -> resources_lib.Resources:
+  """The resources the settings name, checked against the model's vocabulary."""
+  return resources_lib.load(s.resource_paths, s.workdir, loaded.model.config.vocab_size)
+
+
+def build_methods(s: settings_lib.DecodeSettings, generator: generator_lib.Generator,
+                  prompt_width: int = 0, batch_size: int = 0, res=None) -> dict:
+  """{method: registry.Built} for the settings' methods, built by the driver (resources `res`,
+  or loaded now); a cost-aware method measures its cost table for `prompt_width` (default: the
+  model's longest prompt) and `batch_size` (default: the settings')."""
+  config = generator.config
   s.validate(config)
-  res = res or run.load_resources(s, config.vocab_size)
-  res.cost_model = run.cost_model(s, loaded, prompt_width or config.max_len - s.max_new_tokens,
-                                  batch_size)
-  return {m: methods.build(m, config, res, options=s.options[m]) for m in s.methods}
+  res = res or resources_lib.load(s.resource_paths, s.workdir, config.vocab_size)
+  return {m: generator.build(m, res, s.options[m], s.options,
+                             batch_size=batch_size or s.batch_size,
+                             prompt_width=prompt_width or config.max_len - s.max_new_tokens,
+                             max_new_tokens=s.max_new_tokens,
+                             cost_cache=session_lib.cost_cache_path(s))
+          for m in s.methods}
 
 
 def alternating_rounds(names: Sequence[str], measure: Callable[[str], tuple], rounds: int):

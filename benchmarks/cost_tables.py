@@ -6,7 +6,7 @@ tokens a call of L can keep, drafting L cannot pay on this machine.
   python benchmarks/cost_tables.py [--shapes=small,base_130m,c4_1p5b] [--batch_sizes=1] \
       [--dtype=float32] [--trees=16,64] [--markdown=FILE]
 
-Each table is decoding/cost.measure (the table method auto uses: one compiled program, median
+Each table is decoding/timing.cost_table (the table method auto uses: its own steps, median
 of alternating repeats, compile excluded) beside decoding/cost.analytic (roofline from the
 measured matmul and copy peaks).
 """
@@ -25,8 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax.decoding import cost
-from bpdjax.decoding import sparse_tree
-from bpdjax.decoding.drafters import auto
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
+from bpdjax.decoding import timing
 from bpdjax.configs import c4_1p5b
 from bpdjax.configs import small
 
@@ -72,12 +73,15 @@ def main(argv):
         jax.random.PRNGKey(0))
     count = sum(x.size for x in jax.tree.leaves(params))
     h = config.num_heads_bpd
-    trees = tuple(int(x) for x in _TREES.value)
-    topology = sparse_tree.chain_then_tree(h, 16, max(trees) if trees else 0)[0]
-    sizes = auto.candidate_sizes(h, trees)
+    gen = generator_lib.Generator(model, params, eos_id=None)
+    options = methods.make_options("auto", tree_nodes=",".join(_TREES.value))
+    drafter, _ = methods.registry.build_drafter("auto", config, None, options)
+    sizes = drafter.candidates
+    topology = drafter.topology
+    probe = methods.registry.build_policy("auto", options, drafter, timing.flat_table(sizes))
     for batch in map(int, _BATCHES.value):
-      measured = cost.measure(model, params, topology, sizes, batch, _PROMPT.value, _NEW.value,
-                              repeats=_REPEATS.value, min_seconds=0.2)
+      measured = timing.cost_table(gen, drafter, None, probe, batch, _PROMPT.value, _NEW.value,
+                                   repeats=_REPEATS.value, min_seconds=0.2)
       cache_len = _PROMPT.value + _NEW.value + topology.size
       roof = cost.analytic(config, topology, sizes, batch, cache_len, peak_flops, peak_bytes)
       head = (f"\n**{name}** ({count / 1e6:.1f}M parameters, {config.num_layers} layers x "

@@ -18,7 +18,6 @@ from absl import flags
 import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
-from bpdjax.eval import run
 
 _CONFIG = common.define_config(methods="ar,bpd,medusa,pbest_0gram,auto", num_examples=16,
                                max_new_tokens=128, record_topk=0)
@@ -53,7 +52,7 @@ def main(argv):
   generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
   width = generator_lib.bucket_width(max(len(p) for p in prompts), config.max_len,
                                      s.max_new_tokens)
-  res, cost_lines = run.load_resources(s, config.vocab_size), []
+  res, cost_lines = common.load_resources(s, loaded), []
   header = (f"workdir {s.workdir} (step {loaded.step}), h={config.num_heads_bpd}, {len(prompts)} "
             f"{s.tasks[0]} prompts, max_new_tokens={s.max_new_tokens}, methods {s.methods}, "
             f"median of {_ROUNDS.value} alternating rounds")
@@ -63,12 +62,13 @@ def main(argv):
            "| same, drafting steps only | steps that looked at heads |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for batch_size in map(int, _BATCHES.value):
-    built = common.build_methods(s, loaded, prompt_width=width, batch_size=batch_size, res=res)
+    tables_before = len(generator.cost_tables)
+    built = common.build_methods(s, generator, prompt_width=width, batch_size=batch_size,
+                                 res=res)
 
     def measure(name, batch_size=batch_size, built=built):
-      b = built[name]
-      return generator.generate(prompts, b.drafter, b.params, s.max_new_tokens, batch_size,
-                                prompt_width=width)
+      return generator.generate(prompts, built[name], max_new_tokens=s.max_new_tokens,
+                                batch_size=batch_size, prompt_width=width)
 
     results = common.alternating_rounds(list(built), measure, _ROUNDS.value)
     first = s.methods[0]
@@ -91,7 +91,7 @@ def main(argv):
       table.append(f"| {batch_size} | {name} | {tps:.1f} | {tps / base_tps:.2f} | "
                    f"{tps / best_other:.2f} | {entry['block_efficiency']:.3f} | "
                    f"{_identical(base_gens, gens)} | {chosen} | {pred} | {drafting} | {looks} |")
-    for t in res.cost_model.tables:     # Measured for this batch size by cost-aware methods.
+    for t in generator.cost_tables[tables_before:]:   # Cost-aware methods, this batch size.
       rel = ", ".join(f"{n}: {r:.2f}" for n, r in zip(t.sizes, t.relative))
       line = (f"batch {batch_size}: cost table ({t.source}; one iteration relative to size 1 = "
               f"{t.seconds[0] * 1e3:.3f} ms): {rel}")

@@ -36,7 +36,6 @@ from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.eval import metrics
-from bpdjax.eval import run
 
 _CONFIG = common.define_config(
     methods="ar", num_examples=4, max_new_tokens=128, record_topk=0, tasks="jsonl",
@@ -132,7 +131,7 @@ def main(argv):
   loaded = api.load(s.workdir)
   config = loaded.model.config
   prompts = common.prompts(s, loaded, s.tasks[0])
-  res = run.load_resources(s, config.vocab_size)
+  res = common.load_resources(s, loaded)
   generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
   label = _LABEL.value or "this checkout"
   rows = []
@@ -142,9 +141,11 @@ def main(argv):
         name, **dict(_CONFIG.value.options.get(name, {})))
     if draft_len:
       options = dataclasses.replace(options, draft_len=int(draft_len))
-    b = methods.build(name, config, res, options=options)
-    decode = lambda b=b: generator.generate(prompts, b.drafter, b.params, s.max_new_tokens,
-                                            s.batch_size)
+    b = generator.build(name, res, options, s.options, batch_size=s.batch_size,
+                        prompt_width=generator.width(prompts, s.max_new_tokens),
+                        max_new_tokens=s.max_new_tokens)
+    decode = lambda b=b: generator.generate(prompts, b, max_new_tokens=s.max_new_tokens,
+                                            batch_size=s.batch_size)
     decode()                                             # Compile (and dump the HLO).
     traced = []
     for _ in range(_REPEATS.value):

@@ -105,8 +105,8 @@ class Runner:
 
   def run(self, row, alpha, prompts, max_new, record_topk=0):
     b = self.drafter(row, alpha)
-    return self.generator.generate(prompts, b.drafter, b.params, max_new, 1,
-                                   record_topk=record_topk, prompt_width=_MAX_PROMPT.value)
+    return self.generator.generate(prompts, b, max_new_tokens=max_new, batch_size=1,
+                                   record=record_topk, prompt_width=_MAX_PROMPT.value)
 
 
 def _be(generations) -> float:

@@ -54,7 +54,7 @@ def main(argv):
   generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
   width = generator_lib.bucket_width(max(len(p) for p in prompts), config.max_len,
                                      s.max_new_tokens)
-  built = common.build_methods(s, loaded, prompt_width=width, batch_size=s.batch_size)
+  built = common.build_methods(s, generator, prompt_width=width, batch_size=s.batch_size)
   base = dataclasses.replace(s.sampling, temperature=0.0, acceptance=sampling.TOKENWISE)
   header = (f"workdir {s.workdir} (step {loaded.step}), h={config.num_heads_bpd}, "
             f"{len(prompts) // _REPEATS.value} {s.tasks[0]} prompts x {_REPEATS.value} samples, "
@@ -68,7 +68,8 @@ def main(argv):
     for temperature, rule in _rules(name, b.drafter.topology):
       config_t = dataclasses.replace(base, temperature=temperature, acceptance=rule)
       run = lambda: generator.generate(  # noqa: E731
-          prompts, b.drafter, b.params, s.max_new_tokens, s.batch_size, sampling_config=config_t,
+          prompts, b, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
+          sampling_config=config_t,
           rng=jax.random.PRNGKey(s.seed), prompt_width=width)
       run()                                                                      # Compile.
       gens, timings = run()

@@ -47,14 +47,14 @@ _JSON = flags.DEFINE_string("json_output", "", "Optional JSON output path.")
 
 
 def _bpdjax_rows(settings, loaded, prompts, max_new):
-  built = common.build_methods(settings, loaded)
   generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
+  built = common.build_methods(settings, generator)
   rows = {}
   for name, b in built.items():
-    generator.generate(prompts[:1], b.drafter, b.params, max_new)     # Compile (+ warm-up).
+    generator.generate(prompts[:1], b, max_new_tokens=max_new)        # Compile (+ warm-up).
     seconds, outputs = [], None
     for _ in range(_ROUNDS.value):
-      gens, timings = generator.generate(prompts, b.drafter, b.params, max_new)
+      gens, timings = generator.generate(prompts, b, max_new_tokens=max_new)
       seconds.append(sum(t.seconds for t in timings))
       outputs = gens
     tokens = sum(len(g.tokens) for g in outputs)

@@ -7,10 +7,11 @@
   for block in bpdjax.stream(m, "Once upon a time", method="bpd"):
     print(block.text, end="", flush=True)                 # one accepted block per model call
 
-`generate` decodes with the one decode loop (decoding/loop.py) compiled whole; `stream` runs the
-same loop's `start` and `step` from the host, one jitted call per iteration, so it yields each
-block as soon as its verify call has decided it: the same tokens as `generate` (greedy, or the
-same sampling rule and key), at the price of a host round trip per call. Methods are those of
+Both run the one driver (decoding/generator.Generator): `generate` decodes with the loop
+compiled whole; `stream` runs the same loop's prefill and step from the host (the driver's
+`stepper` hook), one jitted call per iteration, so it yields each block as soon as its verify
+call has decided it: the same tokens as `generate` (greedy, or the same sampling rule and key),
+at the price of a host round trip per call. Methods are those of
 `decode.py --help`; `options` are their knobs (e.g. k=4, tree_size=32), the defaults otherwise.
 Methods that need a resource (a rescorer workdir, an ARPA file) take it as `resources=`
 (decoding/resources.Resources).
@@ -25,11 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpdjax import api
-from bpdjax import cache as cache_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import loop
 from bpdjax.decoding import methods
-from bpdjax.decoding import model_fns
 from bpdjax.decoding import sampling
 
 
@@ -73,10 +72,25 @@ def _encode(m: api.LoadedModel, prompt: str) -> list[int]:
   return ids
 
 
-def _build(m: api.LoadedModel, method: str, resources: Any, options: dict):
+def _build(gen: generator_lib.Generator, method: str, resources: Any, options: dict,
+           batch_size: int, width: int, max_new_tokens: int):
   if method not in methods.names():
     raise ValueError(f"Unknown method {method!r}; methods: {', '.join(methods.names())}")
-  return methods.build(method, m.model.config, resources, **options)
+  return gen.build(method, resources, batch_size=batch_size, prompt_width=width,
+                   max_new_tokens=max_new_tokens, **options)
+
+
+_GENERATORS: dict = {}
+
+
+def _generator(m: api.LoadedModel) -> generator_lib.Generator:
+  """One driver per loaded model, kept: generating or streaming again with the same settings
+  compiles nothing."""
+  key = id(m.params)
+  if key not in _GENERATORS or _GENERATORS[key].params is not m.params:
+    _GENERATORS.clear()          # Keep only the newest model's programs.
+    _GENERATORS[key] = generator_lib.Generator(m.model, m.params, eos_id=m.vocab.eos_id)
+  return _GENERATORS[key]
 
 
 def _sampling(temperature: float, top_k: int, top_p: float) -> sampling.SamplingConfig:
@@ -95,10 +109,14 @@ def generate(m: api.LoadedModel, prompt: Union[str, Sequence[str]], method: str 
   if not isinstance(prompt, (str, list, tuple)):
     raise TypeError(f"A prompt is a str (or a list of str), got {type(prompt).__name__}")
   prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+  if not prompts:
+    raise ValueError("prompt is an empty list: give a str or a list of at least one str")
   ids = [_encode(m, p) for p in prompts]
-  built = _build(m, method, resources, options)
-  gen = generator_lib.Generator(m.model, m.params, eos_id=m.vocab.eos_id)
-  results, timings = gen.generate(ids, built.drafter, built.params, max_new_tokens=max_new_tokens,
+  gen = _generator(m)
+  gen.check_prompts(ids, max_new_tokens)
+  built = _build(gen, method, resources, options, batch_size, gen.width(ids, max_new_tokens),
+                 max_new_tokens)
+  results, timings = gen.generate(ids, built, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size,
                                   sampling_config=_sampling(temperature, top_k, top_p),
                                   rng=jax.random.PRNGKey(seed))
@@ -108,31 +126,6 @@ def generate(m: api.LoadedModel, prompt: Union[str, Sequence[str]], method: str 
   return texts[0] if isinstance(prompt, str) else texts
 
 
-_STEPPERS: dict = {}
-
-
-def _stepper(model, settings: loop.Settings, width: int, cache_len: int):
-  """Jitted start and step of the decode loop for one prompt of `width` slots, kept per (model
-  config, settings, shape): streaming again with the same settings compiles nothing."""
-  key = (model.config, settings, width, cache_len)
-  if key not in _STEPPERS:
-    _STEPPERS[key] = _make_stepper(model, settings, cache_len)
-  return _STEPPERS[key]
-
-
-def _make_stepper(model, settings: loop.Settings, cache_len: int):
-  fns = model_fns.TransformerFns(model)
-
-  def start(params, prompts, lengths, rng, drafter_params):
-    cache = cache_lib.init_for_model(model.config, prompts.shape[0], cache_len)
-    return loop.start(fns, params, prompts, lengths, cache, drafter_params, settings, rng)
-
-  def step(params, state, drafter_params):
-    return loop.step(fns, params, state, drafter_params, settings)
-
-  return jax.jit(start), jax.jit(step)
-
-
 def stream(m: api.LoadedModel, prompt: str, method: str = "bpd", max_new_tokens: int = 64,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
            resources: Any = None, **options) -> Iterator[Block]:
@@ -140,16 +133,15 @@ def stream(m: api.LoadedModel, prompt: str, method: str = "bpd", max_new_tokens:
   module docstring); the blocks' tokens, joined, are `generate`'s tokens for the same settings.
   """
   ids = _encode(m, prompt)
-  built = _build(m, method, resources, options)
-  gen = generator_lib.Generator(m.model, m.params, eos_id=m.vocab.eos_id)
+  gen = _generator(m)
   gen.check_prompts([ids], max_new_tokens)
   config = _sampling(temperature, top_k, top_p)
   config.validate(m.model.config.vocab_size)
+  width = gen.width([ids], max_new_tokens)
+  built = _build(gen, method, resources, options, 1, width, max_new_tokens)
   settings = loop.Settings(built.drafter, max_new_tokens, m.vocab.eos_id, config,
-                           plain_stretches=False)   # One block per model call.
-  width = generator_lib.bucket_width(len(ids), m.model.config.max_len, max_new_tokens)
-  start, step = _stepper(m.model, settings, width,
-                         width + max_new_tokens + loop.block_size(built.drafter))
+                           plain_stretches=False, policy=built.policy)  # One block per call.
+  start, step, _ = gen.stepper(settings, width + max_new_tokens + loop.block_size(built.drafter))
   prompts, lengths = generator_lib.pad_batch([np.asarray(ids, np.int32)], 1, width)
   # The same key as Generator.generate gives its first batch, so sampling matches generate's.
   _, sub = jax.random.split(jax.random.PRNGKey(seed))

@@ -1,5 +1,6 @@
 """Shared test helpers (tests import this module, never each other)."""
 import functools
+import types
 
 import flax.linen as nn
 import jax
@@ -9,9 +10,12 @@ from scipy import stats
 
 from bpdjax import cache as cache_lib
 from bpdjax import model as model_lib
+from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import loop
 from bpdjax.decoding import model_fns
+from bpdjax.decoding import recording
 from bpdjax.decoding import sampling
+from bpdjax.decoding.policies import fixed
 
 # KenLM n-gram LMs of the `lms` fixture (conftest.py): ids 0..NGRAM_CORPUS_V-1 of a Markov-chain
 # corpus, read for a model vocabulary of NGRAM_VOCAB (the other ids are <unk> to the LM).
@@ -57,19 +61,43 @@ def naive_greedy(model, params, prompt, n, eos_id):
   return out
 
 
+def _decode_with_new_cache(params, prompts, lengths, rng, drafter_params, *, fns, settings,
+                           cache_len, model_config):
+  cache = cache_lib.init_for_model(model_config, prompts.shape[0], cache_len)
+  return loop.run(fns, params, prompts, lengths, cache, drafter_params, settings, rng)
+
+
+_jit_decode = jax.jit(_decode_with_new_cache,
+                      static_argnames=("fns", "settings", "cache_len", "model_config"))
+
+
 def decode(model, params, prompts, lengths, drafter, max_new, eos_id=None,
            config=sampling.SamplingConfig(), rng=None, record_topk=0, drafter_params=None,
-           fns=None, cache_len=None):
-  """loop.jit_decode of a batch (numpy in, host DecodeResult out); fns defaults to the model's
-  own callbacks, cache_len to what the decode needs."""
+           fns=None, cache_len=None, policy=fixed.FIXED, fresh_jit=False):
+  """The decode loop, jitted, on a batch (numpy in, host DecodeResult out); fns defaults to the
+  model's own callbacks, cache_len to what the decode needs; fresh_jit traces anew (a test that
+  patches a rule must not reuse a compiled program). record_topk > 0 records each
+  iteration's kept length and draft, and each head's top-k at every output slot (the driver's
+  recording.py), as records.kept / drafts / topk / entropy."""
   prompts = np.asarray(prompts)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return jax.device_get(loop.jit_decode(
-      fns or model_fns.TransformerFns(model), params, jnp.asarray(prompts, jnp.int32),
-      jnp.asarray(lengths, jnp.int32), rng, drafter_params, drafter=drafter,
-      max_new_tokens=max_new, eos_id=eos_id, sampling_config=config, record_topk=record_topk,
-      cache_len=cache_len or prompts.shape[1] + max_new + loop.block_size(drafter),
-      cache_init=functools.partial(cache_lib.init_for_model, model.config)))
+  settings = loop.Settings(drafter, max_new, eos_id, config, record_steps=record_topk > 0,
+                           policy=policy)
+  kwargs = dict(fns=fns or model_fns.TransformerFns(model), settings=settings,
+                cache_len=cache_len or prompts.shape[1] + max_new + loop.block_size(drafter),
+                model_config=model.config)
+  fn = (jax.jit(functools.partial(_decode_with_new_cache, **kwargs)) if fresh_jit else
+        functools.partial(_jit_decode, **kwargs))
+  out = jax.device_get(fn(params, jnp.asarray(prompts, jnp.int32),
+                          jnp.asarray(lengths, jnp.int32), rng, drafter_params))
+  if record_topk:
+    gen = generator_lib.Generator(model, params, eos_id)
+    topk, entropy = recording.head_records(gen, prompts.astype(np.int32), np.asarray(lengths),
+                                           out.tokens, out.lengths, record_topk)
+    out = out.replace(records=types.SimpleNamespace(kept=out.records.kept,
+                                                    drafts=out.records.drafts, topk=topk,
+                                                    entropy=entropy))
+  return out
 
 
 def rows(result):
@@ -139,13 +167,14 @@ def chi2_pvalue(counts, probs):
 
 
 def sample_first_two(model, params, prompt, drafter, config, n, decode_fn=None,
-                     drafter_params=None):
+                     drafter_params=None, policy=fixed.FIXED, fresh_jit=False):
   """[n, 2] the first two sampled tokens of n decodes of `prompt` (one batch of n rows)."""
   prompts = np.tile(np.asarray(prompt)[None], (n, 1))
   lengths = np.full((n,), len(prompt))
   if decode_fn is None:
     return decode(model, params, prompts, lengths, drafter, 3, config=config,
-                  rng=jax.random.PRNGKey(42), drafter_params=drafter_params).tokens[:, :2]
+                  rng=jax.random.PRNGKey(42), drafter_params=drafter_params,
+                  policy=policy, fresh_jit=fresh_jit).tokens[:, :2]
   return np.asarray(decode_fn(prompts, lengths).tokens[:, :2])
 
 
@@ -173,28 +202,28 @@ def first_token_counts(tokens, vocab):
 
 
 def sample_first_tokens(model, params, prompt, drafter, config, n, num, drafter_params=None,
-                        fresh_jit=False):
+                        fresh_jit=False, policy=fixed.FIXED):
   """[n, num] the first `num` sampled tokens of n decodes of `prompt` (one batch of n rows).
   fresh_jit: trace anew (a test that patches a rule must not reuse a compiled program)."""
   prompts = jnp.asarray(np.tile(np.asarray(prompt)[None], (n, 1)), jnp.int32)
   lengths = jnp.full((n,), len(prompt), jnp.int32)
-  kwargs = dict(drafter=drafter, max_new_tokens=num + 1, eos_id=None, sampling_config=config,
-                record_topk=0, cache_len=len(prompt) + num + 1 + loop.block_size(drafter),
-                cache_init=functools.partial(cache_lib.init_for_model, model.config))
-  fn = (jax.jit(functools.partial(loop.decode_with_new_cache, **kwargs),
-                static_argnums=0) if fresh_jit else
-        functools.partial(loop.jit_decode, **kwargs))
-  out = fn(model_fns.TransformerFns(model), params, prompts, lengths, jax.random.PRNGKey(42),
-           drafter_params)
+  kwargs = dict(fns=model_fns.TransformerFns(model),
+                settings=loop.Settings(drafter, num + 1, None, config, policy=policy),
+                cache_len=len(prompt) + num + 1 + loop.block_size(drafter),
+                model_config=model.config)
+  fn = (jax.jit(functools.partial(_decode_with_new_cache, **kwargs)) if fresh_jit else
+        functools.partial(_jit_decode, **kwargs))
+  out = fn(params, prompts, lengths, jax.random.PRNGKey(42), drafter_params)
   return np.asarray(out.tokens[:, :num])
 
 
 def assert_exact_in_distribution(model, params, prompt, vocab, drafter, config, num,
-                                 n=20000, drafter_params=None):
+                                 n=20000, drafter_params=None, policy=fixed.FIXED):
   """Chi-square of the first `num` sampled tokens against the enumerated distribution (p-value
   > 1e-3), and no sample in a cell of probability 0. Returns the p-value."""
   probs = exact_first_tokens(model, params, prompt, vocab, config, num)
-  got = sample_first_tokens(model, params, prompt, drafter, config, n, num, drafter_params)
+  got = sample_first_tokens(model, params, prompt, drafter, config, n, num, drafter_params,
+                            policy=policy)
   counts = first_token_counts(got, vocab)
   assert counts[probs == 0].sum() == 0, "sampled a token the distribution excludes"
   pvalue = chi2_pvalue(counts, probs)

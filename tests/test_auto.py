@@ -1,6 +1,8 @@
-"""Cost-aware drafting (method auto, and the entropy-threshold ablation auto_entropy): exact
-output, lossless sampling, adaptation to the cost table, the cost tables themselves, bad input."""
+"""Cost-aware drafting (the auto step policy, and the entropy-threshold ablation auto_entropy):
+exact output, lossless sampling, adaptation to the cost table over chains and over any
+drafter's candidates (Medusa trees), the cost tables and their cache, bad input."""
 import json
+import logging
 
 import jax
 import numpy as np
@@ -12,10 +14,9 @@ from bpdjax.decoding import generator
 from bpdjax.decoding import loop
 from bpdjax.decoding import methods
 from bpdjax.decoding import model_fns
-from bpdjax.decoding import resources
 from bpdjax.decoding import sampling
+from bpdjax.decoding import timing
 from bpdjax.decoding import verify
-from bpdjax.decoding import sparse_tree
 from tests import helpers
 
 MAX_NEW = 21
@@ -33,7 +34,7 @@ def trained(trained_tiny_workdir):
 
 def _run(loaded, rows, built, batch_size, eos_id=None, max_new=MAX_NEW, **kw):
   gen = generator.Generator(loaded.model, loaded.params, eos_id=eos_id)
-  out, timings = gen.generate(rows, built.drafter, built.params, max_new, batch_size, **kw)
+  out, timings = gen.generate(rows, built, max_new_tokens=max_new, batch_size=batch_size, **kw)
   return [g.tokens.tolist() for g in out], sum(g.calls for g in out), timings
 
 
@@ -83,7 +84,7 @@ def test_auto_adapts_to_the_cost_table(trained):
 
 @pytest.mark.parametrize("costs", ["1,2,3,4", "1,1.3,1.6,1.9"])
 def test_plain_stretches_run_inside_one_step(trained, costs):
-  """Plain steps between two looks run as one inner loop (protocol.PlainStretches): fewer outer
+  """Plain steps between two looks run as one inner loop (StepPolicy.stretch): fewer outer
   steps, and the same tokens, model calls and drafter counters as one call per step; with a
   cost table where drafting never pays, the first step decodes to the end."""
   loaded, rows = trained
@@ -95,7 +96,8 @@ def test_plain_stretches_run_inside_one_step(trained, costs):
   cache_len = prompt.shape[1] + MAX_NEW + loop.block_size(built.drafter)
   runs = {}
   for stretches in (True, False):
-    settings = loop.Settings(built.drafter, MAX_NEW, None, plain_stretches=stretches)
+    settings = loop.Settings(built.drafter, MAX_NEW, None, plain_stretches=stretches,
+                             policy=built.policy)
     begin = jax.jit(lambda p, x, n, s=settings: loop.start(
         fns, p, x, n, cache_lib.init_for_model(cfg, 1, cache_len), None, s))
     step = jax.jit(lambda p, st, s=settings: loop.step(fns, p, st, None, s))
@@ -140,13 +142,15 @@ def test_lossless_sampling_chi_square():
   rejection) is caught by the same test."""
   vocab = 8
   model, cfg, params = helpers.random_model(vocab_size=vocab, h=3, seed=3, scale=0.1)
-  drafter = methods.build("auto", cfg, costs="1,1,1").drafter
+  built = methods.build("auto", cfg, costs="1,1,1")
+  drafter = built.drafter
   prompt = [1, 5, 2]
   n = 20000
   for config in (sampling.SamplingConfig(temperature=1.0),
                  sampling.SamplingConfig(temperature=0.7, top_p=0.9)):
     probs = helpers.exact_joint(model, params, prompt, vocab, config)
-    got = helpers.sample_first_two(model, params, prompt, drafter, config, n)
+    got = helpers.sample_first_two(model, params, prompt, drafter, config, n,
+                                   policy=built.policy)
     assert helpers.chi2_pvalue(helpers.joint_counts(got, vocab), probs) > 1e-3, config
   true_accept = verify.accept_chain
 
@@ -159,47 +163,110 @@ def test_lossless_sampling_chi_square():
   config = sampling.SamplingConfig(temperature=1.0)
   verify.accept_chain = broken_accept
   try:
-    broken = helpers.sample_first_two(model, params, prompt, drafter, config, n)
+    broken = helpers.sample_first_two(model, params, prompt, drafter, config, n,
+                                      policy=built.policy, fresh_jit=True)
   finally:
     verify.accept_chain = true_accept
   probs = helpers.exact_joint(model, params, prompt, vocab, config)
   assert helpers.chi2_pvalue(helpers.joint_counts(broken, vocab), probs) < 1e-6
 
 
+def _timed(model, params, h):
+  gen = generator.Generator(model, params, eos_id=None)
+  drafter = methods.build("auto", model.config, costs=",".join(["1"] * h)).drafter
+  probe = methods.registry.build_policy("auto", methods.make_options("auto"), drafter,
+                                        timing.flat_table(drafter.candidates))
+  return gen, drafter, probe
+
+
 def test_measured_cost_table_and_its_cache(tmp_path):
   model, cfg, params = helpers.random_model(h=3)
-  topology = sparse_tree.chain_then_tree(3, 1, 0)[0]
+  gen, drafter, probe = _timed(model, params, 3)
   path = str(tmp_path / "costs.json")
-  table = cost.measure(model, params, topology, (1, 2, 3), batch=2, prompt_width=8,
-                       max_new_tokens=8, repeats=2, min_seconds=0.001, cache_path=path)
-  assert table.source == "measured" and len(table.seconds) == 3 and table.relative[0] == 1.0
+  kw = dict(repeats=2, min_seconds=0.001, cache_path=path)
+  table = timing.cost_table(gen, drafter, None, probe, 2, 8, 8, **kw)
+  assert table.source == "measured" and table.sizes == (1, 2, 3) and table.relative[0] == 1.0
   assert all(s > 0 for s in table.seconds)
-  assert cost.measure(model, params, topology, (1, 2, 3), 2, 8, 8, cache_path=path) is table
+  assert timing.cost_table(gen, drafter, None, probe, 2, 8, 8, cache_path=path) is table
   cost._MEMORY.clear()   # pylint: disable=protected-access  (a new process: read the file)
-  again = cost.measure(model, params, topology, (1, 2, 3), 2, 8, 8, cache_path=path)
+  again = timing.cost_table(gen, drafter, None, probe, 2, 8, 8, cache_path=path)
   assert again.seconds == table.seconds
   # Another batch size or model shape: never reused, measured anew and added to the file.
-  cost.measure(model, params, topology, (1, 2, 3), 3, 8, 8, repeats=1, min_seconds=0.001,
-               cache_path=path)
+  timing.cost_table(gen, drafter, None, probe, 3, 8, 8, **kw)
   other, _, other_params = helpers.random_model(h=3, vocab_size=32)
-  cost.measure(other, other_params, topology, (1, 2, 3), 2, 8, 8, repeats=1,
-               min_seconds=0.001, cache_path=path)
+  other_gen, other_drafter, other_probe = _timed(other, other_params, 3)
+  timing.cost_table(other_gen, other_drafter, None, other_probe, 2, 8, 8, **kw)
   keys = [dict(e["key"]) for e in json.loads(open(path).read())]
   assert len(keys) == 3 and len({(k["batch"], k["model"]) for k in keys}) == 3
-  table = cost.analytic(cfg, topology, (1, 2, 3), batch=1, cache_len=32, peak_flops=1e9,
-                        peak_bytes=1e9)
+  table = cost.analytic(cfg, drafter.topology, (1, 2, 3), batch=1, cache_len=32,
+                        peak_flops=1e9, peak_bytes=1e9)
   assert table.source == "analytic" and list(table.seconds) == sorted(table.seconds)
 
 
-def test_auto_through_the_cost_model_resource(trained):
+@pytest.mark.parametrize("damage", ["truncated", "not_json", "wrong_shape", "nan", "zero_costs"])
+def test_a_damaged_cost_cache_is_measured_again(trained, tmp_path, caplog, damage):
+  """A cost cache is a cache: a damaged file or entry is measured again with a warning naming
+  the file (and rewritten), never trusted and never a crash; the output equals ar's."""
   loaded, rows = trained
-  model = cost.CostModel(loaded.model, loaded.params, batch=1, prompt_width=32,
-                         max_new_tokens=MAX_NEW)
-  built = methods.build("auto", loaded.model.config, resources.Resources(cost_model=model))
-  assert len(model.tables) == 1 and model.tables[0].sizes == (1, 2, 3, 4)
-  assert built.drafter.costs == model.tables[0].seconds
+  path = tmp_path / "costs.json"
+  gen = generator.Generator(loaded.model, loaded.params, eos_id=None)
+  kw = dict(batch_size=1, prompt_width=32, max_new_tokens=MAX_NEW, cost_cache=str(path))
+  gen.build("auto", **kw)
+  good = json.loads(path.read_text())
+  if damage == "truncated":
+    path.write_text(path.read_text()[:40])
+  elif damage == "not_json":
+    path.write_bytes(b"\xff\x00 not json")
+  elif damage == "wrong_shape":
+    path.write_text(json.dumps({"key": "value"}))
+  else:
+    good[0]["seconds"] = ([float("nan")] if damage == "nan" else [0.0]) + good[0]["seconds"][1:]
+    path.write_text(json.dumps(good))
+  cost._MEMORY.clear()   # pylint: disable=protected-access
+  with caplog.at_level(logging.WARNING):
+    built = gen.build("auto", **kw)
+  assert str(path) in caplog.text and "measuring anew" in caplog.text
+  assert all(np.isfinite(built.policy.costs)) and min(built.policy.costs) > 0
+  stored = json.loads(path.read_text())
+  assert isinstance(stored, list) and all(np.isfinite(e["seconds"]).all() for e in stored)
   ar, _, _ = _run(loaded, rows, methods.build("ar", loaded.model.config), 1)
   assert _run(loaded, rows, built, 1)[0] == ar
+
+
+def test_auto_built_by_the_driver(trained):
+  """The driver measures auto's cost table at the batch and width in use (the policy's own
+  steps per size) and builds the policy with it."""
+  loaded, rows = trained
+  gen = generator.Generator(loaded.model, loaded.params, eos_id=None)
+  built = gen.build("auto", batch_size=1, prompt_width=32, max_new_tokens=MAX_NEW)
+  assert len(gen.cost_tables) == 1 and gen.cost_tables[0].sizes == (1, 2, 3, 4)
+  assert built.policy.costs == gen.cost_tables[0].seconds
+  ar, _, _ = _run(loaded, rows, methods.build("ar", loaded.model.config), 1)
+  assert _run(loaded, rows, built, 1)[0] == ar
+
+
+def test_auto_over_a_medusa_tree(trained):
+  """auto drives another method's drafter over its candidate sizes (prefixes of the Medusa
+  tree): with every size costing one step it verifies the whole tree (BE within 2% of medusa's),
+  with one step per node it stays plain; its output equals ar's either way."""
+  loaded, rows = trained
+  cfg = loaded.model.config
+  medusa = {"medusa": methods.make_options("medusa", k=4, tree_size=16)}
+  ar, _, _ = _run(loaded, rows, methods.build("ar", cfg), 1)
+  tree, calls, _ = _run(loaded, rows, methods.build("medusa", cfg, options=medusa["medusa"]), 1)
+  assert tree == ar
+  sizes = methods.build("medusa", cfg, options=medusa["medusa"]).drafter.candidates
+  assert sizes == (1, 2, 4, 8, 16)
+  flat = methods.build("auto", cfg, method_options=medusa, drafter="medusa",
+                       costs=",".join("1" for _ in sizes))
+  got, flat_calls, timings = _run(loaded, rows, flat, 1)
+  assert got == ar
+  assert _be(got, flat_calls) >= 0.98 * _be(tree, calls), (_be(got, flat_calls), _be(tree, calls))
+  per_node = methods.build("auto", cfg, method_options=medusa, drafter="medusa",
+                           costs=",".join(str(s) for s in sizes))
+  got, plain_calls, timings = _run(loaded, rows, per_node, 1)
+  assert got == ar and _be(got, plain_calls) == 1.0
+  assert sum(int(t.stats["chosen"][0]) for t in timings) == plain_calls - len(rows)
 
 
 def test_bad_input():
@@ -217,5 +284,11 @@ def test_bad_input():
     methods.build("auto", cfg, costs="fast")
   with pytest.raises(ValueError, match="exceed the chain length"):
     methods.build("auto", cfg, costs="1,1,1,1", tree_nodes="2")
-  with pytest.raises(ValueError, match="needs a cost model"):
-    methods.build("auto", cfg, resources.Resources())
+  with pytest.raises(ValueError, match="needs a measured cost table"):
+    methods.build("auto", cfg)
+  with pytest.raises(ValueError, match="cannot drive the drafter of 'ar'"):
+    methods.build("auto", cfg, drafter="ar", costs="1")
+  with pytest.raises(ValueError, match="Unknown decoding method 'nope'"):
+    methods.build("auto", cfg, drafter="nope", costs="1")
+  with pytest.raises(ValueError, match="its own chain"):
+    methods.build("auto", cfg, drafter="medusa", tree_nodes="8", costs="1")

@@ -94,12 +94,12 @@ def test_bad_inputs(setup):
     sparse_tree.build_sparse_tree([[0.1, 0.5]], 2)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     sparse_tree.build_sparse_tree([[1.5]], 2)
-  with pytest.raises(ValueError, match="size must be >= 1"):
-    medusa.MedusaTreeDrafter(4, 3, 0)
+  with pytest.raises(ValueError, match="tree_size must be >= 1"):
+    medusa.MedusaOptions(tree_size=0).validate()
   with pytest.raises(ValueError, match="shape"):
     medusa.MedusaTreeDrafter(4, 3, 5, accuracy=((0.5,),))
   with pytest.raises(ValueError, match="alpha"):
-    medusa.MedusaLocalDrafter(4, 3, 5, alpha=2.0)
+    medusa.MedusaLocalOptions(alpha=2.0).validate()
   cfg = setup[1]
   for knobs, match in ((dict(tree_size=0), "tree_size"), (dict(k=100), "vocabulary")):
     with pytest.raises(ValueError, match=match):

@@ -1,5 +1,7 @@
 """Decoding under a Mesh (parameters sharded by the logical rules, batch over data) gives the same
-tokens as on one device. Runs in a subprocess with 8 simulated CPU devices."""
+tokens as on one device, for every method: those that need no resource, auto over its own chain
+and over a Medusa tree, and local and ngram (dp) with tiny resources. Runs in a subprocess with
+8 simulated CPU devices."""
 import json
 import os
 import subprocess
@@ -14,7 +16,8 @@ _SCRIPT = textwrap.dedent("""
     import flax.linen as nn
     from bpdjax.configs import tiny
     from bpdjax import model as model_lib, partitioning
-    from bpdjax.decoding import generator, methods
+    from bpdjax.decoding import generator, methods, resources
+    from bpdjax.ngram import arpa
     assert jax.device_count() == 8, jax.devices()
     config = tiny.get_config()
     cfg = model_lib.TransformerConfig.from_config(config.model)
@@ -32,11 +35,30 @@ _SCRIPT = textwrap.dedent("""
     mesh = partitioning.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = generator.Generator(model, params, eos_id=None, mesh=mesh,
                                   rules=config.logical_axis_rules)
-    for method in ("ar", "bpd"):
+    # Tiny resources: a second random model as the rescorer, a hand-written bigram ARPA.
+    other = jax.tree.map(lambda x: x[::-1] if x.ndim == 1 else -x, params)
+    lines = ["\\data\\", f"ngram 1={cfg.vocab_size + 3}", "ngram 2=64", "", "\\1-grams:",
+             "-99 <s> -0.3", "-2.7 </s>", "-2.7 <unk>"]
+    lines += [f"-2.7 {i} -0.3" for i in range(cfg.vocab_size)]
+    lines += ["", "\\2-grams:"] + [f"-0.5 {i} {(7 * i + 3) % cfg.vocab_size}" for i in range(64)]
+    lines += ["", "\\end\\", ""]
+    open(sys.argv[1], "w").write("\n".join(lines))
+    res = resources.Resources(
+        rescorer=resources.Rescorer(model, other),
+        ngram_lm=resources.NgramLM(arpa.parse_arpa(sys.argv[1], cfg.vocab_size)))
+    knobs = {"options": {"medusa": methods.make_options("medusa", k=4, tree_size=16)}}
+    runs = {"ar": {}, "bpd": {}, "pbest_0gram": dict(k=4, p=4), "medusa": dict(k=4, tree_size=16),
+            "auto": dict(costs="1,1.05,1.1,1.15"), "auto_entropy": {},
+            "auto_medusa": dict(drafter="medusa", costs="1,1,1,1,1"),
+            "local": dict(k=4), "ngram": dict(k=4), "medusa_local": dict(k=4, tree_size=16),
+            "pbest_ngram": dict(k=4, p=4)}
+    for label, values in runs.items():
+      method = label.split("_medusa")[0]
       for name, gen in (("single", single), ("sharded", sharded)):
-        drafter = methods.build(method, cfg).drafter
-        results, _ = gen.generate(prompts, drafter, max_new_tokens=20, batch_size=8)
-        out[f"{name}_{method}"] = [r.tokens.tolist() for r in results]
+        built = gen.build(method, res, method_options=knobs["options"], batch_size=8,
+                          prompt_width=32, max_new_tokens=20, **values)
+        results, _ = gen.generate(prompts, built, max_new_tokens=20, batch_size=8)
+        out[f"{name}_{label}"] = [r.tokens.tolist() for r in results]
     leaf = sharded.params["layer_0"]["mlp"]["up"]["kernel"]
     out["up_kernel_sharding"] = str(leaf.sharding.spec)
     print("RESULT" + json.dumps(out))
@@ -44,18 +66,20 @@ _SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sharded_decoding_matches_single_device():
+def test_sharded_decoding_matches_single_device(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=root, env=env, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "bigram.arpa")], cwd=root,
+                        env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
   out = json.loads(line[len("RESULT"):])
-  assert out["single_ar"] == out["sharded_ar"]
-  assert out["single_bpd"] == out["sharded_bpd"]
-  assert out["single_ar"] == out["single_bpd"]
+  labels = sorted(k[len("single_"):] for k in out if k.startswith("single_"))
+  assert len(labels) == 11, labels
+  for label in labels:
+    assert out[f"single_{label}"] == out[f"sharded_{label}"], label
+    assert out[f"single_{label}"] == out["single_ar"], label
   # The parameters really are sharded: embed over fsdp, mlp over tensor.
   assert "fsdp" in out["up_kernel_sharding"] and "tensor" in out["up_kernel_sharding"]

@@ -1,18 +1,14 @@
-"""What one decode-loop iteration costs, for each verify size a drafter can choose, on the
-machine at hand: the denominator of cost-aware drafting (drafters/auto.py).
+"""What one decode-loop iteration costs, for each verify size a policy can choose: the
+denominator of cost-aware drafting (policies/auto.py). This module holds the values and their
+cache; decoding/timing.py measures them through the driver (Generator).
 
-`measure` times real loop iterations (loop.step: verify the first T nodes of a tree, accept,
-commit, compute the heads a draft of that depth reads, propose) at the batch size and cache
-length in use, compile excluded, median over alternating repeats. One program serves every
-size: a proxy drafter verifies the size its state forces and drafts every node with its head's
-argmax (the drafting work of that depth, no more), through the lax.switch over sizes that a
-drafter with several candidates pays. Size 1 is timed as plain decoding (one candidate, no
-switch, no head beyond head 1): what a step costs in the plain stretches between two drafts
-(loop.py), and the unit every other size is compared with. The result is
-cached per (model shape, batch, cache length, backend, device kind, dtype, sizes, tree) in
-memory, and in a JSON file when given one (e.g. the workdir's cost_tables.json): an entry whose
-key differs in anything (another model shape, batch, backend...) is never reused; it is
-measured again and the file updated.
+A `CostTable` gives seconds per loop iteration for each candidate size (sizes[0] = 1 is plain
+decoding, the unit every other size is compared with). Measured tables are cached per (model
+shape, batch, cache length, backend, device kind, dtype, sizes, tree, drafter, policy) in memory
+and, when given one, in a JSON file (e.g. the workdir's cost_tables.json): an entry whose key
+differs in anything is never reused. A cache file is only a cache: an unreadable, wrongly
+shaped or implausible entry (non-finite, non-positive, or a size cheaper than half a plain
+step) is dropped with a warning naming the file, and the table is measured again.
 
 `analytic` is the fallback when measuring is not wanted (e.g. a model too large to time at
 start-up): per iteration, max(FLOPs / peak FLOP/s, bytes / peak bytes/s) + a fixed overhead,
@@ -24,26 +20,23 @@ rough (a roofline model), which is why measured tables are the default.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import statistics
+import logging
+import math
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bpdjax import cache as cache_lib
 from bpdjax import fileio
 from bpdjax import model as model_lib
-from bpdjax.decoding import loop
-from bpdjax.decoding import model_fns
 from bpdjax.decoding import tree as tree_lib
 
 
-TIMING = 2            # How `measure` times; tables cached by an older way are measured anew.
+TIMING = 3            # How tables are timed; tables cached by an older way are measured anew.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,51 +69,6 @@ def given(sizes: Sequence[int], relative: Sequence[float]) -> CostTable:
   return CostTable(tuple(sizes), tuple(float(c) for c in relative), "given")
 
 
-@dataclasses.dataclass(frozen=True)
-class _ArgmaxDrafter:
-  """Proxy for timing: verifies the forced candidate size (its state), then drafts every node
-  of that size with its head's argmax (the drafting work of that depth, no more)."""
-  topology: tree_lib.Tree
-  sizes: tuple[int, ...]
-
-  @property
-  def last_head(self) -> int:
-    return self.topology.path_len
-
-  @property
-  def candidates(self) -> tuple[int, ...]:
-    return self.sizes
-
-  def candidate(self, state):
-    return state
-
-  def stats(self, state):
-    return {}
-
-  def start(self, params, prompts, prompt_lengths, cache_len):
-    return jnp.zeros((), jnp.int32)
-
-  def propose(self, params, state, heads, next_token):
-    depth = np.asarray(self.topology.depth)
-
-    def draft(size):
-      last = self.topology.prefix(size).path_len
-      if last == 1:
-        return jnp.zeros(next_token.shape + (self.topology.size,), jnp.int32)
-      best = jnp.argmax(heads.range(1, last), axis=-1).astype(jnp.int32)        # [B, d]
-      return best[:, np.clip(depth - 1, 0, last - 2)]
-
-    nodes = jax.lax.switch(state, [functools.partial(draft, s) for s in self.sizes])
-    return nodes.at[:, 0].set(next_token.astype(jnp.int32)), state
-
-  def commit(self, params, state, tokens, num_kept):
-    return state
-
-  def force(self, state, index: int):
-    del state
-    return jnp.asarray(index, jnp.int32)
-
-
 def table_key(config: model_lib.TransformerConfig, topology: tree_lib.Tree,
               sizes: Sequence[int], batch: int, cache_len: int) -> tuple:
   """What a measured table depends on; a cached table is reused only for an equal key."""
@@ -135,103 +83,67 @@ _MEMORY: dict[tuple, CostTable] = {}
 _LOCK = threading.Lock()
 
 
-def _read_file(path: str) -> list:
+def _plausible(entry, sizes: tuple[int, ...]) -> bool:
+  """A cached entry whose seconds are one positive, finite value per size, none below half the
+  plain step's (verifying more nodes cannot cost less than that; measured tables of an
+  accelerator may be flat, so exact monotonicity is not asked for)."""
+  seconds = entry.get("seconds") if isinstance(entry, dict) else None
+  if entry.get("sizes") != list(sizes) or not isinstance(seconds, list):
+    return False
+  if len(seconds) != len(sizes) or not all(isinstance(x, (int, float)) for x in seconds):
+    return False
+  if not all(math.isfinite(x) and x > 0 for x in seconds):
+    return False
+  return all(x >= 0.5 * seconds[0] for x in seconds)
+
+
+def read_cache(path: str) -> list:
+  """The entries of a cost cache file ([] when there is none, or it is unreadable: warned)."""
   if not path or not fileio.exists(path):
     return []
-  return json.loads(fileio.read_text(path))
+  try:
+    stored = json.loads(fileio.read_text(path))
+  except (ValueError, UnicodeDecodeError) as e:
+    logging.warning("Cost cache %s is unreadable (%s); measuring anew", path, e)
+    return []
+  if not isinstance(stored, list) or not all(isinstance(e, dict) for e in stored):
+    logging.warning("Cost cache %s is not a list of tables; measuring anew", path)
+    return []
+  return stored
 
 
-def measure(model: model_lib.Transformer, params: Any, topology: tree_lib.Tree,
-            sizes: Sequence[int], batch: int, prompt_width: int, max_new_tokens: int,
-            repeats: int = 5, min_seconds: float = 0.02, cache_path: str = "",
-            log=None, drafter: Optional[Any] = None) -> CostTable:
-  """Seconds per loop iteration for each verify size (prefixes of `topology`), at this batch
-  size and cache length (prompt_width + max_new_tokens + topology.size), compile excluded.
-
-  drafter: time sizes > 1 with this drafter's own propose and commit rather than the argmax
-  proxy's (what a cost-aware drafter pays per drafting step: its head-by-head look, its
-  calibration); it must have `force(state, i) -> state`, making every step verify candidate i.
-
-  Each repeat runs every size in turn (alternating, so machine noise hits all sizes alike), as
-  many steps as last at least `min_seconds` (counted once, on plain decoding); the median over
-  repeats is kept. Random parameters are fine for timing.
-  Cached in memory and, with `cache_path`, in that JSON file (see module docstring).
-  """
-  sizes = tuple(int(s) for s in sizes)
-  if not sizes or sizes[0] < 1 or list(sizes) != sorted(set(sizes)) or sizes[-1] > topology.size:
-    raise ValueError(f"Candidate sizes must increase within 1..{topology.size}, got {sizes}")
-  cache_len = prompt_width + max_new_tokens + topology.size
-  key = table_key(model.config, topology, sizes, batch, cache_len) + (
-      ("drafter", type(drafter).__name__ if drafter is not None else "argmax proxy"),)
+def cached(key: tuple, sizes: Sequence[int], path: str = "") -> Optional[CostTable]:
+  """The table measured for `key` earlier in this process or stored in `path`, if plausible."""
   with _LOCK:
     if key in _MEMORY:
       return _MEMORY[key]
-  stored = _read_file(cache_path)
   as_json = json.loads(json.dumps(key))                   # Tuples as lists, as stored.
-  for entry in stored:
-    if entry.get("key") == as_json:
-      table = CostTable(tuple(entry["sizes"]), tuple(entry["seconds"]), "measured", key)
-      with _LOCK:
-        _MEMORY[key] = table
-      return table
-  if stored and log:
-    log(f"cost tables in {cache_path} were measured for other settings; measuring anew")
-  t0 = time.perf_counter()
-  fns = model_fns.TransformerFns(model)
-  rng = np.random.default_rng(0)
-  prompts = jnp.asarray(rng.integers(0, model.config.vocab_size, (batch, prompt_width)),
-                        jnp.int32)
-  lengths = jnp.full((batch,), prompt_width, jnp.int32)
-  timed = drafter if drafter is not None else _ArgmaxDrafter(topology, sizes)
-  force = timed.force
-  settings = loop.Settings(timed, max_new_tokens)
-  run, state = _compiled_steps(fns, settings, cache_len, params, prompts, lengths)
-  # Plain decoding as a plain stretch runs it: one candidate, no switch, no drafting.
-  plain = loop.Settings(_ArgmaxDrafter(tree_lib.chain(1), (1,)), max_new_tokens)
-  run_plain, state_plain = _compiled_steps(fns, plain, cache_len, params, prompts, lengths)
-  t = time.perf_counter()
-  jax.block_until_ready(run_plain(params, state_plain, 8))
-  iterations = int(np.clip(min_seconds / max((time.perf_counter() - t) / 8, 1e-9), 8, 4096))
-  times = [[] for _ in sizes]
-  for _ in range(repeats):
-    for i, size in enumerate(sizes):
-      if size == 1:
-        program, start = run_plain, state_plain.replace(drafter_state=jnp.zeros((), jnp.int32))
-      else:
-        program, start = run, state.replace(drafter_state=force(state.drafter_state, i))
-      t = time.perf_counter()
-      jax.block_until_ready(program(params, start, iterations))
-      times[i].append((time.perf_counter() - t) / iterations)
-  table = CostTable(sizes, tuple(statistics.median(t) for t in times), "measured", key)
-  if log:
-    log(f"cost table measured in {time.perf_counter() - t0:.1f} s: " + ", ".join(
-        f"{s}: {r:.2f}x" for s, r in zip(sizes, table.relative)))
+  for entry in read_cache(path):
+    if entry.get("key") != as_json:
+      continue
+    if not _plausible(entry, tuple(sizes)):
+      logging.warning("Cost cache %s holds an implausible table for this setting (%s); "
+                      "measuring anew", path, entry.get("seconds"))
+      return None
+    table = CostTable(tuple(entry["sizes"]), tuple(float(x) for x in entry["seconds"]),
+                      "measured", key)
+    with _LOCK:
+      _MEMORY[key] = table
+    return table
+  return None
+
+
+def store(table: CostTable, path: str = "") -> None:
+  """Keeps a measured table in memory and, with `path`, in that file (atomically), replacing
+  any entry of the same key and dropping entries that are not tables."""
   with _LOCK:
-    _MEMORY[key] = table
-  if cache_path:
-    stored.append({"key": as_json, "sizes": list(sizes), "seconds": list(table.seconds)})
-    fileio.write_atomic(cache_path, json.dumps(stored, indent=1))
-  return table
-
-
-def _compiled_steps(fns, settings, cache_len, params, prompts, lengths):
-  """(compiled fn(params, state, n) running n steps of the state's forced candidate, a started
-  state)."""
-  config = fns.model.config
-
-  @jax.jit
-  def begin(params, prompts, lengths):
-    cache = cache_lib.init_for_model(config, prompts.shape[0], cache_len)
-    return loop.start(fns, params, prompts, lengths, cache, None, settings)
-
-  @jax.jit
-  def run(params, state, n):
-    body = functools.partial(loop.step, fns, params, drafter_params=None, settings=settings)
-    return jax.lax.fori_loop(0, n, lambda _, s: body(s), state)
-
-  state = jax.block_until_ready(begin(params, prompts, lengths))
-  jax.block_until_ready(run(params, state, 1))                                    # Compile.
-  return run, state
+    _MEMORY[table.key] = table
+  if not path:
+    return
+  as_json = json.loads(json.dumps(table.key))
+  stored = [e for e in read_cache(path) if e.get("key") != as_json and "seconds" in e]
+  stored.append({"key": as_json, "sizes": list(table.sizes), "seconds": list(table.seconds)})
+  fileio.write_atomic(path, json.dumps(stored, indent=1))
 
 
 # --------------------------------------------------------------------- analytic fallback --
@@ -281,28 +193,3 @@ def analytic(config: model_lib.TransformerConfig, topology: tree_lib.Tree,
     seconds.append(max(flops / peak_flops, nbytes / peak_bytes) + overhead_s)
   key = table_key(config, topology, sizes, batch, cache_len)
   return CostTable(tuple(sizes), tuple(seconds), "analytic", key)
-
-
-@dataclasses.dataclass(eq=False)
-class CostModel:
-  """The resource cost-aware methods need: the model and settings to measure tables for.
-
-  model, params: the decoded model; batch, prompt_width, max_new_tokens: the decode's shapes;
-  cache_path: optional JSON file of measured tables (see `measure`); log: progress lines.
-  """
-  model: model_lib.Transformer
-  params: Any
-  batch: int
-  prompt_width: int
-  max_new_tokens: int
-  cache_path: str = ""
-  log: Optional[Any] = None
-  tables: list = dataclasses.field(default_factory=list)   # Every table handed out (report).
-
-  def table(self, topology: tree_lib.Tree, sizes: Sequence[int],
-            drafter: Optional[Any] = None) -> CostTable:
-    table = measure(self.model, self.params, topology, sizes, self.batch, self.prompt_width,
-                    self.max_new_tokens, cache_path=self.cache_path, log=self.log,
-                    drafter=drafter)
-    self.tables.append(table)
-    return table

@@ -3,12 +3,14 @@
 Autoregressive decoding is this loop with a one-token draft; blockwise parallel decoding uses the
 heads' draft. One model call per iteration both verifies the current block and, from the heads
 at the last kept position, proposes the next one (Stern et al. 2018, combined scoring and
-proposal). The loop sees the model only through `protocol.ModelFns` and a cache pytree, and the drafter
-only through `protocol.Drafter`.
+proposal). The loop sees the model only through `protocol.ModelFns` and a cache pytree, the
+drafter only through `protocol.Drafter` and how much of its draft to verify only through
+`protocol.StepPolicy`.
 
-Every drafter proposes the nodes of a static tree (a chain is a tree of one path); they are
-verified in one call, under the tree attention mask when the tree branches, and the cache keeps
-only the accepted path (moved into place by cache.gather_block when it is not the first slots).
+Every drafter proposes the nodes of a static tree (a chain is a tree of one path); the policy's
+chosen prefix of it is verified in one call (lax.switch over the policy's static sizes when it
+has several), under the tree attention mask when the tree branches, and the cache keeps only the
+accepted path (moved into place by cache.gather_block when it is not the first slots).
 
 The forward writes the L tokens after each row's committed `cache.lengths` and leaves `lengths`
 alone; the loop commits the kept prefix per row, so rejected tokens are rolled back. The logits
@@ -16,9 +18,9 @@ callback is split in two because the h vocabulary projections cost more than the
 small model: verification needs head 1 at every fed position, drafting needs heads
 2..drafter.last_head at one, and each is computed exactly once.
 
-A drafter that decides on a run of plain decoding (protocol.PlainStretches: `auto` between two
-looks at its heads) gets it within the same step as an inner while_loop of one-token calls, so
-those calls cost what plain decoding's do: no lax.switch over candidate sizes, no drafter call.
+A policy that decides on a run of plain decoding (auto between two looks at its heads; the fixed
+policy of a one-node drafter: plain decoding) gets it within the same step as an inner
+while_loop of one-token calls, so those calls cost what plain decoding's do.
 
 Token accounting: a call that keeps n draft tokens also reveals the model's next token, so each
 call yields n tokens beyond the ones known before it, and plain decoding gets exactly 1.0
@@ -35,27 +37,24 @@ import jax
 import jax.numpy as jnp
 
 from bpdjax import cache as cache_lib
-from bpdjax.decoding import lattice
 from bpdjax.decoding import protocol
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
+from bpdjax.decoding.policies import fixed
 
 
 @flax.struct.dataclass
 class Records:
-  """What the analyses read (B rows, I = max iterations, L = draft length, S = M + L slots).
+  """What the step analyses read (B rows, I = max iterations, L = the primary chain's length).
+  Each head's top-k at every output slot is computed after decoding from the output itself
+  (decoding/recording.py), so recording leaves the timed loop's model calls unchanged.
 
   kept: [I, B] int32 tokens yielded per iteration (0 once a row is done).
   drafts: [I, B, L] int32 the primary chain verified at each iteration (-1 past the verified
-    candidate's part of it, for drafters with several candidate sizes).
-  topk: [B, S, h, K] int32 each head's K best tokens at output slot s, computed on the
-    correct context (slot s's head i predicts output token s + i - 1).
-  entropy: [B, S, h] float32 entropy (nats) of each head's distribution at slot s.
+    candidate's part of it, for policies that verify prefixes).
   """
   kept: jax.Array
   drafts: jax.Array
-  topk: jax.Array
-  entropy: jax.Array
 
 
 @flax.struct.dataclass
@@ -64,6 +63,7 @@ class DecodeState:
 
   cache: the KV cache; lengths = prompt + tokens committed so far.
   drafter_state: the drafter's own per-row state (see protocol.Drafter.start).
+  policy_state: the step policy's state (see protocol.StepPolicy.start).
   draft: [B, T] int32 the next nodes to verify; draft[:, 0] is the model's own next token.
   tokens: [B, M + L] int32 output buffer; tokens[:, :num_tokens] are decided.
   num_tokens: [B] int32 decided tokens (the last of them is draft[:, 0], not yet in the cache).
@@ -74,6 +74,7 @@ class DecodeState:
   """
   cache: cache_lib.KVCache
   drafter_state: Any
+  policy_state: Any
   draft: jax.Array
   tokens: jax.Array
   num_tokens: jax.Array
@@ -88,18 +89,14 @@ class DecodeState:
 class DecodeResult:
   """tokens: [B, M] int32 (pad_id after each row's end); lengths: [B]; calls: [B];
   iterations: [] loop iterations after prefill; records: see Records (None if not recorded);
-  stats: the drafter's named statistics (protocol.Drafter.stats), summed over the batch."""
+  stats: the drafter's and the policy's named statistics (protocol.Drafter.stats,
+  protocol.StepPolicy.stats), summed over the batch."""
   tokens: jax.Array
   lengths: jax.Array
   calls: jax.Array
   iterations: jax.Array
   records: Optional[Records]
   stats: dict
-
-
-def _entropy(logits: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
 def _first_token(logits: jax.Array, config: sampling.SamplingConfig, rng) -> jax.Array:
@@ -117,18 +114,6 @@ def _write_rows(buffer: jax.Array, start: jax.Array, values: jax.Array, valid: j
   return buffer.at[jnp.arange(b)[:, None], idx].set(values.astype(buffer.dtype), mode="drop")
 
 
-def _record_slots(records: Records, head_logits: jax.Array, first_slot: jax.Array,
-                  valid: jax.Array, k: int) -> Records:
-  """Stores top-k and entropy of head_logits [B, n, h, V] at slots first_slot + j where valid."""
-  b, n, h = head_logits.shape[:3]
-  topk = lattice.head_topk(head_logits.reshape(b * n, h, -1), k).reshape(b, n, h, k)
-  idx = jnp.where(valid, first_slot[:, None] + jnp.arange(n)[None, :], records.topk.shape[1])
-  rows = jnp.arange(b)[:, None]
-  return records.replace(
-      topk=records.topk.at[rows, idx].set(topk, mode="drop"),
-      entropy=records.entropy.at[rows, idx].set(_entropy(head_logits), mode="drop"))
-
-
 def block_size(drafter: protocol.Drafter) -> int:
   """Tokens one verify call writes into the cache: the drafter's tree size."""
   return drafter.topology.size
@@ -136,16 +121,17 @@ def block_size(drafter: protocol.Drafter) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The loop's static settings (hashable): the drafter, M = max_new_tokens, the EOS id (or
-  None), greedy or the sampling distribution, K > 0 to record the analyses (see Records), and
-  whether a step may run a drafter's plain stretch (False: one model call per step, for
-  streaming; the tokens are the same)."""
+  """The loop's static settings (hashable): the drafter and the step policy, M =
+  max_new_tokens, the EOS id (or None), greedy or the sampling distribution, whether to record
+  each iteration's kept length and draft (see Records), and whether a step may run the policy's
+  plain stretch (False: one model call per step, for streaming; the tokens are the same)."""
   drafter: protocol.Drafter
   max_new_tokens: int
   eos_id: Optional[int] = None
   sampling_config: sampling.SamplingConfig = sampling.SamplingConfig()
-  record_topk: int = 0
+  record_steps: bool = False
   plain_stretches: bool = True
+  policy: protocol.StepPolicy = fixed.FIXED
 
 
 def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
@@ -154,13 +140,12 @@ def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_length
   """Prefill: the prompts [B, P] (lengths [B]; 0 marks a filler row) through the model, the
   first token and the first draft. Returns the loop carry before the first iteration."""
   b, p = prompts.shape
-  drafter, m = settings.drafter, settings.max_new_tokens
+  drafter, policy, m = settings.drafter, settings.policy, settings.max_new_tokens
   topology = drafter.topology
   l = topology.path_len                      # Longest path a call can keep.
   h = fns.num_heads
-  last_head = drafter.last_head
-  if not 1 <= last_head <= h:
-    raise ValueError(f"The drafter reads heads 2..{last_head}; the model has {h}")
+  if not 1 <= drafter.last_head <= h:
+    raise ValueError(f"The drafter reads heads 2..{drafter.last_head}; the model has {h}")
   if cache.max_len < p + m + block_size(drafter):
     raise ValueError(f"Cache of {cache.max_len} slots is too small: prompts of {p} + "
                      f"{m} new tokens + a block of {block_size(drafter)} need "
@@ -172,27 +157,23 @@ def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_length
   filler = prompt_lengths == 0
   last_hidden = jnp.take_along_axis(
       hidden, jnp.maximum(prompt_lengths - 1, 0)[:, None, None], axis=1)        # [B, 1, D]
-  # Head 1 gives the first token; the others only when recording (the drafter asks for its own).
-  last = fns.heads(params, last_hidden, 0, h if settings.record_topk else 1)[:, 0]  # [B, h|1, V]
+  # Head 1 gives the first token; the drafter asks for its own heads.
+  last = fns.heads(params, last_hidden, 0, 1)[:, 0, 0]                           # [B, V]
   rng, sub = jax.random.split(rng)
-  first = _first_token(last[:, 0], settings.sampling_config, sub)                # [B]
+  first = _first_token(last, settings.sampling_config, sub)                      # [B]
   drafter_state = drafter.start(drafter_params, prompts, prompt_lengths, cache.max_len)
-  heads = (protocol.LastHeads.from_logits(last, ~filler) if settings.record_topk else
-           protocol.LastHeads(fns, params, last_hidden, None, ~filler))
-  draft, drafter_state = drafter.propose(drafter_params, drafter_state, heads, first)
+  heads = protocol.LastHeads(fns, params, last_hidden, None, ~filler)
+  draft, drafter_state, policy_state = policy.propose(
+      policy.start(drafter, b), drafter, drafter_params, drafter_state, heads, first)
   records = None
-  if settings.record_topk:
+  if settings.record_steps:
     records = Records(kept=jnp.zeros((m, b), jnp.int32),
-                      drafts=jnp.zeros((m, b, len(topology.primary)), jnp.int32),
-                      topk=jnp.zeros((b, m + l, h, settings.record_topk), jnp.int32),
-                      entropy=jnp.zeros((b, m + l, h), jnp.float32))
-    records = _record_slots(records, last[:, None], jnp.zeros((b,), jnp.int32),
-                            jnp.ones((b, 1), bool), settings.record_topk)
+                      drafts=jnp.zeros((m, b, len(topology.primary)), jnp.int32))
   done = filler | (m <= 1)
   if settings.eos_id is not None:
     done |= first == settings.eos_id
   return DecodeState(
-      cache=cache, drafter_state=drafter_state, draft=draft,
+      cache=cache, drafter_state=drafter_state, policy_state=policy_state, draft=draft,
       tokens=jnp.zeros((b, m + l), jnp.int32).at[:, 0].set(first),
       num_tokens=jnp.where(filler, 0, 1), done=done, calls=jnp.where(filler, 0, 1),
       step=jnp.zeros((), jnp.int32), rng=rng, records=records)
@@ -205,33 +186,32 @@ def running(state: DecodeState, settings: Settings) -> jax.Array:
 
 def step(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params: Any,
          settings: Settings) -> DecodeState:
-  """One iteration: verify the draft (the drafter's chosen candidate size of it) in one model
-  call, keep the accepted path and the model's next token, commit them, and propose the next
-  draft. Finished rows are left unchanged. A drafter with protocol.PlainStretches that then
-  asks for a run of plain decoding gets it here too, as an inner loop of one-token calls."""
+  """One iteration: verify the draft (the policy's chosen size of it) in one model call, keep
+  the accepted path and the model's next token, commit them, and obtain the next draft from the
+  policy. Finished rows are left unchanged. A policy that then asks for a run of plain decoding
+  gets it here too, as an inner loop of one-token calls."""
   new = _drafting_step(fns, params, state, drafter_params, settings)
-  drafter = settings.drafter
-  if not settings.plain_stretches or not isinstance(drafter, protocol.PlainStretches):
+  policy = settings.policy
+  if not settings.plain_stretches or not policy.stretches(settings.drafter):
     return new
-  return jax.lax.cond(drafter.stretch(new.drafter_state) > 0,
+  return jax.lax.cond(policy.stretch(new.policy_state, settings.drafter) > 0,
                       lambda s: _plain_stretch(fns, params, s, drafter_params, settings),
                       lambda s: s, new)
 
 
 def _plain_stretch(fns, params, state: DecodeState, drafter_params, settings) -> DecodeState:
-  """Runs drafter.stretch(state) plain decoding iterations (fewer when decoding ends first):
-  verify the one-token draft, commit it, the model's next token becomes the draft. The drafter's
-  commit runs on the first (it may judge what its last propose looked at), no drafter call on
-  the others (protocol.PlainStretches)."""
-  drafter = settings.drafter
-  steps = drafter.stretch(state.drafter_state)
+  """Runs policy.stretch(state) plain decoding iterations (fewer when decoding ends first):
+  verify the one-token draft, commit it, the model's next token becomes the draft. The drafter
+  commits every one; the policy the first (it may judge what its last proposal looked at)."""
+  policy = settings.policy
+  steps = policy.stretch(state.policy_state, settings.drafter)
   zero = jnp.zeros((), jnp.float32)
   counts = protocol.StretchCounts(jnp.zeros((), jnp.int32), zero, jnp.zeros((), jnp.int32), zero)
 
   def body(carry, first=False):
     s, c = carry
-    new, _, _, next_token = verify_size(fns, params, s, drafter_params, settings, 1,
-                                        commit_drafter=first)
+    new, _, next_token = verify_size(fns, params, s, drafter_params, settings, 1,
+                                     commit_policy=first)
     draft = s.draft.at[:, 0].set(jnp.where(s.done, s.draft[:, 0], next_token))
     left = ~new.done
     verified = jnp.zeros((), jnp.float32) if first else jnp.sum(~s.done).astype(jnp.float32)
@@ -245,42 +225,37 @@ def _plain_stretch(fns, params, state: DecodeState, drafter_params, settings) ->
                        (state, counts))
   state, counts = jax.lax.while_loop(
       lambda c: (c[1].iterations < steps) & running(c[0], settings), body, carry)
-  return state.replace(drafter_state=drafter.after_stretch(state.drafter_state, counts))
+  return state.replace(policy_state=policy.after_stretch(state.policy_state, counts))
 
 
 def _drafting_step(fns, params, state: DecodeState, drafter_params, settings) -> DecodeState:
-  sizes = settings.drafter.candidates
+  sizes = settings.policy.sizes(settings.drafter)
   if len(sizes) == 1:
     verified = verify_size(fns, params, state, drafter_params, settings, sizes[0])
-  else:   # Only the verification differs per size; propose is traced once, below.
+  else:   # Only the verification differs per size; the proposal is traced once, below.
     branches = [functools.partial(verify_size, fns, params, drafter_params=drafter_params,
                                   settings=settings, size=size) for size in sizes]
-    verified = jax.lax.switch(settings.drafter.candidate(state.drafter_state), branches, state)
-  new, last_hidden, last_logits, next_token = verified
-  if settings.record_topk:
-    heads = protocol.LastHeads.from_logits(last_logits, ~new.done)
-  else:
-    heads = protocol.LastHeads(fns, params, last_hidden, None, ~new.done)
-  draft, drafter_state = settings.drafter.propose(drafter_params, new.drafter_state, heads,
-                                                  next_token)
+    verified = jax.lax.switch(settings.policy.choice(state.policy_state), branches, state)
+  new, last_hidden, next_token = verified
+  heads = protocol.LastHeads(fns, params, last_hidden, None, ~new.done)
+  draft, drafter_state, policy_state = settings.policy.propose(
+      new.policy_state, settings.drafter, drafter_params, new.drafter_state, heads, next_token)
   draft = jnp.where(~state.done[:, None], draft, state.draft)
-  return new.replace(draft=draft, drafter_state=drafter_state)
+  return new.replace(draft=draft, drafter_state=drafter_state, policy_state=policy_state)
 
 
 def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter_params: Any,
-                settings: Settings, size: int, commit_drafter: bool = True):
+                settings: Settings, size: int, commit_policy: bool = True):
   """Verifies the first `size` nodes of the draft (a prefix of the drafter's tree), keeps the
-  accepted path and the model's next token, and commits them (cache, output, and the drafter
-  unless commit_drafter is False: inside a plain stretch).
+  accepted path and the model's next token, and commits them (cache, output, the drafter, and
+  the policy unless commit_policy is False: inside a plain stretch).
 
-  Returns (state (its draft not yet replaced), hidden [B, 1, D] and, when recording, every
-  head's logits [B, h, V] at each row's last kept node (else zeros [B, 1, 1]), next_token [B]).
+  Returns (state (its draft not yet replaced), hidden [B, 1, D] at each row's last kept node,
+  next_token [B]).
   """
   drafter, m, eos_id = settings.drafter, settings.max_new_tokens, settings.eos_id
   topology = drafter.topology.prefix(size)
   l = topology.path_len
-  h = fns.num_heads
-  record_topk = settings.record_topk
   b = state.draft.shape[0]
   active = ~state.done
   rng, sub = jax.random.split(state.rng)
@@ -290,15 +265,13 @@ def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter
   if not topology.is_chain:
     tree_mask = jnp.broadcast_to(jnp.asarray(topology.ancestor_mask), (b, size, size))
   hidden, cache = fns.forward(params, nodes, positions, state.cache, tree_mask)
-  # With records every head is needed at every node; otherwise head 1 only.
-  logits = fns.heads(params, hidden, 0, h if record_topk else 1)                 # [B, T', h|1, V]
-  num_kept, next_token, path = verify.accept(topology, nodes, logits[:, :, 0],
-                                             settings.sampling_config, sub)
+  logits = fns.heads(params, hidden, 0, 1)[:, :, 0]                              # [B, T', V]
+  num_kept, next_token, path = verify.accept(topology, nodes, logits, settings.sampling_config,
+                                             sub)
   path_tokens = jnp.take_along_axis(nodes, path, axis=1)                         # [B, L']
   if not topology.is_chain:  # Move the kept path into the first slots of the block.
     cache = cache_lib.gather_block(cache, path)
     hidden = jnp.take_along_axis(hidden, path[:, :, None], axis=1)
-    logits = jnp.take_along_axis(logits, path[:, :, None, None], axis=1)
   num_kept = jnp.where(active, num_kept, 0)
   j = jnp.arange(l + 1)[None, :]
   # The kept path followed by the model's next token: tokens[num_tokens - 1 + j], j <= kept.
@@ -311,14 +284,12 @@ def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter
   if eos_id is not None:
     done |= jnp.any((appended == eos_id) & valid & (j >= 1), axis=1)
   cache = cache_lib.commit(cache, num_kept)
-  drafter_state = state.drafter_state
-  if commit_drafter:
-    drafter_state = drafter.commit(drafter_params, drafter_state, appended, num_kept)
+  drafter_state = drafter.commit(drafter_params, state.drafter_state, appended, num_kept)
+  policy_state = state.policy_state
+  if commit_policy:
+    policy_state = settings.policy.commit(policy_state, drafter, appended, num_kept)
   last = jnp.maximum(num_kept - 1, 0)
   last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)          # [B, 1, D]
-  last_logits = jnp.zeros((b, 1, 1), jnp.float32)
-  if record_topk:
-    last_logits = jnp.take_along_axis(logits, last[:, None, None, None], axis=1)[:, 0]
   records = state.records
   if records is not None:
     verified = jnp.pad(nodes[:, jnp.asarray(topology.primary)],
@@ -326,12 +297,10 @@ def verify_size(fns: protocol.ModelFns, params: Any, state: DecodeState, drafter
                        constant_values=-1)
     records = records.replace(kept=records.kept.at[state.step].set(num_kept),
                               drafts=records.drafts.at[state.step].set(verified))
-    records = _record_slots(records, logits, state.num_tokens,
-                            jnp.arange(l)[None, :] < num_kept[:, None], record_topk)
-  new = state.replace(cache=cache, drafter_state=drafter_state, tokens=tokens,
-                      num_tokens=num_tokens, done=done, calls=state.calls + active,
-                      step=state.step + 1, rng=rng, records=records)
-  return new, last_hidden, last_logits, next_token
+  new = state.replace(cache=cache, drafter_state=drafter_state, policy_state=policy_state,
+                      tokens=tokens, num_tokens=num_tokens, done=done,
+                      calls=state.calls + active, step=state.step + 1, rng=rng, records=records)
+  return new, last_hidden, next_token
 
 
 def finish(state: DecodeState, settings: Settings) -> DecodeResult:
@@ -344,17 +313,20 @@ def finish(state: DecodeState, settings: Settings) -> DecodeResult:
     first_eos = jnp.argmax(is_eos, axis=1)
     lengths = jnp.where(jnp.any(is_eos, axis=1), first_eos + 1, lengths)
   out = jnp.where(jnp.arange(m)[None, :] < lengths[:, None], out, 0)
+  stats = dict(settings.drafter.stats(state.drafter_state))
+  stats.update(settings.policy.stats(state.policy_state))
   return DecodeResult(tokens=out, lengths=lengths, calls=state.calls, iterations=state.step,
-                      records=state.records, stats=settings.drafter.stats(state.drafter_state))
+                      records=state.records, stats=stats)
 
 
 def decode(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
            cache: cache_lib.KVCache, drafter: protocol.Drafter, drafter_params: Any = None, *,
            max_new_tokens: int, eos_id: Optional[int],
            sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(),
-           rng: Optional[jax.Array] = None, record_topk: int = 0) -> DecodeResult:
+           rng: Optional[jax.Array] = None, record_steps: bool = False,
+           policy: protocol.StepPolicy = fixed.FIXED) -> DecodeResult:
   """Decodes every row of a batch: start, then step under lax.while_loop, then finish;
-  jit-compatible (wrap it in jax.jit with static settings).
+  jit-compatible (wrap it in jax.jit with static settings; decoding.generator.Generator does).
 
   Args:
     fns: the model callbacks (protocol.ModelFns).
@@ -369,28 +341,21 @@ def decode(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengt
     eos_id: token that ends a row (kept in the output), or None.
     sampling_config: greedy (temperature 0) or the sampling distribution.
     rng: PRNG key for sampling.
-    record_topk: K > 0 records each head's top-K and entropy at every output slot, plus drafts
-      and kept lengths per iteration, for the analyses; 0 records nothing.
+    record_steps: record kept lengths and drafts per iteration (Records) for the analyses.
+    policy: the protocol.StepPolicy (default: verify the drafter's whole tree).
   Returns:
     DecodeResult.
   """
-  settings = Settings(drafter, max_new_tokens, eos_id, sampling_config, record_topk)
+  settings = Settings(drafter, max_new_tokens, eos_id, sampling_config, record_steps,
+                      policy=policy)
+  return run(fns, params, prompts, prompt_lengths, cache, drafter_params, settings, rng)
+
+
+def run(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
+        cache: cache_lib.KVCache, drafter_params: Any, settings: Settings,
+        rng: Optional[jax.Array] = None) -> DecodeResult:
+  """decode() with its static settings as one Settings value."""
   state = start(fns, params, prompts, prompt_lengths, cache, drafter_params, settings, rng)
   state = jax.lax.while_loop(lambda s: running(s, settings),
                              lambda s: step(fns, params, s, drafter_params, settings), state)
   return finish(state, settings)
-
-
-def decode_with_new_cache(fns, params, prompts, prompt_lengths, rng, drafter_params=None, *,
-                          drafter, max_new_tokens, eos_id, sampling_config, record_topk,
-                          cache_len, cache_init):
-  """decode() with the cache allocated inside (cache_init(batch, cache_len)), for jit."""
-  cache = cache_init(prompts.shape[0], cache_len)
-  return decode(fns, params, prompts, prompt_lengths, cache, drafter, drafter_params,
-                max_new_tokens=max_new_tokens, eos_id=eos_id, sampling_config=sampling_config,
-                rng=rng, record_topk=record_topk)
-
-
-jit_decode = jax.jit(decode_with_new_cache, static_argnames=(
-    "fns", "drafter", "max_new_tokens", "eos_id", "sampling_config", "record_topk",
-    "cache_len", "cache_init"))

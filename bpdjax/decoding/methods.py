@@ -2,10 +2,10 @@
 
   from bpdjax.decoding import methods
   built = methods.build("bpd", model.config)                 # -> registry.Built
-  generator.generate(prompts, built.drafter, built.params, max_new_tokens=64)
+  generator.generate(prompts, built, max_new_tokens=64)
 
-Adding a method = one module under decoding/drafters/ that registers it (this module imports
-every module there, in name order), one test file and one README line.
+Adding a method = one module under decoding/drafters/ (or decoding/policies/) that registers it
+(this module imports every module there, in name order), one test file and one docs line.
 """
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import importlib
 import pkgutil
 
 from bpdjax.decoding import drafters
+from bpdjax.decoding import policies
 from bpdjax.decoding import registry
 
-for _module in sorted(m.name for m in pkgutil.iter_modules(drafters.__path__)):
-  importlib.import_module(f"{drafters.__name__}.{_module}")
+for _package in (drafters, policies):
+  for _module in sorted(m.name for m in pkgutil.iter_modules(_package.__path__)):
+    importlib.import_module(f"{_package.__name__}.{_module}")
 
 Built = registry.Built
 Method = registry.Method

@@ -1,18 +1,23 @@
-"""What the decode loop sees: the model's callbacks and a drafter, as typed Protocols.
+"""What the decode loop sees: the model's callbacks, a drafter and a step policy, as typed
+Protocols.
 
 Shapes: B rows, L tokens fed per call, D model width, h heads, V vocabulary, T nodes of the
-drafter's verify tree, P prompt slots.
+drafter's verify tree, P prompt slots, C candidate sizes.
 
-The loop calls, per row and iteration: verify the T fed nodes in one `ModelFns.forward` (head 1
-at every node gives the model's own next tokens), keep the longest accepted root path, then ask
-the drafter for the next T nodes from heads 2..last_head at the last kept position.
+Two seams below the driver:
+- a `Drafter` says WHAT to propose: the nodes of its static tree (a chain is a tree of one
+  path) from the heads at the last kept position, and which prefixes of its node list make
+  sense to verify (`candidates`; every prefix is a tree, since parents precede children);
+- a `StepPolicy` says HOW MUCH of it to verify each step: the whole tree (`policies.fixed`), or
+  a size chosen per step from calibrated head confidence and a cost table (`policies.auto`), and
+  when to run plain stretches (one-token calls without proposing).
 
-A drafter may offer several candidate sizes (prefixes of its topology's node list, which are
-trees themselves since parents precede children): each iteration the loop verifies only the
-first `candidates[candidate(state)]` nodes, through lax.switch over the static sizes (one
-program, no recompilation, no host round trip). Drafters with one size mix in SingleCandidate. Drafter
-weights (a rescoring LM, n-gram tables) are passed in as `params` by the loop, never carried in
-its state, so they are an argument of the jitted loop rather than part of the loop carry.
+The loop calls, per row and iteration: verify the chosen prefix of the draft in one
+`ModelFns.forward` (head 1 at every node gives the model's own next tokens), keep the longest
+accepted root path, commit it to the drafter and the policy, then let the policy obtain the
+next draft (normally by calling the drafter's propose). It asks neither isinstance nor getattr.
+Drafter weights (a rescoring LM, n-gram tables) are passed in as `params`, never carried in
+loop state, so they are an argument of the jitted loop rather than part of its carry.
 """
 from __future__ import annotations
 
@@ -77,7 +82,8 @@ class LastHeads:
 class Drafter(Protocol):
   """Turns the heads at the last kept position into the next nodes to verify.
 
-  Implementations are frozen dataclasses (hashable: static under jit) whose methods are pure.
+  Implementations are frozen dataclasses (hashable: static under jit) whose methods are pure;
+  drafters/base.py gives the defaults of a stateless drafter.
   """
 
   @property
@@ -90,6 +96,11 @@ class Drafter(Protocol):
     """propose may read heads 2..last_head (1-based) at the last kept position; 1 reads none,
     so plain decoding computes no head beyond the next-token head verification needs anyway."""
 
+  @property
+  def candidates(self) -> tuple[int, ...]:
+    """Static, increasing node counts a policy may verify (prefixes of the topology that are
+    worth verifying alone); the first is 1 (plain decoding), the last topology.size."""
+
   def start(self, params: Any, prompts: jax.Array, prompt_lengths: jax.Array,
             cache_len: int) -> Any:
     """Per-row state (a pytree; () when stateless) after the prompts [B, P] (lengths [B]).
@@ -99,46 +110,22 @@ class Drafter(Protocol):
               next_token: jax.Array) -> tuple[jax.Array, Any]:
     """heads: the heads 2..last_head at the last kept position, computed when the drafter asks
     for them (LastHeads.range); next_token [B] (the model's own) -> (nodes [B, T] int32 with
-    nodes[:, 0] == next_token, state)."""
+    nodes[:, 0] == next_token, state). A policy may skip propose on plain steps: the state must
+    stay valid through commits that no propose preceded."""
 
   def commit(self, params: Any, state: Any, tokens: jax.Array, num_kept: jax.Array) -> Any:
     """tokens [B, D' + 1]: each row's accepted root path then the model's next token (D' + 1 is
     the verified candidate's longest path); tokens[:, :num_kept + 1] were appended to the row
-    (num_kept [B], 0 for finished rows)."""
-
-  @property
-  def candidates(self) -> tuple[int, ...]:
-    """Static, increasing node counts the loop may verify (prefixes of the topology); the last
-    is topology.size."""
-
-  def candidate(self, state: Any) -> jax.Array:
-    """[] int32 index into `candidates` of the nodes to verify next (chosen by propose)."""
+    (num_kept [B], 0 for finished rows). Called after every verify call."""
 
   def stats(self, state: Any) -> dict[str, jax.Array]:
     """Named statistics of the drafter, summed over the batch, for the report ({} if none)."""
 
 
-class SingleCandidate:
-  """Mixin for drafters that always verify their whole topology and report no statistics."""
-
-  @property
-  def candidates(self) -> tuple[int, ...]:
-    return (self.topology.size,)
-
-  def candidate(self, state) -> jax.Array:
-    del state
-    return jnp.zeros((), jnp.int32)
-
-  def stats(self, state) -> dict:
-    del state
-    return {}
-
-
-
 @flax.struct.dataclass
 class StretchCounts:
-  """What a plain stretch did, for the drafter's counters ([] each): iterations run;
-  verified_rows, the sum over them but the first (whose commit the drafter ran) of rows
+  """What a plain stretch did, for the policy's counters ([] each): iterations run;
+  verified_rows, the sum over them but the first (whose commit the policy ran) of rows
   verified (still decoding before the call);
   drafted_steps, the iterations after which some row still decodes (each gave those rows a
   one-token draft); drafted_rows, the sum of those rows."""
@@ -148,20 +135,45 @@ class StretchCounts:
   drafted_rows: jax.Array
 
 
-@runtime_checkable
-class PlainStretches(Protocol):
-  """Optional drafter capability: runs of plain decoding without propose or commit.
-
-  After propose, `stretch(state)` ([] int32) is how many further iterations the drafter has
-  already decided to spend on plain decoding, reading no head. The loop runs them as an inner
-  loop of one-token verify calls (each costs what an AR step costs: no lax.switch over
-  candidate sizes, no drafter call) except that the drafter's commit runs on the first, then
-  calls `after_stretch(state, counts)` (StretchCounts) so the drafter's counters read as if
-  propose and commit had run at each of them.
+class StepPolicy(Protocol):
+  """How much of a drafter's proposal the loop verifies each step, and when it runs plain
+  stretches. Frozen dataclasses (static under jit) with pure methods; a policy gets the drafter
+  as an argument and never imports the loop or the cost measurement.
   """
 
-  def stretch(self, state: Any) -> jax.Array:
-    ...
+  def sizes(self, drafter: Drafter) -> tuple[int, ...]:
+    """Static node counts the policy may choose among (the loop compiles one verification per
+    size, selected by lax.switch when there are several)."""
+
+  def start(self, drafter: Drafter, batch: int) -> Any:
+    """The policy's state (a pytree) before the first proposal."""
+
+  def propose(self, state: Any, drafter: Drafter, drafter_params: Any, drafter_state: Any,
+              heads: LastHeads, next_token: jax.Array) -> tuple[jax.Array, Any, Any]:
+    """The next draft: (nodes [B, T], drafter state, policy state); usually the drafter's
+    propose, after which the policy picks the size to verify."""
+
+  def choice(self, state: Any) -> jax.Array:
+    """[] int32 index into `sizes(drafter)` of the nodes to verify next."""
+
+  def force(self, state: Any, index: int) -> Any:
+    """The state with every later step verifying sizes[index] (to time the policy's own steps
+    per size: decoding/timing.py)."""
+
+  def commit(self, state: Any, drafter: Drafter, tokens: jax.Array,
+             num_kept: jax.Array) -> Any:
+    """After a verify call that followed a proposal (as Drafter.commit)."""
+
+  def stretches(self, drafter: Drafter) -> bool:
+    """Static: whether `stretch` can ever be > 0 (the loop compiles the inner loop only then)."""
+
+  def stretch(self, state: Any, drafter: Drafter) -> jax.Array:
+    """[] int32 further plain iterations decided after this proposal: the loop runs them as an
+    inner loop of one-token verify calls (no lax.switch over sizes, no proposal), committing
+    each to the drafter and the first to the policy, then calls `after_stretch`."""
 
   def after_stretch(self, state: Any, counts: StretchCounts) -> Any:
-    ...
+    """The state after a stretch (its counters as if the steps had run one by one)."""
+
+  def stats(self, state: Any) -> dict[str, jax.Array]:
+    """Named statistics of the policy, summed over the batch ({} if none)."""

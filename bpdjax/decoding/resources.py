@@ -1,18 +1,22 @@
-"""What some drafting methods need beyond the model: the only decoding code that opens a workdir
-or an ARPA file.
+"""What some methods need beyond the model, by name: a registry of resource kinds, and the
+only decoding code that opens a workdir or an ARPA file.
 
   rescorer  a small causal LM in the model's vocabulary (local neural rescoring), from its
-            train.py workdir
+            train.py workdir (setting `rescorer_workdir`)
   ngram_lm  an ARPA n-gram LM over the model's token ids (global n-gram rescoring), as exact
             on-device tables (ngram.dp) or an OpenFST rescorer (ngram.fst), built on first use
+            (setting `ngram_arpa`)
 
-Both are checked against the model's vocabulary (the workdir's vocabulary file, by sha256).
+A kind is registered once (`register(Kind(...))`): its name, the decode setting that gives it,
+a label for messages, its loader and its compatibility check with the model. A method lists
+the kinds it needs (registry.Method.resources); decode.py loads each kind a setting names, once.
+Adding a resource kind = one registration more.
 """
 from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from bpdjax import checkpoints
 from bpdjax import configuration
@@ -23,15 +27,6 @@ from bpdjax.decoding import model_fns
 from bpdjax.ngram import arpa as arpa_lib
 from bpdjax.ngram import tables as ngram_tables
 from bpdjax.ngram import fst
-
-RESCORER = "rescorer"
-NGRAM_LM = "ngram_lm"
-COST_MODEL = "cost_model"      # decoding/cost.CostModel; decode.py makes it, no flag needed.
-# What the command line calls each resource given by a file (for error messages).
-FLAGS = {RESCORER: "rescorer_workdir", NGRAM_LM: "ngram_arpa"}
-LABELS = {RESCORER: "a rescoring LM", NGRAM_LM: "an n-gram LM",
-          COST_MODEL: "a cost model (decoding/cost.CostModel)"}
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Rescorer:
@@ -78,26 +73,6 @@ class NgramLM:
       return self._wfst[alpha]
 
 
-@dataclasses.dataclass
-class Resources:
-  """The resources at hand; a method asks for the ones it needs with `need`."""
-  rescorer: Optional[Rescorer] = None
-  ngram_lm: Optional[NgramLM] = None
-  cost_model: Optional[Any] = None
-
-  def need(self, name: str, method: str):
-    value = getattr(self, name)
-    if value is None:
-      where = f" (decode.py --{FLAGS[name]})" if name in FLAGS else ""
-      raise ValueError(f"Method {method!r} needs {LABELS[name]}{where}")
-    return value
-
-
-def missing(method_resources, given: dict[str, bool]) -> list[str]:
-  """The command-line names of the file resources a method needs that are not given."""
-  return [FLAGS[r] for r in method_resources if r in FLAGS and not given.get(r)]
-
-
 def load_rescorer(rescorer_workdir: str, model_workdir: Optional[str] = None) -> Rescorer:
   """The rescoring LM of a workdir; its vocabulary must be the model's (same file bytes)."""
   if model_workdir is not None and (workdir_lib.vocab_digest(rescorer_workdir)
@@ -117,3 +92,89 @@ def load_ngram_lm(arpa_path: str, vocab_size: int, model_workdir: Optional[str] 
   if model_workdir is not None:
     workdir_lib.check_arpa_vocab_record(arpa_path, workdir_lib.vocab_digest(model_workdir))
   return NgramLM(arpa_lib.parse_arpa(arpa_path, vocab_size), path=arpa_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """A kind of resource: name (what methods list), setting (the decode setting whose value,
+  a path, names it), label (for messages), load(value, model_workdir, vocab_size) -> resource,
+  check(resource, model_config) -> None or ValueError (compatibility with the model)."""
+  name: str
+  setting: str
+  label: str
+  load: Callable[[str, Optional[str], int], Any]
+  check: Callable[[Any, model_lib.TransformerConfig], None]
+
+
+_KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+  if kind.name in _KINDS:
+    raise ValueError(f"Resource kind {kind.name!r} is registered twice")
+  _KINDS[kind.name] = kind
+  return kind
+
+
+def kinds() -> list[Kind]:
+  return list(_KINDS.values())
+
+
+def kind(name: str) -> Kind:
+  if name not in _KINDS:
+    raise ValueError(f"Unknown resource kind {name!r}; known: {sorted(_KINDS)}")
+  return _KINDS[name]
+
+
+class Resources:
+  """The resources at hand, by kind name; a method asks for the ones it needs with `need`.
+
+    Resources(rescorer=load_rescorer(path), ngram_lm=load_ngram_lm(arpa, vocab_size))
+  """
+
+  def __init__(self, **given):
+    for name in given:
+      kind(name)
+    self._given = {n: v for n, v in given.items() if v is not None}
+
+  def get(self, name: str) -> Any:
+    return self._given.get(name)
+
+  def need(self, name: str, method: str) -> Any:
+    value = self._given.get(name)
+    if value is None:
+      k = kind(name)
+      raise ValueError(f"Method {method!r} needs {k.label} (decode.py --{k.setting})")
+    return value
+
+  def check(self, model_config: model_lib.TransformerConfig) -> None:
+    """Every resource's compatibility check with the model."""
+    for name, value in self._given.items():
+      kind(name).check(value, model_config)
+
+
+def load(values: dict[str, str], model_workdir: Optional[str], vocab_size: int) -> Resources:
+  """The resources whose setting has a value in `values` ({setting: path}), loaded once each
+  and checked against the model's vocabulary."""
+  return Resources(**{k.name: k.load(values[k.setting], model_workdir, vocab_size)
+                      for k in kinds() if values.get(k.setting)})
+
+
+def _check_rescorer(rescorer: Rescorer, model: model_lib.TransformerConfig) -> None:
+  if rescorer.model.config.vocab_size != model.vocab_size:
+    raise ValueError(f"Rescorer vocabulary size {rescorer.model.config.vocab_size} differs from "
+                     f"the model's {model.vocab_size}")
+
+
+def _check_ngram_lm(lm: NgramLM, model: model_lib.TransformerConfig) -> None:
+  if lm.vocab_size != model.vocab_size:
+    raise ValueError(f"The n-gram LM was read for vocab_size={lm.vocab_size}; the model has "
+                     f"{model.vocab_size}")
+
+
+RESCORER = register(Kind("rescorer", "rescorer_workdir", "a rescoring LM",
+                         lambda path, workdir, vocab: load_rescorer(path, workdir),
+                         _check_rescorer)).name
+NGRAM_LM = register(Kind("ngram_lm", "ngram_arpa", "an n-gram LM",
+                         lambda path, workdir, vocab: load_ngram_lm(path, vocab, workdir),
+                         _check_ngram_lm)).name

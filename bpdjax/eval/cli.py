@@ -1,7 +1,7 @@
 """The decode.py command line (also the `bpdjax-decode` console script).
 
-Settings come from one ml_collections config (configs/decode.py; --config=FILE for another)
-with --config.KEY=VALUE overrides. The flags of earlier versions are aliases that set the same
+Settings come from one ml_collections config (bpdjax/configs/decode.py, its settings declared
+once in eval/schema.py; --config=FILE for another) with --config.KEY=VALUE overrides. The flags of earlier versions are aliases that set the same
 keys (eval/flags.py): --workdir, --output, --tasks, --methods, --num_examples, --max_new_tokens,
 --batch_size, --temperature, --top_k, --top_p, --seed, --record_topk, --data_dir, --jsonl,
 --mesh, --rescorer_workdir, --ngram_arpa; and --k, --p, --alpha, --tree_size, --ngram_backend
@@ -35,8 +35,7 @@ def _main(argv):
   config = flags.FLAGS.config
   alias_flags.apply_aliases(config)
   settings = settings_lib.DecodeSettings.from_config(config)
-  settings.validate()
-  result = run.run(settings)
+  result = run.run(settings)   # Validates once (eval/plan.py) before loading anything.
   print("\n".join(report.summary_lines(result)))
   print(f"{result['compilations']} decode programs compiled")
   print(f"Report: {settings.output}/report.json, report.md ({jax.device_count()} devices)")

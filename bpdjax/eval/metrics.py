@@ -115,13 +115,16 @@ def compare_to_vanilla(report_task: dict, vanilla: str) -> None:
     entry["be_gain_vs_bpd"] = entry["block_efficiency"] / base - 1.0 if base else None
 
 
-def add_rescoring_share(entry: dict, cost: dict) -> None:
-  """Puts a `rescoring_cost` result into a method's entry (in place), with rescoring_share =
-  rescoring_ms_per_step / ms_per_step: the refinement's share of the measured wall time of one
-  decode-loop step of that method (speed_metrics)."""
-  entry.update(cost)
-  ms, step = cost.get("rescoring_ms_per_step"), entry.get("ms_per_step")
-  entry["rescoring_share"] = ms / step if ms is not None and step else None
+def add_drafting_cost(entry: dict, propose_ms, vanilla_propose_ms) -> None:
+  """Puts a method's drafting time per step into its entry (in place): drafting_ms_per_step,
+  the median time of its proposal alone (decoding/timing.propose_ms; None when it reads no
+  heads), drafting_share = drafting_ms_per_step / ms_per_step (its share of the measured wall
+  time of one decode-loop step, speed_metrics), and vanilla_propose_ms, the same for the
+  vanilla draft (what a refinement adds is the difference of these two positive times)."""
+  step = entry.get("ms_per_step")
+  entry["drafting_ms_per_step"] = propose_ms
+  entry["vanilla_propose_ms"] = vanilla_propose_ms
+  entry["drafting_share"] = propose_ms / step if propose_ms is not None and step else None
 
 
 def _pad_to(x: np.ndarray, n: int) -> np.ndarray:

@@ -203,8 +203,9 @@ def _refinement_markdown(report: dict) -> list[str]:
           f"| {task} | {method} | {_fmt(gain, '+.1%')} | {wtl} | "
           f"{_fmt(e.get('repetition_repair_share'), '.1%')} | "
           f"{_fmt(e.get('vanilla_repetition_rate'))} → {_fmt(e.get('repetition_rate'))} | "
-          f"{_fmt(e.get('rescoring_ms_per_step'), '.3f')} | "
-          f"{_fmt(e.get('rescoring_share'), '.1%')} |")
+          f"{_fmt(e.get('drafting_ms_per_step'), '.3f')} | "
+          f"{_fmt(e.get('vanilla_propose_ms'), '.3f')} | "
+          f"{_fmt(e.get('drafting_share'), '.1%')} |")
   if not rows:
     return []
   return [
@@ -212,12 +213,12 @@ def _refinement_markdown(report: dict) -> list[str]:
       "Steps: per decode iteration, the kept length of the method's draft against the one the "
       "vanilla draft from the same context would have had (wins / ties / losses). Repairs: share "
       "of wins where the vanilla draft was rejected on a consecutive repetition. Repetition: "
-      "consecutive repetition rate of the vanilla drafts → the method's drafts. Rescoring: "
-      "jitted propose time beyond the vanilla draft's, per loop step, and its share of the "
-      "measured step time.\n",
+      "consecutive repetition rate of the vanilla drafts → the method's drafts. Drafting: "
+      "the jitted proposal's median time per loop step (the vanilla draft's beside it; a "
+      "refinement adds the difference), and its share of the measured step time.\n",
       "| task | method | BE gain vs bpd | steps W / T / L | repairs | draft repetition "
-      "| rescoring ms/step | share of step |",
-      "|---|---|---|---|---|---|---|---|",
+      "| drafting ms/step | vanilla ms/step | share of step |",
+      "|---|---|---|---|---|---|---|---|---|",
   ] + rows
 
 
@@ -294,6 +295,6 @@ def _refinement_summary(e: dict) -> str:
     out += f"  W/T/L {st['win_fraction']:.0%}/{st['tie_fraction']:.0%}/{st['loss_fraction']:.0%}"
     if e.get("repetition_repair_share") is not None:
       out += f" (repairs {e['repetition_repair_share']:.0%} of wins)"
-  if e.get("rescoring_ms_per_step") is not None and e.get("rescoring_share") is not None:
-    out += f"  rescoring {e['rescoring_ms_per_step']:.2f} ms/step ({e['rescoring_share']:.0%})"
+  if e.get("drafting_ms_per_step") is not None and e.get("drafting_share") is not None:
+    out += f"  drafting {e['drafting_ms_per_step']:.2f} ms/step ({e['drafting_share']:.0%})"
   return out

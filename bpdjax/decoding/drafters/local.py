@@ -20,34 +20,24 @@ import jax.numpy as jnp
 from bpdjax import cache as cache_lib
 from bpdjax.decoding import lattice
 from bpdjax.decoding import model_fns
-from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import tree as tree_lib
-from bpdjax.decoding.drafters import heads
-
-
-def check_alpha(alpha: float) -> None:
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-
-
-def check_rescorer(rescorer: resources_lib.Rescorer, model) -> None:
-  if rescorer.model.config.vocab_size != model.vocab_size:
-    raise ValueError(f"Rescorer vocabulary size {rescorer.model.config.vocab_size} differs from "
-                     f"the model's {model.vocab_size}")
+from bpdjax.decoding.drafters import base
 
 
 @flax.struct.dataclass
 class RescorerState:
   """cache: the rescorer's KV cache (lengths = context tokens fed, minus one); last: [B] int32
-  the last accepted token, not yet committed in the rescorer cache."""
+  the last accepted token, not yet committed in the rescorer cache; proposed: [] bool whether
+  a proposal fed the rescorer since the last commit (a policy may skip proposals)."""
   cache: cache_lib.KVCache
   last: jax.Array
+  proposed: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalRescoreDrafter(protocol.SingleCandidate):
+class LocalRescoreDrafter(base.Stateless):
   """Local rescoring (Algorithm 2). draft_len: L heads used; k: candidates per head; alpha in
   [0, 1]; rescorer: the LM's model_fns.TransformerFns (its params are the drafter params)."""
   draft_len: int
@@ -60,8 +50,8 @@ class LocalRescoreDrafter(protocol.SingleCandidate):
     return tree_lib.chain(self.draft_len)
 
   @property
-  def last_head(self) -> int:
-    return self.draft_len
+  def candidates(self) -> tuple[int, ...]:
+    return base.chain_prefixes(self.draft_len)
 
   def start(self, params, prompts, prompt_lengths, cache_len):
     b, p = prompts.shape
@@ -70,7 +60,7 @@ class LocalRescoreDrafter(protocol.SingleCandidate):
     _, cache = self.rescorer.forward(params, prompts, positions, cache)
     last = jnp.take_along_axis(prompts, jnp.maximum(prompt_lengths - 1, 0)[:, None], axis=1)[:, 0]
     cache = cache_lib.set_lengths(cache, jnp.maximum(prompt_lengths - 1, 0))
-    return RescorerState(cache=cache, last=last)
+    return RescorerState(cache=cache, last=last, proposed=jnp.zeros((), bool))
 
   def step(self, params, state: RescorerState, tokens: jax.Array, offset: int):
     """Feeds tokens [B, n] at slots lengths + offset.. ; returns log-probs after the last one."""
@@ -102,7 +92,8 @@ class LocalRescoreDrafter(protocol.SingleCandidate):
                + self.alpha * jnp.take_along_axis(rescorer_logp, cand_ids[:, i], axis=1))
       order = jax.lax.top_k(score, self.k)[1]
       ranked.append(jnp.take_along_axis(cand_ids[:, i], order, axis=1)[:, None])
-    return jnp.concatenate(ranked, axis=1).astype(jnp.int32), state
+    return jnp.concatenate(ranked, axis=1).astype(jnp.int32), state.replace(
+        proposed=jnp.ones((), bool))
 
   def propose(self, params, state: RescorerState, heads, next_token):
     head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
@@ -111,25 +102,27 @@ class LocalRescoreDrafter(protocol.SingleCandidate):
     return draft, state
 
   def commit(self, params, state: RescorerState, tokens, num_kept):
-    """Kept tokens tokens[:, :num_kept] were fed by the last proposal (after `last`)."""
+    """Kept tokens tokens[:, :num_kept] were fed by the last proposal (after `last`); when no
+    proposal ran since the last commit (a plain step), `last` and tokens[:, :num_kept - 1] are
+    fed first."""
+    def feed(st):
+      fed = jnp.concatenate([st.last[:, None], tokens[:, :-1].astype(jnp.int32)], axis=1)
+      return self.step(params, st, fed, 0)[1]
+
+    state = jax.lax.cond(state.proposed, lambda st: st, feed, state)
     last = jnp.take_along_axis(tokens, jnp.maximum(num_kept - 1, 0)[:, None], axis=1)[:, 0]
     return state.replace(cache=cache_lib.commit(state.cache, num_kept),
-                         last=jnp.where(num_kept > 0, last, state.last))
+                         last=jnp.where(num_kept > 0, last, state.last),
+                         proposed=jnp.zeros((), bool))
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalOptions:
-  k: int = 16                 # Candidates per head.
-  alpha: float = 0.5          # Rescorer weight in [0, 1].
-
-  def validate(self, model=None) -> None:
-    heads.check_k(self.k, model)
-    check_alpha(self.alpha)
+class LocalOptions(base.Lattice, base.Rescoring):
+  pass
 
 
 def _build(options: LocalOptions, model, resources):
   rescorer = resources.need(resources_lib.RESCORER, "local")
-  check_rescorer(rescorer, model)
   drafter = LocalRescoreDrafter(model.num_heads_bpd, options.k, options.alpha, rescorer.fns)
   return drafter, rescorer.params
 

@@ -21,12 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpdjax.decoding import lattice
-from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import sparse_tree
 from bpdjax.decoding import tree as tree_lib
-from bpdjax.decoding.drafters import heads
+from bpdjax.decoding.drafters import base
 from bpdjax.decoding.drafters import local
 
 
@@ -40,13 +39,15 @@ def _tree_tokens(sparse: sparse_tree.SparseTree, ids: jax.Array,
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaTreeDrafter(protocol.SingleCandidate):
+class MedusaTreeDrafter(base.Stateless):
   """Medusa sparse-tree drafting with the heads' own top-k.
 
   num_heads: h, heads available (the tree uses heads 2..draft_len); k: candidates per head;
   tree_size: nodes verified per call, root included; accuracy: optional calibrated [h-1][k]
   accuracies as nested tuples (default: sparse_tree.default_accuracy). The longest path a call
-  can keep is the tree's depth + 1, at most h; propose reads heads 2..that depth + 1.
+  can keep is the tree's depth + 1, at most h; propose reads heads 2..that depth + 1. The
+  nodes are in the order the greedy construction added them, so each prefix is the best tree
+  of its size: the candidates are the prefixes of 1, 2, 4, ... nodes and the whole tree.
   """
   num_heads: int
   k: int
@@ -54,12 +55,9 @@ class MedusaTreeDrafter(protocol.SingleCandidate):
   accuracy: Optional[tuple[tuple[float, ...], ...]] = None
 
   def __post_init__(self):
-    if self.num_heads < 1 or self.k < 1:
-      raise ValueError(f"num_heads and k must be >= 1, got {self.num_heads}, {self.k}")
     if self.accuracy is not None and np.shape(self.accuracy) != (self.num_heads - 1, self.k):
       raise ValueError(f"accuracy must have shape [{self.num_heads - 1}, {self.k}], got "
                        f"{np.shape(self.accuracy)}")
-    self.sparse  # pylint: disable=pointless-statement  (validates the tree settings)
 
   @property
   def sparse(self) -> sparse_tree.SparseTree:
@@ -77,20 +75,15 @@ class MedusaTreeDrafter(protocol.SingleCandidate):
     return self.topology.path_len
 
   @property
-  def last_head(self) -> int:
-    return self.draft_len
-
-  def start(self, params, prompts, prompt_lengths, cache_len):
-    return ()
+  def candidates(self) -> tuple[int, ...]:
+    powers = [2 ** i for i in range(self.tree_size.bit_length()) if 2 ** i < self.tree_size]
+    return tuple(powers) + (self.tree_size,)
 
   def propose(self, params, state, heads, next_token):
     """heads 2..L at the last kept position, next_token [B] -> (tree tokens [B, T], state)."""
     head_logits = heads.range(1, self.last_head)                               # [B, L-1, V]
     ids, _ = lattice.head_lattice(head_logits, self.k)
     return _tree_tokens(self.sparse, ids, next_token), state
-
-  def commit(self, params, state, tokens, num_kept):
-    return state
 
 
 @flax.struct.dataclass
@@ -117,10 +110,6 @@ class MedusaLocalDrafter(MedusaTreeDrafter):
   @property
   def local(self) -> local.LocalRescoreDrafter:
     return local.LocalRescoreDrafter(self.draft_len, self.k, self.alpha, self.rescorer)
-
-  def __post_init__(self):
-    super().__post_init__()
-    local.check_alpha(self.alpha)
 
   def start(self, params, prompts, prompt_lengths, cache_len):
     rescorer_state = self.local.start(params, prompts, prompt_lengths, cache_len)
@@ -161,12 +150,11 @@ class MedusaLocalDrafter(MedusaTreeDrafter):
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaOptions:
-  k: int = 16                 # Candidates per head.
+class MedusaOptions(base.Lattice):
   tree_size: int = 64         # Nodes verified per call, root included (as Medusa's trees).
 
   def validate(self, model=None) -> None:
-    heads.check_k(self.k, model)
+    super().validate(model)
     if self.tree_size < 1:
       raise ValueError(f"tree_size must be >= 1, got {self.tree_size}")
     if model is not None:   # The tree's capacity for this h and k.
@@ -175,17 +163,12 @@ class MedusaOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class MedusaLocalOptions(MedusaOptions):
-  alpha: float = 0.5          # Rescorer weight in [0, 1].
-
-  def validate(self, model=None) -> None:
-    super().validate(model)
-    local.check_alpha(self.alpha)
+class MedusaLocalOptions(MedusaOptions, base.Rescoring):
+  pass
 
 
 def _build_local(options: MedusaLocalOptions, model, resources):
   rescorer = resources.need(resources_lib.RESCORER, "medusa_local")
-  local.check_rescorer(rescorer, model)
   drafter = MedusaLocalDrafter(model.num_heads_bpd, options.k, options.tree_size,
                                alpha=options.alpha, rescorer=rescorer.fns)
   return drafter, rescorer.params

@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bpdjax.decoding import lattice
-from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import tree as tree_lib
-from bpdjax.decoding.drafters import heads
-from bpdjax.decoding.drafters import local
+from bpdjax.decoding.drafters import base
 from bpdjax.ngram import dp
 
 BACKENDS = ("dp", "wfst")
@@ -55,7 +53,7 @@ def commit_history(history: jax.Array, tokens: jax.Array, num_kept: jax.Array) -
 
 
 @dataclasses.dataclass(frozen=True)
-class NgramPBestDrafter(protocol.SingleCandidate):
+class NgramPBestDrafter(base.Stateless):
   """Global n-gram rescoring on device (Kim et al. 2024): the p best paths of the heads' top-k
   lattice under (1 - alpha) * head log-prob + alpha * n-gram log-prob, by the exact dynamic
   program of ngram/dp.py (its tables are the drafter params), verified together as p chains
@@ -66,17 +64,13 @@ class NgramPBestDrafter(protocol.SingleCandidate):
   alpha: float
   order: int
 
-  def __post_init__(self):
-    local.check_alpha(self.alpha)
-    lattice.check_num_drafts(self.p, self.k, self.draft_len)
-
   @property
   def topology(self) -> tree_lib.Tree:
     return tree_lib.chains(self.p, self.draft_len)
 
   @property
-  def last_head(self) -> int:
-    return self.draft_len
+  def candidates(self) -> tuple[int, ...]:
+    return base.chains_prefixes(self.p, self.draft_len)
 
   def start(self, params, prompts, prompt_lengths, cache_len):
     return NgramState(history=start_history(prompts, prompt_lengths, self.order))
@@ -99,7 +93,7 @@ class NgramPBestDrafter(protocol.SingleCandidate):
 
 
 @dataclasses.dataclass(frozen=True)
-class WfstPBestDrafter(protocol.SingleCandidate):
+class WfstPBestDrafter(base.Stateless):
   """Global n-gram rescoring with OpenFST on the host: NgramPBestDrafter's drafts (same lattice,
   score, dedupe and tie rule, same tree of p chains sharing the model's next token), computed by
   ngram.fst.WfstRescorer.best_paths through jax.pure_callback, one lattice per row (it takes
@@ -124,9 +118,6 @@ class WfstPBestDrafter(protocol.SingleCandidate):
     if not all(hasattr(self.rescorer, a) for a in ("best_paths", "alpha", "order", "vocab_size")):
       raise TypeError(f"rescorer must be an ngram.fst.WfstRescorer, got "
                       f"{type(self.rescorer).__name__}")
-    if self.draft_len < 2:
-      raise ValueError(f"draft_len must be >= 2 for lattice drafts, got {self.draft_len}")
-    lattice.check_num_drafts(self.p, self.k, self.draft_len)
 
   @property
   def alpha(self) -> float:
@@ -141,8 +132,8 @@ class WfstPBestDrafter(protocol.SingleCandidate):
     return tree_lib.chains(self.p, self.draft_len)
 
   @property
-  def last_head(self) -> int:
-    return self.draft_len
+  def candidates(self) -> tuple[int, ...]:
+    return base.chains_prefixes(self.p, self.draft_len)
 
   def start(self, params, prompts, prompt_lengths, cache_len):
     return NgramState(history=start_history(prompts, prompt_lengths, self.order))
@@ -189,14 +180,11 @@ def check_backend(backend: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class NgramOptions:
-  k: int = 16                 # Candidates per head.
-  alpha: float = 0.5          # n-gram weight in [0, 1].
+class NgramOptions(base.Lattice, base.Rescoring):
   backend: str = "dp"         # "dp" (exact, on device) or "wfst" (OpenFST, on the host).
 
   def validate(self, model=None) -> None:
-    heads.check_k(self.k, model)
-    local.check_alpha(self.alpha)
+    super().validate(model)
     check_backend(self.backend)
     if model is not None and model.num_heads_bpd < 2:
       raise ValueError(f"n-gram rescoring needs h >= 2 heads, the model has "
@@ -204,22 +192,12 @@ class NgramOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class PBestNgramOptions(NgramOptions):
-  p: int = 16                 # Drafts verified per call.
-
-  def validate(self, model=None) -> None:
-    super().validate(model)
-    if self.p < 1:
-      raise ValueError(f"p must be >= 1, got {self.p}")
-    if model is not None:
-      lattice.check_num_drafts(self.p, self.k, model.num_heads_bpd)
+class PBestNgramOptions(NgramOptions, base.PBest):
+  pass
 
 
 def _build(options, model, resources, p: int, name: str):
   lm = resources.need(resources_lib.NGRAM_LM, name)
-  if lm.vocab_size != model.vocab_size:
-    raise ValueError(f"The n-gram LM was read for vocab_size={lm.vocab_size}; the model has "
-                     f"{model.vocab_size}")
   h = model.num_heads_bpd
   if options.backend == "wfst":
     return WfstPBestDrafter(h, k=options.k, p=p, rescorer=lm.wfst(options.alpha)), None
