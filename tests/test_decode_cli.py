@@ -229,3 +229,33 @@ def test_sampling_report_has_the_distribution_check(trained_tiny_workdir, tmp_pa
   md = (tmp_path / "out" / "report.md").read_text()
   assert "Distribution check of the samples" in md
   assert "NO (lossy)" in md and "LOSSY" in md
+
+
+_BAD_VALUES = {"workdir": "", "output": "", "tasks": "nope", "methods": "nope",
+               "num_examples": 0, "max_new_tokens": 0, "batch_size": 0,
+               "max_prompt_tokens": -1, "record_topk": -1, "mesh": "2,x"}
+
+
+@pytest.mark.parametrize("setting", sorted(_BAD_VALUES))
+def test_each_schema_check_names_its_setting(setting):
+  """Every setting declared with a check (eval/schema.py) refuses a bad value with a message
+  that names the setting, before anything is loaded."""
+  from bpdjax.eval import schema  # pylint: disable=g-import-not-at-top
+  assert {s.name for s in schema.SETTINGS if s.check} == set(_BAD_VALUES)
+  values = dict(workdir="w", output="o", tasks="lambada", methods="ar", num_examples=1,
+                max_new_tokens=4)
+  values[setting] = _BAD_VALUES[setting]
+  with pytest.raises(ValueError, match=setting):
+    helpers.decode_settings(**values).validate()
+
+
+def test_settings_are_declared_once():
+  """The config keys, the alias flags and the settings' attributes all come from the schema."""
+  from bpdjax.configs import decode as decode_config  # pylint: disable=g-import-not-at-top
+  from bpdjax.eval import schema  # pylint: disable=g-import-not-at-top
+  config = decode_config.get_config()
+  names = {s.name for s in schema.SETTINGS}
+  assert set(config.keys()) == names | {"options"}
+  assert names <= set(alias_flags._ALIASES)  # pylint: disable=protected-access
+  settings = helpers.decode_settings(workdir="w", output="o")
+  assert all(settings.values[n] == config[n] for n in names)

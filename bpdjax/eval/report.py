@@ -118,15 +118,16 @@ def markdown(report: dict) -> str:
 
 
 def _quality_markdown(report: dict) -> list[str]:
-  """Task quality beside block efficiency (bpd's, else the first method's)."""
+  """Task quality beside block efficiency (the vanilla draft's, else the first method's)."""
   if not report.get("quality"):
     return []
   lines = ["\nTask quality of the outputs (computed once per task, on the named method's "
            "outputs; greedy outputs are identical across methods):\n",
-           "| task | metric | value | examples | scored method | BE (bpd) |", "|---|---|---|---|---|---|"]
+           "| task | metric | value | examples | scored method | BE (vanilla draft) |", "|---|---|---|---|---|---|"]
   for task, q in report["quality"].items():
     methods = report["tasks"].get(task, {})
-    be = (methods.get("bpd") or next(iter(methods.values()), {})).get("block_efficiency")
+    vanilla = methods.get(report.get("vanilla", ""))
+    be = (vanilla or next(iter(methods.values()), {})).get("block_efficiency")
     for metric, value in q.items():
       if metric in ("num_examples", "method", "identical_across_methods"):
         continue

@@ -40,13 +40,14 @@ def _at_least(name: str, low: int) -> Callable[[int], Optional[str]]:
   return lambda v: None if v >= low else f"{name} must be >= {low}, got {v}"
 
 
-def _known(kind: str, known: Callable[[], list], error: str) -> Callable[[str], Optional[str]]:
+def _known(setting: str, kind: str, known: Callable[[], list],
+           error: str) -> Callable[[str], Optional[str]]:
   def check(value: str) -> Optional[str]:
     if not parse_list(value):
-      return f"No {kind} given"
+      return f"No {kind} given ({setting} is empty)"
     for name in parse_list(value):
       if name not in known():
-        return f"{error} {name!r}; known: {sorted(known())}"
+        return f"{error} {name!r} in {setting}; known: {sorted(known())}"
     return None
   return check
 
@@ -67,9 +68,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("output", str, "", "Directory for report.json, report.md and plots (required).",
             _required("output directory", "output")),
     Setting("tasks", str, "lambada", "Comma-separated evaluation tasks (see above).",
-            _known("evaluation task", lambda: list(eval_sets.EVAL_TASKS), "Unknown task")),
+            _known("tasks", "evaluation task", lambda: list(eval_sets.EVAL_TASKS),
+                   "Unknown task")),
     Setting("methods", str, "ar,bpd", "Comma-separated decoding methods (see above).",
-            _known("decoding method", methods.names, "Unknown decoding method")),
+            _known("methods", "decoding method", methods.names, "Unknown decoding method")),
     Setting("num_examples", int, 50, "Examples per task.", _at_least("num_examples", 1)),
     Setting("max_new_tokens", int, 64, "Tokens to generate per example.",
             _at_least("max_new_tokens", 1)),
@@ -115,9 +117,14 @@ def config() -> ml_collections.ConfigDict:
   return c
 
 
-def check(values: dict) -> None:
-  """Raises ValueError with the message of the first setting whose check fails."""
-  for s in SETTINGS:
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def check(values: dict, names: Optional[tuple[str, ...]] = None) -> None:
+  """Raises ValueError with the message of the first setting (of `names`, default all) whose
+  check fails; every message names its setting."""
+  for name in names or tuple(BY_NAME):
+    s = BY_NAME[name]
     message = s.check(values[s.name]) if s.check else None
     if message:
       raise ValueError(message)

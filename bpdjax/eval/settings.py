@@ -68,9 +68,8 @@ class DecodeSettings:
     """Reads the configuration; unknown methods or knobs are ValueErrors."""
     values = {s.name: s.type(config[s.name]) if s.type is not bool else bool(config[s.name])
               for s in schema.SETTINGS}
+    schema.check(values, ("methods",))   # Options exist only for known methods.
     names = parse_list(values["methods"])
-    for name in names:
-      methods.get(name)
     options = {name: methods.make_options(name, **dict(config.options.get(name, {})))
                for name in names}
     return cls(values=values, options=options)
