@@ -17,7 +17,6 @@ import dataclasses
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from bpdjax import layers
