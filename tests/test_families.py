@@ -1,4 +1,5 @@
-"""The imported families (Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text) against transformers:
+"""The imported families (Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text, and the language model
+of a multimodal Gemma 3) against transformers:
 tiny random models in tests/fixtures/families/<family>/ with transformers' logits and greedy
 continuations (written by tools/make_family_fixtures.py; no torch needed here).
 
@@ -27,7 +28,8 @@ from bpdjax.importers import hf_config
 from bpdjax.importers import hf_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "families")
-FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"]
+FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3"]
+TEXT_FAMILIES = FAMILIES[:-1]    # gemma3: a multimodal checkpoint's language model.
 # What each fixture's config.json must give (the importer's reading of the family).
 EXPECTED = {
     "mistral": dict(sliding_window=8, sliding_window_layers=(0, 1), tie_embeddings=False),
@@ -41,6 +43,9 @@ EXPECTED = {
     "gemma3_text": dict(mlp_activation="geglu", post_norms=True, qk_norm=True, embed_scale=8.0,
                         query_pre_attn_scalar=24.0, sliding_window=8, sliding_window_layers=(0,),
                         rope_theta=1e6, rope_factor=2.0, local_rope_theta=1e4),
+    "gemma3": dict(mlp_activation="geglu", post_norms=True, qk_norm=True, embed_scale=8.0,
+                   query_pre_attn_scalar=24.0, sliding_window=8, sliding_window_layers=(0,),
+                   rope_theta=1e6, rope_factor=1.0, local_rope_theta=1e4, tie_embeddings=True),
 }
 # Features whose removal must change the logits (a control that the fixture exercises them).
 CONTROLS = {
@@ -177,7 +182,7 @@ def _old_style(name):
   return c
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", TEXT_FAMILIES)
 def test_old_style_config_reads_the_same(name):
   assert (hf_config.config_from_hf(_old_style(name))
           == hf_config.config_from_hf(_config_json(name)))
@@ -204,7 +209,8 @@ def _copy(tmp_path, name, config_changes=None, drop=None, reshape=None):
 @pytest.mark.parametrize("name,changes,match", [
     ("qwen2", {"model_type": "phi3"}, "model_type='phi3'"),
     ("qwen2", {"architectures": ["Qwen2ForSequenceClassification"]}, "architectures"),
-    ("gemma3_text", {"model_type": "gemma3"}, "multimodal Gemma 3"),
+    ("gemma3", {"text_config": None}, "text_config=None"),
+    ("gemma3", {"architectures": ["Gemma3ForCausalLM"]}, "architectures"),
     ("mistral", {"rope_scaling": {"type": "dynamic", "factor": 2.0}},
      "rope_scaling.rope_type='dynamic'"),
     ("qwen3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}},
@@ -220,7 +226,8 @@ def _copy(tmp_path, name, config_changes=None, drop=None, reshape=None):
     ("qwen3", {"attention_bias": True}, "attention_bias=True"),
     ("gemma2", {"layer_types": ["sliding_attention"]}, "layer_types"),
     ("mistral", {"sliding_window": 0}, "sliding_window=0"),
-], ids=["model_type", "architectures", "multimodal", "rope_scaling", "rope_parameters",
+], ids=["model_type", "architectures", "multimodal_text_config", "multimodal_arch",
+        "rope_scaling", "rope_parameters",
         "local_rope_scaling", "partial_rope", "moe_qwen", "moe_mixtral", "activation",
         "attention_bias", "layer_types", "window"])
 def test_unsupported_config(tmp_path, name, changes, match):

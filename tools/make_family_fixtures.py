@@ -4,7 +4,8 @@ run by transformers, with reference logits and greedy continuations.
 Dev-only (needs torch + transformers, see requirements-bench.txt; not the project's venv):
   .venv-bench/bin/python tools/make_family_fixtures.py [--out_dir tests/fixtures/families]
 
-Per family (Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text): 2 layers of width 64 (4 query heads,
+Per family (Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text, and a multimodal Gemma 3 whose
+language model bpdjax imports): 2 layers of width 64 (4 query heads,
 2 key/value heads of 16), vocabulary 320, a sliding window of 8 positions (on every layer for
 Mistral, on one of the two for the others) so that the 20-token logit sequences and the 64-token
 continuations reach far past it, and each family's own features switched on (Gemma 2's
@@ -93,7 +94,19 @@ FAMILIES = {
                                                 "rope_theta": 1_000_000.0}}),
                     dict(specials=["<pad>", "<eos>", "<bos>", "<unk>"], bos="<bos>",
                          eos="<eos>", add_bos=True)),
+    # Multimodal Gemma 3: the same language model inside Gemma3ForConditionalGeneration, with a
+    # tiny SigLIP vision tower that bpdjax leaves out (text in, text out).
+    "gemma3": ("Gemma3Config", "Gemma3ForConditionalGeneration",
+               dict(sliding_window=WINDOW, query_pre_attn_scalar=24,
+                    layer_types=["sliding_attention", "full_attention"],
+                    rope_parameters={
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                        "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}}),
+               dict(specials=["<pad>", "<eos>", "<bos>", "<unk>"], bos="<bos>", eos="<eos>",
+                    add_bos=True)),
 }
+VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+              image_size=28, patch_size=14)
 
 
 def make_tokenizer(conv: dict) -> transformers.PreTrainedTokenizerFast:
@@ -133,7 +146,7 @@ def randomize(model: torch.nn.Module, gemma: bool, seed: int) -> None:
   with torch.no_grad():
     for name, p in model.named_parameters():
       noise = torch.randn(p.shape, generator=gen)
-      if gemma and name == "model.norm.weight":
+      if gemma and name.endswith(("model.norm.weight", "language_model.norm.weight")):
         p.copy_(GEMMA_FINAL_SCALE - 1.0 + 0.2 * noise)
       elif "norm" in name:
         p.copy_((0.0 if gemma else 1.0) + 0.2 * noise)
@@ -158,9 +171,14 @@ def build(family: str, out_dir: str, seed: int) -> dict:
   tok = make_tokenizer(conv)
   ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("bos", conv["bos"]),
                                                             ("eos", conv["eos"])) if t}
-  config = getattr(transformers, config_cls)(**COMMON, **kwargs, bos_token_id=ids.get("bos"),
-                                             eos_token_id=ids["eos"],
-                                             pad_token_id=tok.pad_token_id)
+  text = dict(**COMMON, **kwargs, bos_token_id=ids.get("bos"), eos_token_id=ids["eos"],
+              pad_token_id=tok.pad_token_id)
+  if family == "gemma3":   # Image tokens: ids the prompts never use.
+    config = transformers.Gemma3Config(text_config=text, vision_config=VISION,
+                                       mm_tokens_per_image=4, boi_token_index=VOCAB - 3,
+                                       eoi_token_index=VOCAB - 2, image_token_index=VOCAB - 1)
+  else:
+    config = getattr(transformers, config_cls)(**text)
   torch.manual_seed(seed)
   model = getattr(transformers, model_cls)(config)
   randomize(model, family.startswith("gemma"), seed)

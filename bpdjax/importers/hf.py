@@ -2,7 +2,8 @@
 
   cfg, params, tokenizer = hf.import_hf("path/to/Qwen2.5-0.5B", num_heads_bpd=4)
 
-The families (Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3 text) and what each computes
+The families (Llama, Mistral, Qwen2/2.5, Qwen3, Gemma 2, Gemma 3: text-only checkpoints, and the
+language model of a multimodal Gemma 3) and what each computes
 are in hf_config.py; the tensors' mapping in hf_weights.py; the tokenizer (tokenizer.json with
 the BOS/EOS of tokenizer_config.json / generation_config.json) in data/tokenizers.py. The
 imported LM head becomes head 1 (see importers/heads.py for the fresh heads beyond it).
@@ -61,7 +62,9 @@ def import_hf(folder: str, num_heads_bpd: int = 1, head_type: str = "ffn",
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ValueError(f"Tokenizer vocabulary size {tokenizer.vocab_size} ({tokenizer_path}) "
                      f"exceeds the embedding's {cfg.vocab_size} rows (config.json vocab_size)")
-  family = hf_config.family_of(config)
-  base = hf_weights.params_from_hf(hf_weights.load_safetensors(folder), cfg,
-                                   norm_offset=1.0 if family.gemma else 0.0)
+  family = hf_config.family_of(hf_config.language_model_config(config))
+  state = hf_weights.load_safetensors(folder)
+  if config.get("model_type") == "gemma3":      # Multimodal: the language model only.
+    state = hf_weights.language_model_tensors(state)
+  base = hf_weights.params_from_hf(state, cfg, norm_offset=1.0 if family.gemma else 0.0)
   return cfg, heads_lib.with_fresh_heads(cfg, base, seed), tokenizer

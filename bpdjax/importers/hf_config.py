@@ -10,6 +10,7 @@
                                                 sliding window on alternate layers
   Gemma 3   gemma3_text   Gemma3ForCausalLM     Gemma 2's, q/k norms instead of soft-capping, a
                                                 local RoPE base for the sliding layers
+            gemma3        Gemma3ForConditionalGeneration: its language model (text_config)
 
 Both config.json styles are read: transformers >= 5 (rope_parameters, layer_types) and the
 older one (rope_theta, rope_scaling, rope_local_base_freq, sliding_window_pattern). A missing
@@ -77,13 +78,29 @@ def _bad(field: str, value, why: str):
   return ValueError(f"Unsupported config.json: {field}={value!r} ({why})")
 
 
+def language_model_config(hf: dict) -> dict:
+  """The config.json of the language model: `hf` itself, or a multimodal Gemma 3's text_config
+  (Gemma3ForConditionalGeneration computes text-only input as Gemma3ForCausalLM does; the
+  vision tower is left out, see hf_weights.language_model_tensors)."""
+  if hf.get("model_type") != "gemma3":
+    return hf
+  archs = hf.get("architectures")
+  if archs is not None and archs != ["Gemma3ForConditionalGeneration"]:
+    raise _bad("architectures", archs, "model_type 'gemma3' supports "
+               "['Gemma3ForConditionalGeneration'] only")
+  text = hf.get("text_config")
+  if not isinstance(text, dict):
+    raise _bad("text_config", text, "a multimodal Gemma 3 config.json needs its language "
+               "model's text_config")
+  return dict(text, model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
+              tie_word_embeddings=hf.get("tie_word_embeddings",
+                                         text.get("tie_word_embeddings", True)))
+
+
 def family_of(hf: dict) -> Family:
-  """The family of a config.json; ValueError naming model_type or architectures otherwise."""
+  """The family of a (language model's) config.json; ValueError naming model_type or
+  architectures otherwise."""
   model_type = hf.get("model_type")
-  if model_type == "gemma3":
-    raise _bad("model_type", model_type,
-               "a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); bpdjax imports "
-               "text-only Gemma3ForCausalLM checkpoints (model_type 'gemma3_text')")
   if model_type not in FAMILIES:
     raise _bad("model_type", model_type, f"supported: {sorted(FAMILIES)}")
   family = FAMILIES[model_type]
@@ -191,11 +208,13 @@ def _check_unsupported(hf: dict, family: Family) -> None:
 def config_from_hf(hf: dict, num_heads_bpd: int = 1, head_type: str = "ffn",
                    head_hidden_dim: Optional[int] = None,
                    dtype: str = "float32") -> model_lib.TransformerConfig:
-  """A Hugging Face config.json (as a dict) of a supported family -> TransformerConfig.
+  """A Hugging Face config.json (as a dict) of a supported family -> TransformerConfig (of the
+  language model, for a multimodal Gemma 3).
 
   Raises:
     ValueError naming the field of anything bpdjax's Transformer does not compute the same way.
   """
+  hf = language_model_config(hf)
   family = family_of(hf)
   _check_unsupported(hf, family)
   heads = hf["num_attention_heads"]

@@ -44,6 +44,30 @@ def load_safetensors(folder: str) -> dict[str, np.ndarray]:
   return tensors
 
 
+# A multimodal Gemma 3 checkpoint: its language model's tensors under either naming
+# (transformers < 5 and the Hub: language_model.model.*; transformers 5 in memory:
+# model.language_model.*), and the vision side, which a text model does not use.
+_LANGUAGE_MODEL_PREFIXES = (("language_model.model.", "model."),
+                            ("model.language_model.", "model."),
+                            ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.",
+                    "model.multi_modal_projector.")
+
+
+def language_model_tensors(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A multimodal Gemma 3's tensors renamed as Gemma3ForCausalLM's, vision tower left out."""
+  out = {}
+  for name, w in state.items():
+    if name.startswith(_VISION_PREFIXES):
+      continue
+    for old, new in _LANGUAGE_MODEL_PREFIXES:
+      if name.startswith(old):
+        name = new + name[len(old):]
+        break
+    out[name] = w
+  return out
+
+
 class _Reader:
   """Takes tensors by name and shape, remembering which were taken."""
 
