@@ -209,6 +209,31 @@ def test_old_style_config_reads_the_same(name):
           == hf_config.config_from_hf(_config_json(name)))
 
 
+with open(os.path.join(FIXTURES, "published_configs.json")) as _f:
+  PUBLISHED = json.load(_f)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_configs_read_as_transformers_reads_them(name):
+  """config.json files shaped like published checkpoints' (Mistral-7B-v0.1, Qwen2.5-0.5B,
+  Qwen3-0.6B, gemma-2-2b, gemma-3-1b, multimodal gemma-3-4b: old-style keys, sparse
+  text_config): window, its layers, RoPE per layer type, heads, tying, scaling and caps as
+  transformers reads them (published_configs.json, tools/make_family_fixtures.py)."""
+  want = PUBLISHED[name]["transformers"]
+  cfg = hf_config.config_from_hf(PUBLISHED[name]["config"])
+  assert cfg.sliding_window == (want["sliding_window"] or 0)
+  assert list(cfg.sliding_window_layers) == want["sliding_layers"]
+  full, local = want["rope"]["full_attention"], want["rope"]["sliding_attention"]
+  assert (cfg.rope_theta, cfg.rope_factor) == (full[0], full[2])
+  if cfg.sliding_window_layers:
+    assert ((cfg.local_rope_theta, 1.0) if cfg.local_rope_theta
+            else (cfg.rope_theta, cfg.rope_factor)) == (local[0], local[2])
+  assert (cfg.num_kv_heads, cfg.head_dim, cfg.tie_embeddings, cfg.vocab_size) == (
+      want["num_kv_heads"], want["head_dim"], want["tie"], want["vocab_size"])
+  assert cfg.query_pre_attn_scalar == (want["query_pre_attn_scalar"] or 0)
+  assert [cfg.attn_logit_softcap, cfg.final_logit_softcap] == [c or 0 for c in want["softcaps"]]
+
+
 def _copy(tmp_path, name, config_changes=None, drop=None, reshape=None):
   """The fixture folder copied, with config.json keys changed and a tensor dropped/truncated."""
   folder = tmp_path / name

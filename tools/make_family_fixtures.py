@@ -109,6 +109,170 @@ VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_att
               image_size=28, patch_size=14)
 
 
+# config.json files shaped like those of published checkpoints (written from their model cards'
+# configs, not downloaded; transformers < 5 style: rope_theta, rope_scaling, no layer_types), and
+# transformers' reading of them: published_configs.json, checked by tests/test_families.py.
+PUBLISHED_CONFIGS = {
+    'Mistral-7B-v0.1': {'architectures': ['MistralForCausalLM'],
+                        'bos_token_id': 1,
+                        'eos_token_id': 2,
+                        'hidden_act': 'silu',
+                        'hidden_size': 4096,
+                        'initializer_range': 0.02,
+                        'intermediate_size': 14336,
+                        'max_position_embeddings': 32768,
+                        'model_type': 'mistral',
+                        'num_attention_heads': 32,
+                        'num_hidden_layers': 32,
+                        'num_key_value_heads': 8,
+                        'rms_norm_eps': 1e-05,
+                        'rope_theta': 10000.0,
+                        'sliding_window': 4096,
+                        'tie_word_embeddings': False,
+                        'torch_dtype': 'bfloat16',
+                        'vocab_size': 32000},
+    'Qwen2.5-0.5B': {'architectures': ['Qwen2ForCausalLM'],
+                     'bos_token_id': 151643,
+                     'eos_token_id': 151643,
+                     'hidden_act': 'silu',
+                     'hidden_size': 896,
+                     'intermediate_size': 4864,
+                     'max_position_embeddings': 32768,
+                     'max_window_layers': 24,
+                     'model_type': 'qwen2',
+                     'num_attention_heads': 14,
+                     'num_hidden_layers': 24,
+                     'num_key_value_heads': 2,
+                     'rms_norm_eps': 1e-06,
+                     'rope_theta': 1000000.0,
+                     'sliding_window': 32768,
+                     'tie_word_embeddings': True,
+                     'use_sliding_window': False,
+                     'vocab_size': 151936},
+    'Qwen3-0.6B': {'architectures': ['Qwen3ForCausalLM'],
+                   'attention_bias': False,
+                   'bos_token_id': 151643,
+                   'eos_token_id': 151645,
+                   'head_dim': 128,
+                   'hidden_act': 'silu',
+                   'hidden_size': 1024,
+                   'intermediate_size': 3072,
+                   'max_position_embeddings': 40960,
+                   'max_window_layers': 28,
+                   'model_type': 'qwen3',
+                   'num_attention_heads': 16,
+                   'num_hidden_layers': 28,
+                   'num_key_value_heads': 8,
+                   'rms_norm_eps': 1e-06,
+                   'rope_scaling': None,
+                   'rope_theta': 1000000,
+                   'sliding_window': None,
+                   'tie_word_embeddings': True,
+                   'use_sliding_window': False,
+                   'vocab_size': 151936},
+    'gemma-2-2b': {'architectures': ['Gemma2ForCausalLM'],
+                   'attention_bias': False,
+                   'attn_logit_softcapping': 50.0,
+                   'bos_token_id': 2,
+                   'cache_implementation': 'hybrid',
+                   'eos_token_id': 1,
+                   'final_logit_softcapping': 30.0,
+                   'head_dim': 256,
+                   'hidden_act': 'gelu_pytorch_tanh',
+                   'hidden_activation': 'gelu_pytorch_tanh',
+                   'hidden_size': 2304,
+                   'intermediate_size': 9216,
+                   'max_position_embeddings': 8192,
+                   'model_type': 'gemma2',
+                   'num_attention_heads': 8,
+                   'num_hidden_layers': 26,
+                   'num_key_value_heads': 4,
+                   'pad_token_id': 0,
+                   'query_pre_attn_scalar': 256,
+                   'rms_norm_eps': 1e-06,
+                   'rope_theta': 10000.0,
+                   'sliding_window': 4096,
+                   'vocab_size': 256000},
+    'gemma-3-1b-pt': {'architectures': ['Gemma3ForCausalLM'],
+                      'attention_bias': False,
+                      'attn_logit_softcapping': None,
+                      'bos_token_id': 2,
+                      'eos_token_id': 1,
+                      'final_logit_softcapping': None,
+                      'head_dim': 256,
+                      'hidden_activation': 'gelu_pytorch_tanh',
+                      'hidden_size': 1152,
+                      'intermediate_size': 6912,
+                      'max_position_embeddings': 32768,
+                      'model_type': 'gemma3_text',
+                      'num_attention_heads': 4,
+                      'num_hidden_layers': 26,
+                      'num_key_value_heads': 1,
+                      'pad_token_id': 0,
+                      'query_pre_attn_scalar': 256,
+                      'rms_norm_eps': 1e-06,
+                      'rope_local_base_freq': 10000,
+                      'rope_scaling': None,
+                      'rope_theta': 1000000,
+                      'sliding_window': 512,
+                      'sliding_window_pattern': 6,
+                      'vocab_size': 262144},
+    'gemma-3-4b-pt': {'architectures': ['Gemma3ForConditionalGeneration'],
+                      'boi_token_index': 255999,
+                      'eoi_token_index': 256000,
+                      'eos_token_id': [1, 106],
+                      'image_token_index': 262144,
+                      'mm_tokens_per_image': 256,
+                      'model_type': 'gemma3',
+                      'text_config': {'hidden_size': 2560,
+                                      'intermediate_size': 10240,
+                                      'model_type': 'gemma3_text',
+                                      'num_hidden_layers': 34,
+                                      'rope_scaling': {'factor': 8.0, 'rope_type': 'linear'},
+                                      'sliding_window': 1024},
+                      'vision_config': {'hidden_size': 1152,
+                                        'image_size': 896,
+                                        'intermediate_size': 4304,
+                                        'model_type': 'siglip_vision_model',
+                                        'num_attention_heads': 16,
+                                        'num_hidden_layers': 27,
+                                        'patch_size': 14,
+                                        'vision_use_head': False}}}
+
+def _reading(config, text) -> dict:
+  """transformers' reading of a config: what bpdjax's import must agree with."""
+  types = list(getattr(text, "layer_types", None) or [])
+  if text.model_type == "mistral":          # Its window holds on every layer.
+    types = ["sliding_attention"] * text.num_hidden_layers
+  rope = text.rope_parameters
+  if "full_attention" not in rope:
+    rope = {"full_attention": rope, "sliding_attention": rope}
+  return {
+      "sliding_window": text.sliding_window,
+      "sliding_layers": ([i for i, t in enumerate(types) if t == "sliding_attention"]
+                         if text.sliding_window else []),
+      "rope": {k: [v.get("rope_theta"), v.get("rope_type"), v.get("factor", 1.0)]
+               for k, v in rope.items() if k in ("full_attention", "sliding_attention")},
+      "num_kv_heads": text.num_key_value_heads,
+      "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+      "tie": config.tie_word_embeddings,
+      "query_pre_attn_scalar": getattr(text, "query_pre_attn_scalar", None),
+      "softcaps": [getattr(text, "attn_logit_softcapping", None),
+                   getattr(text, "final_logit_softcapping", None)],
+      "vocab_size": text.vocab_size}
+
+
+def published_configs(out_dir: str) -> None:
+  """Writes published_configs.json: each config and transformers' reading of it."""
+  out = {}
+  for name, d in PUBLISHED_CONFIGS.items():
+    config = transformers.AutoConfig.for_model(**json.loads(json.dumps(d)))
+    text = config.get_text_config() if d["model_type"] == "gemma3" else config
+    out[name] = {"config": d, "transformers": _reading(config, text)}
+  with open(os.path.join(out_dir, "published_configs.json"), "w") as f:
+    json.dump(out, f, indent=1)
+
+
 def make_tokenizer(conv: dict) -> transformers.PreTrainedTokenizerFast:
   """A byte-level BPE of conv["size"] (default VOCAB) ids with the family's special tokens:
   first (Llama/Mistral/Gemma ids 0..) or appended after the merges (Qwen); BOS added by the
@@ -231,6 +395,7 @@ def main(argv):
   parser.add_argument("--families", default=",".join(FAMILIES))
   args = parser.parse_args(argv)
   torch.set_num_threads(1)
+  published_configs(args.out_dir)
   for family in args.families.split(","):
     meta = build(family, args.out_dir, SEEDS.get(family, 0))
     size = sum(os.path.getsize(os.path.join(args.out_dir, family, n))

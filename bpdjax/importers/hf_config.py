@@ -45,28 +45,37 @@ class Family:
     return dict(self.defaults).get(key, fallback)
 
 
+def _shape(vocab, hidden, mlp, layers, heads, kv_heads, max_len):
+  return (("vocab_size", vocab), ("hidden_size", hidden), ("intermediate_size", mlp),
+          ("num_hidden_layers", layers), ("num_attention_heads", heads),
+          ("num_key_value_heads", kv_heads), ("max_position_embeddings", max_len))
+
+
+# Defaults: transformers 5.24's config classes (a multimodal Gemma 3's text_config leaves most
+# of them out). Llama's keys are required (as before).
 FAMILIES = {
     "llama": Family("Llama", ("LlamaForCausalLM",)),
     "mistral": Family("Mistral", ("MistralForCausalLM",), window="all",
-                      defaults=(("num_key_value_heads", 8), ("sliding_window", 4096))),
+                      defaults=_shape(32000, 4096, 14336, 32, 32, 8, 131072)
+                      + (("sliding_window", 4096),)),
     "qwen2": Family("Qwen2", ("Qwen2ForCausalLM",), qkv_bias=True, window="use_sliding_window",
-                    defaults=(("max_window_layers", 28), ("sliding_window", 4096))),
+                    defaults=_shape(151936, 4096, 22016, 32, 32, 32, 32768)
+                    + (("max_window_layers", 28), ("sliding_window", 4096))),
     "qwen3": Family("Qwen3", ("Qwen3ForCausalLM",), qk_norm=True, window="use_sliding_window",
-                    defaults=(("max_window_layers", 28), ("sliding_window", 4096),
-                              ("head_dim", 128))),
+                    defaults=_shape(151936, 4096, 22016, 32, 32, 32, 32768)
+                    + (("max_window_layers", 28), ("sliding_window", 4096), ("head_dim", 128))),
     "gemma2": Family("Gemma 2", ("Gemma2ForCausalLM",), gemma=True, window="layer_types",
                      window_pattern=2,
-                     defaults=(("head_dim", 256), ("num_key_value_heads", 4),
-                               ("query_pre_attn_scalar", 256), ("sliding_window", 4096),
-                               ("attn_logit_softcapping", 50.0),
-                               ("final_logit_softcapping", 30.0),
-                               ("tie_word_embeddings", True))),
+                     defaults=_shape(256000, 2304, 9216, 26, 8, 4, 8192)
+                     + (("head_dim", 256), ("query_pre_attn_scalar", 256),
+                        ("sliding_window", 4096), ("attn_logit_softcapping", 50.0),
+                        ("final_logit_softcapping", 30.0), ("tie_word_embeddings", True))),
     "gemma3_text": Family("Gemma 3", ("Gemma3ForCausalLM",), gemma=True, qk_norm=True,
                           window="layer_types", window_pattern=6,
-                          defaults=(("head_dim", 256), ("num_key_value_heads", 4),
-                                    ("query_pre_attn_scalar", 256), ("sliding_window", 4096),
-                                    ("rope_theta", 1_000_000.0), ("rope_local_base_freq", 10_000.0),
-                                    ("tie_word_embeddings", True))),
+                          defaults=_shape(262208, 2304, 9216, 26, 8, 4, 131072)
+                          + (("head_dim", 256), ("query_pre_attn_scalar", 256),
+                             ("sliding_window", 4096), ("rope_theta", 1_000_000.0),
+                             ("rope_local_base_freq", 10_000.0), ("tie_word_embeddings", True))),
 }
 # Fields whose presence (a true value) means experts: bpdjax has dense MLPs only.
 _MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "num_experts_per_tok",
@@ -216,6 +225,7 @@ def config_from_hf(hf: dict, num_heads_bpd: int = 1, head_type: str = "ffn",
   """
   hf = language_model_config(hf)
   family = family_of(hf)
+  hf = {**dict(family.defaults), **hf}
   _check_unsupported(hf, family)
   heads = hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or family.default("head_dim")
