@@ -335,8 +335,10 @@ def build(family: str, out_dir: str, seed: int) -> dict:
   tok = make_tokenizer(conv)
   ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("bos", conv["bos"]),
                                                             ("eos", conv["eos"])) if t}
-  text = dict(**COMMON, **kwargs, bos_token_id=ids.get("bos"), eos_token_id=ids["eos"],
-              pad_token_id=tok.pad_token_id)
+  # Qwen's configs name <|endoftext|> as bos_token_id although its tokenizer adds no BOS
+  # (tokenizer_config.json: "bos_token": null); the fixtures keep that quirk.
+  text = dict(**COMMON, **kwargs, bos_token_id=ids.get("bos", ids["eos"]),
+              eos_token_id=ids["eos"], pad_token_id=tok.pad_token_id)
   if family == "gemma3":   # Image tokens: ids the prompts never use.
     config = transformers.Gemma3Config(text_config=text, vision_config=VISION,
                                        mm_tokens_per_image=4, boi_token_index=VOCAB - 3,
@@ -348,6 +350,12 @@ def build(family: str, out_dir: str, seed: int) -> dict:
   randomize(model, family.startswith("gemma"), seed)
   model.to(torch.bfloat16).save_pretrained(folder)
   tok.save_pretrained(folder)
+  if conv["bos"] is None:
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path) as f:
+      tok_config = json.load(f)
+    with open(path, "w") as f:
+      json.dump({**tok_config, "bos_token": None}, f, indent=2)
 
   # The references: the saved (bfloat16) weights in float32, as bpdjax imports them.
   model = getattr(transformers, model_cls).from_pretrained(folder, dtype=torch.float32).eval()
