@@ -283,6 +283,7 @@ def main(argv):
   parser.add_argument("--families", default=",".join(FAMILIES))
   args = parser.parse_args(argv)
   torch.set_num_threads(1)
+  os.makedirs(args.out_dir, exist_ok=True)
   published_configs(args.out_dir)
   for family in args.families.split(","):
     meta = build(family, args.out_dir, SEEDS.get(family, 0))
