@@ -29,14 +29,15 @@ class DamagedCheckpoint(ValueError):
 # Fields whose change makes saved parameters unusable; a restore into a differing config fails.
 SHAPE_FIELDS = ("vocab_size", "num_heads_bpd", "head_type", "num_layers", "emb_dim", "num_heads",
                  "num_kv_heads", "head_dim", "mlp_dim", "head_hidden_dim", "tie_embeddings",
-                 "mlp_activation")
+                 "mlp_activation", "qkv_bias", "qk_norm", "post_norms")
 
 
 def check_compatible(saved_model_config, model_config, workdir: str) -> None:
   """Raises ValueError naming every shape-relevant model field that differs from the saved run."""
   diffs = [f"model.{k}: checkpoint has {saved_model_config[k]!r}, config has {model_config[k]!r}"
            for k in SHAPE_FIELDS
-           if k in saved_model_config and saved_model_config[k] != model_config[k]]
+           if k in saved_model_config and k in model_config
+           and saved_model_config[k] != model_config[k]]
   if diffs:
     raise ValueError(f"Checkpoint in {workdir!r} does not match the config: " + "; ".join(diffs))
 

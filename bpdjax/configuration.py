@@ -1,6 +1,7 @@
 """Config validation: bad values become clear errors before anything is compiled."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -35,7 +36,27 @@ def validate_model(m) -> model_lib.TransformerConfig:
   _check(m.num_heads % m.num_kv_heads == 0,
          f"model.num_heads ({m.num_heads}) must be a multiple of model.num_kv_heads "
          f"({m.num_kv_heads})")
+  _validate_family_fields(m)
   return model_lib.TransformerConfig.from_config(m)
+
+
+def _validate_family_fields(m) -> None:
+  """The family features of layers.py (absent fields take TransformerConfig's defaults)."""
+  defaults = {f.name: f.default for f in dataclasses.fields(model_lib.TransformerConfig)}
+  get = lambda key: m.get(key, defaults[key])
+  for key in ("rope_theta", "rope_factor", "embed_scale", "norm_eps"):
+    _check(get(key) > 0, f"model.{key} must be > 0, got {get(key)}")
+  for key in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap",
+              "local_rope_theta", "sliding_window"):
+    _check(get(key) >= 0, f"model.{key} must be >= 0 (0: off), got {get(key)}")
+  layers = list(get("sliding_window_layers"))
+  _check(all(isinstance(i, int) and 0 <= i < m.num_layers for i in layers)
+         and len(set(layers)) == len(layers),
+         f"model.sliding_window_layers must be distinct layer indices in [0, model.num_layers="
+         f"{m.num_layers}), got {layers}")
+  _check(not layers or get("sliding_window") >= 1,
+         f"model.sliding_window_layers={layers} needs model.sliding_window >= 1, got "
+         f"{get('sliding_window')}")
 
 
 def validate(config: ml_collections.ConfigDict) -> model_lib.TransformerConfig:

@@ -41,7 +41,7 @@ from bpdjax.data import token_files
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.decoding import sampling
-from bpdjax.importers import llama
+from bpdjax.importers import hf
 from bpdjax.importers import llama2c
 
 FORMAT = "bpdjax-token-shards-v1"
@@ -57,7 +57,7 @@ def _import(hf_model: str, llama2c_bin: str, llama2c_tokenizer: str):
     raise ValueError("Give exactly one model: --hf_model, or --llama2c_bin with "
                      "--llama2c_tokenizer")
   if hf_model:
-    cfg, params, tok = llama.import_llama(hf_model, num_heads_bpd=1)
+    cfg, params, tok = hf.import_hf(hf_model, num_heads_bpd=1)
     return cfg, params, tok, {"model": os.path.abspath(hf_model), "model_format": "hf",
                               "tokenizer": os.path.abspath(tok.path)}
   if not llama2c_tokenizer:

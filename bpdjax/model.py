@@ -5,6 +5,9 @@ given sequence (training; packed segments are kept apart) or against an explicit
 (decoding): the new tokens are written after each row's committed length and attend to the
 committed prefix plus, among themselves, whatever `block_mask` allows (causal by default).
 
+The layers (norms, attention, MLP, the decoder block) and the family features the config
+switches on (Mistral, Qwen2/3, Gemma 2/3) live in `layers.py`; the block heads live here.
+
 Logical axis names on parameters and activations (see `partitioning.py`):
   batch, length, embed, act_embed, vocab, heads, kv_heads, head_dim, mlp, head_mlp.
 """
@@ -14,13 +17,12 @@ import dataclasses
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from bpdjax import cache as cache_lib
+from bpdjax import layers
 
 _HEAD_TYPES = ("ffn", "medusa")
-_ACTIVATIONS = ("swiglu", "gelu")
+_ACTIVATIONS = layers.ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,18 @@ class TransformerConfig:
   mlp_activation: str = "swiglu"
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
+  # Family features (layers.py; the importers set them from config.json; defaults: Llama).
+  qkv_bias: bool = False             # Biases on the q, k, v projections (Qwen2).
+  qk_norm: bool = False              # RMSNorm of q and k per head before RoPE (Qwen3, Gemma 3).
+  post_norms: bool = False           # RMSNorm of the attention and MLP outputs (Gemma 2/3).
+  embed_scale: float = 1.0           # Input embeddings times this (Gemma: sqrt(emb_dim)).
+  query_pre_attn_scalar: float = 0.0   # Scores scale by its -1/2 power; 0: head_dim.
+  attn_logit_softcap: float = 0.0    # cap * tanh(scores / cap) (Gemma 2); 0: none.
+  final_logit_softcap: float = 0.0   # The same on the LM head's logits; 0: none.
+  sliding_window: int = 0            # Layers in sliding_window_layers see this many positions.
+  sliding_window_layers: tuple = ()  # Indices of the sliding-window layers.
+  rope_factor: float = 1.0           # Linear RoPE scaling (positions / factor).
+  local_rope_theta: float = 0.0      # RoPE base of the sliding layers (Gemma 3); 0: rope_theta.
   tie_embeddings: bool = True
   head_type: str = "ffn"
   head_hidden_dim: int = 1024
@@ -51,6 +65,8 @@ class TransformerConfig:
     unknown = sorted(set(values) - fields)
     if unknown:
       raise ValueError(f"Unknown model config field(s): {unknown}")
+    if "sliding_window_layers" in values:    # A list once the config went through JSON.
+      values["sliding_window_layers"] = tuple(int(i) for i in values["sliding_window_layers"])
     return cls(**values)
 
   @property
@@ -60,143 +76,6 @@ class TransformerConfig:
 
 def _dense_init():
   return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-
-
-class RMSNorm(nn.Module):
-  eps: float
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("act_embed",)),
-                       (x.shape[-1],), jnp.float32)
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-    return (y * scale).astype(self.dtype)
-
-
-def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Applies rotary embeddings (Hugging Face Llama's half-split convention).
-
-  Args:
-    x: [B, L, N, D] queries or keys.
-    positions: [B, L] integer positions.
-  Returns:
-    [B, L, N, D], same dtype as x.
-  """
-  d = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))     # [D/2]
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq                  # [B, L, D/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]            # [B, L, 1, D]
-  xf = x.astype(jnp.float32)
-  x1, x2 = jnp.split(xf, 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
-
-
-def attention_mask(q_slots: jax.Array, k_slots: jax.Array, committed: jax.Array,
-                   block_mask: Optional[jax.Array], segment_ids: Optional[jax.Array]) -> jax.Array:
-  """Which keys each query may see.
-
-  Args:
-    q_slots: [B, L] cache slot of each new token (committed length + index in the block).
-    k_slots: [S] slot index of each key.
-    committed: [B] committed length per row; slots below it hold the accepted prefix.
-    block_mask: [B, L, L] bool, which new tokens a new token sees (None = causal).
-    segment_ids: [B, L] packed-segment ids (training without a cache), or None.
-  Returns:
-    [B, L, S] bool.
-  """
-  in_prefix = k_slots[None, None, :] < committed[:, None, None]
-  if block_mask is None:
-    in_block = (k_slots[None, None, :] <= q_slots[:, :, None]) & ~in_prefix
-  else:
-    rel = k_slots[None, :] - committed[:, None]                                  # [B, S]
-    valid = (rel >= 0) & (rel < q_slots.shape[1])
-    picked = jnp.take_along_axis(
-        block_mask, jnp.broadcast_to(jnp.clip(rel, 0, q_slots.shape[1] - 1)[:, None, :],
-                                     (block_mask.shape[0], q_slots.shape[1], rel.shape[1])),
-        axis=2)
-    in_block = picked & valid[:, None, :]
-  mask = in_prefix | in_block
-  if segment_ids is not None:
-    mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
-  return mask
-
-
-class Attention(nn.Module):
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x, positions, mask, layer_cache: Optional[cache_lib.LayerCache]):
-    cfg = self.config
-    dtype = cfg.jnp_dtype
-    # Kernels are declared directly (not nn.DenseGeneral) so that their logical sharding applies
-    # to the 3-D shape at init time.
-    def project(name, shape, names, in_axis, out_axis, spec, operand):
-      init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                              in_axis=in_axis, out_axis=out_axis)
-      kernel = self.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
-      return jnp.einsum(spec, operand, kernel.astype(dtype))
-
-    d, hd = cfg.emb_dim, cfg.head_dim
-    q = project("query", (d, cfg.num_heads, hd), ("embed", "heads", "head_dim"), 0, (1, 2),
-                "bld,dhk->blhk", x)                                              # [B, L, H, Dh]
-    k = project("key", (d, cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), 0, (1, 2),
-                "bld,dhk->blhk", x)                                              # [B, L, K, Dh]
-    v = project("value", (d, cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), 0, (1, 2),
-                "bld,dhk->blhk", x)
-    q = rotary_embedding(q, positions, cfg.rope_theta)
-    k = rotary_embedding(k, positions, cfg.rope_theta)
-
-    new_layer_cache = None
-    if layer_cache is not None:
-      new_layer_cache = layer_cache.write(k, v)
-      k, v = new_layer_cache.k.astype(dtype), new_layer_cache.v.astype(dtype)     # [B, S, K, Dh]
-
-    b, l, h, dh = q.shape
-    groups = h // cfg.num_kv_heads
-    q = q.reshape(b, l, cfg.num_kv_heads, groups, dh)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k,
-                        preferred_element_type=jnp.float32) / jnp.sqrt(dh).astype(jnp.float32)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, h, dh)
-    out = project("out", (h, dh, d), ("heads", "head_dim", "embed"), (0, 1), 2,
-                  "blhk,hkd->bld", out)
-    return out, new_layer_cache
-
-
-class Mlp(nn.Module):
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x):
-    cfg = self.config
-    dtype = cfg.jnp_dtype
-    dense = lambda features, names, name: nn.Dense(
-        features, dtype=dtype, use_bias=False, name=name,
-        kernel_init=nn.with_logical_partitioning(_dense_init(), names))
-    if cfg.mlp_activation == "swiglu":
-      hidden = nn.silu(dense(cfg.mlp_dim, ("embed", "mlp"), "gate")(x)) * dense(
-          cfg.mlp_dim, ("embed", "mlp"), "up")(x)
-    else:
-      hidden = nn.gelu(dense(cfg.mlp_dim, ("embed", "mlp"), "up")(x))
-    return dense(cfg.emb_dim, ("mlp", "embed"), "down")(hidden)
-
-
-class DecoderLayer(nn.Module):
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, x, positions, mask, layer_cache):
-    cfg = self.config
-    attn, layer_cache = Attention(cfg, name="attention")(
-        RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="attention_norm")(x), positions, mask, layer_cache)
-    x = x + attn
-    x = x + Mlp(cfg, name="mlp")(RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="mlp_norm")(x))
-    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-    return x, layer_cache
 
 
 class FfnHead(nn.Module):
@@ -254,8 +133,9 @@ class Transformer(nn.Module):
         cfg.vocab_size, cfg.emb_dim, dtype=cfg.jnp_dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
         name="embedding")
-    self.layers = [DecoderLayer(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
-    self.final_norm = RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="final_norm")
+    self.layers = [layers.DecoderLayer(cfg, i in cfg.sliding_window_layers, name=f"layer_{i}")
+                   for i in range(cfg.num_layers)]
+    self.final_norm = layers.RMSNorm(cfg.norm_eps, cfg.jnp_dtype, name="final_norm")
     if not cfg.tie_embeddings:
       self.lm_head = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, use_bias=False, name="lm_head",
                               kernel_init=nn.with_logical_partitioning(_dense_init(), ("embed", "vocab")))
@@ -266,12 +146,17 @@ class Transformer(nn.Module):
 
   def _vocab_logits(self, x):
     if self.config.tie_embeddings:
-      return self.embedding.attend(x)
-    return self.lm_head(x)
+      logits = self.embedding.attend(x)
+    else:
+      logits = self.lm_head(x)
+    return layers.soft_cap(logits, self.config.final_logit_softcap)
 
   def hidden_states(self, tokens, positions, segment_ids=None, cache=None, block_mask=None):
     """The final (normalised) hidden states [B, L, D] that feed the heads, and the cache."""
+    cfg = self.config
     x = self.embedding(tokens)
+    if cfg.embed_scale != 1.0:
+      x = x * jnp.asarray(cfg.embed_scale, cfg.jnp_dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     b, l = tokens.shape
     if cache is None:
@@ -281,12 +166,18 @@ class Transformer(nn.Module):
       committed = cache.lengths
       k_slots = jnp.arange(cache.max_len)
     q_slots = committed[:, None] + jnp.arange(l)[None, :]
-    mask = attention_mask(q_slots, k_slots, committed, block_mask,
-                          segment_ids if cache is None else None)
+    mask = layers.attention_mask(q_slots, k_slots, committed, block_mask,
+                                 segment_ids if cache is None else None)
+    window_mask = None
+    if cfg.sliding_window_layers:
+      k_positions = positions if cache is None else layers.key_positions(positions, k_slots,
+                                                                         committed)
+      window_mask = mask & layers.window_mask(positions, k_positions, cfg.sliding_window)
     new_layers = []
     for i, layer in enumerate(self.layers):
       layer_cache = None if cache is None else cache.layer(i)
-      x, layer_cache = layer(x, positions, mask, layer_cache)
+      layer_mask = window_mask if i in cfg.sliding_window_layers else mask
+      x, layer_cache = layer(x, positions, layer_mask, layer_cache)
       new_layers.append(layer_cache)
     new_cache = None if cache is None else cache.replace_layers(new_layers)
     return self.final_norm(x), new_cache

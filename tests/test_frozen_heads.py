@@ -21,7 +21,7 @@ from bpdjax import params as params_lib
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import tokenizers
 from bpdjax.decoding import resources
-from bpdjax.importers import llama
+from bpdjax.importers import hf
 from bpdjax.ngram import estimate
 from bpdjax.train import loop as train_loop
 from bpdjax.data import pipeline
@@ -86,7 +86,7 @@ def test_distill_output(distilled):
   train = token_files.read_token_split(out, "train", 2048)
   assert len(train) == 18 and all(1 <= len(x) <= SEQ_LEN for x in train)
   assert sum(len(x) for x in train) == manifest["splits"]["train"]["tokens"]
-  _, params, _ = llama.import_llama(MODEL)
+  _, params, _ = hf.import_hf(MODEL)
   assert manifest["base_checksum"] == params_lib.params_checksum(params)
   # The pipeline feeds [BOS, t1, ...] -> [t1, t2, ...], packed, as the model saw in pretraining.
   batch = pipeline.make_eval_iterator(_config(out), "", num_batches=1)[0]
@@ -104,7 +104,7 @@ def test_frozen_base_and_trained_heads(trained, distilled):
   assert sums["end_step"] == N
   assert params_lib.params_checksum(result["params"], exclude_prefix="head_") == imported
 
-  _, fresh, _ = llama.import_llama(MODEL, num_heads_bpd=4, head_type=head_type)
+  _, fresh, _ = hf.import_hf(MODEL, num_heads_bpd=4, head_type=head_type)
   before, after = _leaves(fresh), _leaves(result["params"])
   assert before.keys() == after.keys()
   changed = {k for k in before if not np.array_equal(before[k], after[k])}

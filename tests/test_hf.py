@@ -13,7 +13,7 @@ import pytest
 
 from bpdjax import params as params_lib
 from bpdjax.importers import heads as heads_lib
-from bpdjax.importers import llama
+from bpdjax.importers import hf
 from bpdjax.importers import llama2c
 from bpdjax import model as model_lib
 from bpdjax.decoding import generator as generator_lib
@@ -52,7 +52,7 @@ def _logits(cfg, params, tokens):
 
 @needs_tinystories
 def test_import_config_and_tokenizer(golden):
-  cfg, params, tok = llama.import_llama(TINYSTORIES)
+  cfg, params, tok = hf.import_hf(TINYSTORIES)
   assert (cfg.vocab_size, cfg.num_layers, cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads,
           cfg.head_dim, cfg.mlp_dim, cfg.max_len) == (2048, 2, 128, 8, 4, 16, 384, 512)
   assert cfg.tie_embeddings and cfg.norm_eps == 1e-6 and cfg.num_heads_bpd == 1
@@ -67,7 +67,7 @@ def test_import_config_and_tokenizer(golden):
 @needs_tinystories
 def test_logits_match_transformers():
   ref = np.load(os.path.join(FIXTURES, "tinystories656k_logits.npz"))
-  cfg, params, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=2)
+  cfg, params, _ = hf.import_hf(TINYSTORIES, num_heads_bpd=2)
   logits = _logits(cfg, params, ref["tokens"])
   diff = np.abs(logits[:, :, 0] - ref["logits"]).max()
   print(f"max |logit diff| vs transformers: {diff:.3g} "
@@ -88,7 +88,7 @@ def test_logits_match_transformers():
 @pytest.mark.parametrize("method,h,head_type", [("ar", 1, "ffn"), ("bpd", 4, "ffn"),
                                                 ("bpd", 3, "medusa"), ("medusa", 4, "medusa")])
 def test_greedy_matches_transformers(golden, method, h, head_type):
-  cfg, params, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=h, head_type=head_type)
+  cfg, params, _ = hf.import_hf(TINYSTORIES, num_heads_bpd=h, head_type=head_type)
   gen = generator_lib.Generator(model_lib.Transformer(cfg), params, eos_id=None)
   prompts = [np.asarray(g["prompt_ids"], np.int32) for g in golden["greedy"]]
   n = golden["new_tokens"]
@@ -124,7 +124,7 @@ def test_missing_file(tmp_path, missing):
   folder = _model_copy(tmp_path, skip=missing)
   pattern = "safetensors" if missing == "model.safetensors" else missing
   with pytest.raises(FileNotFoundError, match=pattern):
-    llama.import_llama(str(folder))
+    hf.import_hf(str(folder))
 
 
 @needs_tinystories
@@ -132,7 +132,7 @@ def test_missing_file(tmp_path, missing):
     ({"model_type": "gpt2"}, "model_type='gpt2'"),
     ({"architectures": ["GPT2LMHeadModel"]}, "architectures"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type='dynamic'"),
     ({"attention_bias": True}, "attention_bias=True"),
     ({"mlp_bias": True}, "mlp_bias=True"),
     ({"intermediate_size": 256},
@@ -143,7 +143,7 @@ def test_unsupported_config(tmp_path, changes, field):
   folder = _model_copy(tmp_path)
   _edit_json(folder / "config.json", **changes)
   with pytest.raises(ValueError, match=field):
-    llama.import_llama(str(folder))
+    hf.import_hf(str(folder))
 
 
 @needs_tinystories
@@ -157,13 +157,13 @@ def test_tokenizer_vocab_mismatch(tmp_path):
   with open(folder / "tokenizer.json", "w") as f:
     json.dump(data, f)
   with pytest.raises(ValueError, match="Tokenizer vocabulary size 2049.*2048"):
-    llama.import_llama(str(folder))
+    hf.import_hf(str(folder))
 
 
 @needs_tinystories
 def test_merge_heads():
-  cfg, base, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=1)
-  cfg3, fresh, _ = llama.import_llama(TINYSTORIES, num_heads_bpd=3)
+  cfg, base, _ = hf.import_hf(TINYSTORIES, num_heads_bpd=1)
+  cfg3, fresh, _ = hf.import_hf(TINYSTORIES, num_heads_bpd=3)
   rng = np.random.default_rng(0)
   trained = {k: {layer: {n: rng.normal(size=np.shape(a)).astype(np.float32) * 0.01
                          for n, a in p.items()} for layer, p in v.items()}

@@ -188,6 +188,8 @@ def hf_tokenizer(folder: str, hf_config: Optional[dict] = None) -> HFTokenizer:
   raw = tokenizers.Tokenizer.from_file(tokenizer_path)
 
   def special_id(name: str) -> Optional[int]:
+    if f"{name}_token" in tok_config and tok_config[f"{name}_token"] is None:
+      return None     # Said outright (Qwen: "bos_token": null; its configs still name an id).
     token = tok_config.get(f"{name}_token")
     if isinstance(token, dict):
       token = token.get("content")

@@ -45,12 +45,13 @@ def cached_vocab_path(config: ml_collections.ConfigDict) -> str:
 
 
 def check_vocab_size(path: str, vocab_size: int) -> None:
-  """ValueError unless the model at `path` has exactly `vocab_size` pieces."""
+  """ValueError unless the model at `path` has exactly `vocab_size` pieces (a pretrained
+  model's tokenizer: at most `vocab_size` ids; Qwen's embeddings have padding rows beyond them)."""
   if tokenizers.is_pretrained_tokenizer(path):
     size = tokenizers.load_tokenizer(path).vocab_size
-    if size != vocab_size:
+    if size > vocab_size:
       raise ValueError(f"vocabulary size mismatch: tokenizer {path!r} has {size} ids but "
-                       f"config.model.vocab_size={vocab_size}.")
+                       f"config.model.vocab_size={vocab_size} (more ids than embedding rows).")
     return
   num_pieces = tokenizers.load_tokenizer(path).vocab_size
   if num_pieces != vocab_size:

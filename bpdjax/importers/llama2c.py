@@ -14,7 +14,7 @@ from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax.data import tokenizers
 from bpdjax.importers import heads as heads_lib
-from bpdjax.importers import llama
+from bpdjax.importers import hf_weights
 
 Params = heads_lib.Params
 
@@ -113,5 +113,5 @@ def import_llama2c(bin_path: str, tokenizer_path: str, num_heads_bpd: int = 1,
         pre + "mlp.up_proj.weight": w["w3"][i],
         pre + "mlp.down_proj.weight": w["w2"][i],
     })
-  base = llama.params_from_hf(state, cfg)
+  base = hf_weights.params_from_hf(state, cfg)
   return cfg, heads_lib.with_fresh_heads(cfg, base, seed), tokenizer

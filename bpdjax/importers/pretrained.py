@@ -12,7 +12,7 @@ from bpdjax import configuration
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import tokenizers
 from bpdjax.importers import from_workdir
-from bpdjax.importers import llama
+from bpdjax.importers import hf
 from bpdjax.importers import llama2c
 
 
@@ -29,11 +29,11 @@ def is_model_folder(path: str) -> bool:
 def import_model(path: str, tokenizer_path: Optional[str] = None, **kwargs):
   """A Hugging Face folder, or a llama2.c .bin with `tokenizer_path` (its tokenizer .bin).
 
-  kwargs: num_heads_bpd, head_type, head_hidden_dim, seed, dtype (see llama.import_llama).
+  kwargs: num_heads_bpd, head_type, head_hidden_dim, seed, dtype (see hf.import_hf).
   Returns (TransformerConfig, params, tokenizer).
   """
   if os.path.isdir(path):
-    return llama.import_llama(path, **kwargs)
+    return hf.import_hf(path, **kwargs)
   if os.path.isfile(path):
     if not tokenizer_path:
       raise ValueError(f"{path} is a llama2.c checkpoint: pass tokenizer_path (its tokenizer "
@@ -62,7 +62,7 @@ def import_for_config(config: ml_collections.ConfigDict):
   kwargs = dict(num_heads_bpd=m.num_heads_bpd, head_type=m.head_type,
                 head_hidden_dim=m.head_hidden_dim, seed=config.seed, dtype=m.dtype)
   if source == "hf":
-    cfg, params, tokenizer = llama.import_llama(config.init.hf_model, **kwargs)
+    cfg, params, tokenizer = hf.import_hf(config.init.hf_model, **kwargs)
   elif source == "llama2c":
     if not (config.init.llama2c_bin and config.init.llama2c_tokenizer):
       raise ValueError("init.llama2c_bin and init.llama2c_tokenizer must be given together")
