@@ -22,7 +22,7 @@ from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.importers import hf
 from bpdjax.train import loop as train_loop
-from configs import tinystories_heads
+from bpdjax.configs import tinystories_heads
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "families")
 FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"]
@@ -100,7 +100,7 @@ def test_every_method_equals_greedy(trained):
   calls = {}
   for method, knobs in METHODS.items():
     built = methods.build(method, cfg, **knobs)
-    out, _ = gen.generate(prompts, built.drafter, built.params, max_new_tokens=NEW_TOKENS,
+    out, _ = gen.generate(prompts, built, max_new_tokens=NEW_TOKENS,
                           batch_size=len(prompts))
     assert [o.tokens.tolist() for o in out] == ar, (name, method)
     calls[method] = sum(o.calls for o in out)
