@@ -38,7 +38,7 @@ from bpdjax.decoding import timing
 from bpdjax.decoding.policies import fixed
 
 PROMPT_BUCKET = 32
-AR = registry.Built("ar", None, methods.get("ar").build(None, None, None)[0])
+AR = methods.build(methods.reference(), None)        # Plain decoding: no model shape needed.
 
 
 @dataclasses.dataclass

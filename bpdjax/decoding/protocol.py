@@ -22,7 +22,7 @@ loop state, so they are an argument of the jitted loop rather than part of its c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol
 
 import flax.struct
 import jax
