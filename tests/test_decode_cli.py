@@ -257,5 +257,5 @@ def test_settings_are_declared_once():
   names = {s.name for s in schema.SETTINGS}
   assert set(config.keys()) == names | {"options"}
   assert names <= set(alias_flags._ALIASES)  # pylint: disable=protected-access
-  settings = helpers.decode_settings(workdir="w", output="o")
+  settings = helpers.decode_settings()
   assert all(settings.values[n] == config[n] for n in names)

@@ -19,14 +19,15 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from bpdjax import configs
 from bpdjax import configuration
 from bpdjax.eval import flags as alias_flags
 from bpdjax.eval import report
 from bpdjax.eval import run
 from bpdjax.eval import settings as settings_lib
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "decode.py")
+# bpdjax/configs/decode.py, found without importing the configs (floor 4: they import us).
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "decode.py")
 
 
 def _main(argv):
