@@ -3,7 +3,7 @@
   python train.py --config=configs/finetune_tinystories.py:squad --workdir=workdirs/ft_ts_squad
   (squad | xsum | samsum | gsm8k)
 
-The parent is the TinyStories track's workdir (benchmarks/tinystories_track.sh: the imported
+The parent is the TinyStories track's workdir (benchmarks/pipelines/tinystories_track.sh: the imported
 model, frozen, with 9 FFN heads trained on its self-distillation data). Here every parameter
 trains, body included, as the paper fine-tunes its whole blockwise model per task: the one base
 whose greedy text is English, where configs/finetune.py's parent (configs/small.py) is not.
