@@ -4,7 +4,7 @@
 # task and model (pretrained, fine-tuned) one decode.py report with task quality, the paper's
 # Table 1 shape (benchmarks/block_sizes.py: BE of bpd for block sizes 2..9, the first k heads of
 # the h = 9 model), the repetition / entropy / h_max table, task quality on up to QUALITY_NUM
-# examples with a paired test (benchmarks/pipelines/finetune_tables.py -> benchmarks/results/finetune.md),
+# examples with a paired test (benchmarks/pipelines/finetune_tables.py -> docs/results/finetune.md),
 # and (REFINE=1, the default) the refinement table on the fine-tuned models with alpha tuned
 # over a grid that reaches toward 0.
 #
@@ -29,11 +29,11 @@ ALPHAS=${ALPHAS:-0.05,0.1,0.25,0.5,0.75}
 BASE=${BASE:-small}
 case $BASE in
   small) PARENT=small; FT=ft_; FT_CONFIG=configs/finetune.py; OUT=${OUT:-out/finetune}
-         RESULTS=benchmarks/results/finetune.md
+         RESULTS=docs/results/finetune.md
          RESCORERS=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s
          NGRAMS=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa ;;
   tinystories) PARENT=ts_ffn9; FT=ft_ts_; FT_CONFIG=configs/finetune_tinystories.py
-         OUT=${OUT:-out/finetune_ts}; RESULTS=benchmarks/results/finetune_tinystories.md
+         OUT=${OUT:-out/finetune_ts}; RESULTS=docs/results/finetune_tinystories.md
          RESCORERS=ts=workdirs/ts_rescorer
          NGRAMS=2=workdirs/ts_ffn9/ngram2.arpa,4=workdirs/ts_ffn9/ngram4.arpa ;;
   *) echo "BASE=$BASE: must be small or tinystories" >&2; exit 2 ;;

@@ -1,7 +1,7 @@
 """The fine-tuning tables from benchmarks/pipelines/finetune_pipeline.sh's outputs (no decoding here).
 
   python -m benchmarks.pipelines.finetune_tables --out=out/finetune --tasks=squad,xsum,samsum,gsm8k \
-      [--markdown=benchmarks/results/finetune.md]
+      [--markdown=docs/results/finetune.md]
 
 Reads, per task and model (pretrained --pretrained, fine-tuned --finetuned_prefix + TASK),
 OUT/MODEL/TASK/report.json

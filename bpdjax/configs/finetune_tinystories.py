@@ -10,7 +10,7 @@ whose greedy text is English, where configs/finetune.py's parent (configs/small.
 The model shape and the Hugging Face tokenizer come from init.workdir (the model section below
 mirrors it; a mismatch is an error); the optimizer and the schedule are fresh. Packing, prompt
 room and loss on target tokens only as in configs/finetune.py. Sized for about 10 minutes on 2
-idle CPU cores (measured figures in benchmarks/results/finetune_tinystories.md).
+idle CPU cores (measured figures in docs/results/finetune_tinystories.md).
 """
 import os
 
