@@ -1,6 +1,6 @@
 """Block efficiency of greedy BPD for each block size k (the paper's Table 1 shape), one run.
 
-  python benchmarks/block_sizes.py --workdir=workdirs/ft_squad --tasks=squad \
+  python -m benchmarks.block_sizes --workdir=workdirs/ft_squad --tasks=squad \
       --num_examples=32 --max_new_tokens=64 [--config.max_prompt_tokens=192] \
       [--sizes=2,3,4,5,6,7,8,9] [--json=FILE]
 
@@ -14,7 +14,7 @@ import json
 from absl import app
 from absl import flags
 
-import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
+from benchmarks import common
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods

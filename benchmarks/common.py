@@ -9,16 +9,11 @@ re-declaring method knobs or re-computing report fields.
 """
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 from typing import Callable, Sequence
 
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
 from bpdjax.decoding import methods

@@ -3,15 +3,13 @@ Medusa-style trees of n nodes), relative to one plain decoding step, for model s
 weights (the cost does not depend on the weights). Where the relative cost of L exceeds the
 tokens a call of L can keep, drafting L cannot pay on this machine.
 
-  python benchmarks/cost_tables.py [--shapes=small,base_130m,c4_1p5b] [--batch_sizes=1] \
+  python -m benchmarks.cost_tables [--shapes=small,base_130m,c4_1p5b] [--batch_sizes=1] \
       [--dtype=float32] [--trees=16,64] [--markdown=FILE]
 
 Each table is decoding/timing.cost_table (the table method auto uses: its own steps, median
 of alternating repeats, compile excluded) beside decoding/cost.analytic (roofline from the
 measured matmul and copy peaks).
 """
-import os
-import sys
 import time
 
 from absl import app
@@ -20,8 +18,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax.decoding import cost

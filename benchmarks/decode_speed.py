@@ -1,6 +1,6 @@
 """Decoding speed of several methods side by side in one process, at each batch size.
 
-  python benchmarks/decode_speed.py --workdir=workdirs/small \
+  python -m benchmarks.decode_speed --workdir=workdirs/small \
       [--methods=ar,bpd,medusa,pbest_0gram,auto] [--batch_sizes=1,8] [--rounds=3] \
       [--config.options.pbest_0gram.p=8 ...] [--markdown=FILE]
 
@@ -15,7 +15,7 @@ Method knobs come from the decode configuration (configs/decode.py).
 from absl import app
 from absl import flags
 
-import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
+from benchmarks import common
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 

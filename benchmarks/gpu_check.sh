@@ -12,6 +12,7 @@
 # installed from there without a network. JAX must already see the GPU (jax[cuda]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import benchmarks.common and bpdjax from here
 PY=${PY:-python3}
 WORKDIR=${1:-workdirs/ts_ffn}
 if [ -d .whl ]; then "$PY" -m pip install --quiet --no-index --find-links .whl .whl/*.whl || true; fi

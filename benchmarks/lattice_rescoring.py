@@ -1,12 +1,12 @@
 """Global n-gram lattice rescoring speed: WFST (pynini, host) vs exact DP (JAX), paper settings.
 
 Usage:
-  PYTHONPATH=. .venv/bin/python benchmarks/lattice_rescoring.py [--mb=3] [--order=4] [--h=9]
+  .venv/bin/python -m benchmarks.lattice_rescoring [--mb=3] [--order=4] [--h=9]
       [--k=16] [--p=16] [--lattices=200] [--batch=64] [--alpha=0.5]
       [--save_lattices=L.npz]                 # keep the lattices, LM path and DP paths
   # The DP alone on another machine (e.g. a GPU) over saved lattices, paths checked against the
   # saved ones (the ARPA travels beside the .npz):
-  PYTHONPATH=. python benchmarks/lattice_rescoring.py --load_lattices=L.npz --arpa=o4.arpa \
+  python -m benchmarks.lattice_rescoring --load_lattices=L.npz --arpa=o4.arpa \
       --backends=dp
 
 LM: a KenLM (lmplz) modified-KN n-gram over the first --mb MB of text of the Wikipedia corpus in

@@ -4,7 +4,7 @@ cache writes, the head projections (FFN heads and vocabulary projections), or ac
 bookkeeping (everything outside the model); per loop iteration, beside the iteration's wall time
 (the time in which no thunk runs is the runtime's dispatch between thunks and the while loop's control).
 
-  python benchmarks/profile_iteration.py --workdir=workdirs/small [--runs=ar,bpd:2,bpd] \
+  python -m benchmarks.profile_iteration --workdir=workdirs/small [--runs=ar,bpd:2,bpd] \
       [--num_examples=4 --max_new_tokens=128] [--markdown=FILE]
 
 A run is METHOD or METHOD:DRAFT_LEN (bpd's draft length, head 1 included); each is traced
@@ -31,7 +31,7 @@ from absl import flags
 import jax
 from jax import profiler
 
-import common  # benchmarks/common.py; puts bpdjax on the path
+from benchmarks import common
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods

@@ -1,6 +1,6 @@
 """Draft refinement on a trained workdir: alpha tuned per task and rescorer, then one BE table.
 
-  python benchmarks/refinement_table.py --workdir=workdirs/small \
+  python -m benchmarks.refinement_table --workdir=workdirs/small \
       --rescorers=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s \
       --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa --output=out/refinement
 
@@ -25,7 +25,7 @@ from absl import flags
 import jax
 import numpy as np
 
-import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
+from benchmarks import common
 from bpdjax import api
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
@@ -38,7 +38,7 @@ from bpdjax.eval import metrics
 # --k, --p, --data_dir, --config.options.<method>.<knob>.
 _CONFIG = common.define_config(workdir="workdirs/small", output="out/refinement",
                                tasks="lambada,squad,xsum,cnn_dailymail,samsum",
-                               max_new_tokens=64)
+                               max_new_tokens=64, max_prompt_tokens=192)
 _RESCORERS = flags.DEFINE_list("rescorers", [], "name=workdir of rescoring LMs (method local).")
 _NGRAMS = flags.DEFINE_list("ngrams", [], "name=arpa_path of n-gram LMs (ngram methods; a row "
                             "ngram:<name>, e.g. 4=corpus.arpa,4ft=targets.arpa).")
@@ -50,7 +50,6 @@ _NUM_TUNE = flags.DEFINE_integer("num_tune", 100, "Examples per task that tune a
 _NUM_REPORT = flags.DEFINE_integer("num_report", 100, "Examples per task that are reported.")
 _TUNE_MAX_NEW = flags.DEFINE_integer("tune_max_new_tokens", 0,
                                      "Tokens per tuning example (0: --max_new_tokens).")
-_MAX_PROMPT = flags.DEFINE_integer("max_prompt_tokens", 192, "Prompts keep their last N tokens.")
 _SEED = flags.DEFINE_integer("permutation_seed", 0, "Permutation seed of the examples.")
 
 
@@ -106,7 +105,8 @@ class Runner:
   def run(self, row, alpha, prompts, max_new, record_topk=0):
     b = self.drafter(row, alpha)
     return self.generator.generate(prompts, b, max_new_tokens=max_new, batch_size=1,
-                                   record=record_topk, prompt_width=_MAX_PROMPT.value)
+                                   record=record_topk,
+                                   prompt_width=_CONFIG.value.max_prompt_tokens)
 
 
 def _be(generations) -> float:
@@ -143,6 +143,7 @@ def main(argv):
   tune_max_new = _TUNE_MAX_NEW.value or max_new
   k = runner.drafter(rows[-1], 0.0).options.k
   result = {"settings": dict({f.name: f.value for f in _OWN_FLAGS}, k=k,
+                             max_prompt_tokens=_CONFIG.value.max_prompt_tokens,
                              max_new_tokens=max_new, tasks=list(settings.tasks),
                              options={r.method: dict(_CONFIG.value.options[r.method])
                                       for r in rows}),
@@ -150,7 +151,7 @@ def main(argv):
   for task in settings.tasks:
     examples = eval_tasks.load_prompts(task, data_dir, vocab_path,
                                        _NUM_TUNE.value + _NUM_REPORT.value,
-                                       max_prompt_tokens=_MAX_PROMPT.value,
+                                       max_prompt_tokens=_CONFIG.value.max_prompt_tokens,
                                        jsonl_path=settings.jsonl or None, seed=_SEED.value)
     tune = [e["prompt_tokens"] for e in examples[:_NUM_TUNE.value]]
     report = [e["prompt_tokens"] for e in examples[_NUM_TUNE.value:]]
@@ -191,7 +192,7 @@ def main(argv):
 
 
 _OWN_FLAGS = (_RESCORERS, _NGRAMS, _PBEST_NGRAM, _ALPHAS, _NUM_TUNE, _NUM_REPORT, _TUNE_MAX_NEW,
-              _MAX_PROMPT, _SEED)
+              _SEED)
 
 
 def _write(result: dict, rows, output: str, k: int) -> None:

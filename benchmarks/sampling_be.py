@@ -1,7 +1,7 @@
 """Block efficiency when sampling against greedy decoding, every method in one run, with each
 method's distribution check (bpdjax/eval/distribution.py).
 
-  python benchmarks/sampling_be.py --workdir=workdirs/ts_ffn --tasks=jsonl \
+  python -m benchmarks.sampling_be --workdir=workdirs/ts_ffn --tasks=jsonl \
       --jsonl=benchmarks/story_openings.jsonl --num_examples=12 [--repeats=8] \
       [--methods=ar,bpd,pbest_0gram,medusa] [--temperature=1.0] [--markdown=FILE]
 
@@ -10,7 +10,7 @@ acceptance rule sees the same prompts and seed, so all share each row's first sa
 (it comes from the prefill) and the log-probability check against ar is paired. Rows: greedy,
 then at the temperature the lossless rules (tokenwise; block, which differs from tokenwise on
 chains only) and Medusa's typical acceptance (lossy, for bpd and medusa). Tokens/s is one timed
-run after a compiling one, for orientation; benchmarks/decode_speed.py measures speed.
+run after a compiling one, for orientation; python -m bpdjax.bench decode_speed measures speed.
 """
 import dataclasses
 
@@ -18,7 +18,7 @@ import jax
 from absl import app
 from absl import flags
 
-import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
+from benchmarks import common
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import sampling

@@ -1,6 +1,6 @@
 """bpdjax vs Hugging Face transformers on TinyStories-656K at batch 1, in one process.
 
-  .venv-bench/bin/python benchmarks/vs_transformers.py --workdir=workdirs/ts_ffn \
+  .venv-bench/bin/python -m benchmarks.vs_transformers --workdir=workdirs/ts_ffn \
       --rescorer_workdir=workdirs/ts_rescorer
 
 (.venv-bench: requirements.txt + requirements-bench.txt, i.e. the project plus the CPU torch
@@ -28,7 +28,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-import common  # pylint: disable=g-import-not-at-top  (benchmarks/common.py; puts bpdjax on the path)
+from benchmarks import common
 from bpdjax import api
 from bpdjax.data import eval_sets
 from bpdjax.decoding import generator as generator_lib

@@ -17,7 +17,7 @@ FLOORS = {
     "bpdjax.configuration": 1, "bpdjax.losses": 1, "bpdjax.data": 1,
     "bpdjax.decoding": 2, "bpdjax.ngram": 2, "bpdjax.importers": 2,
     "bpdjax.eval": 3, "bpdjax.train": 3, "bpdjax.api": 3, "bpdjax.distill": 3,
-    "bpdjax.text": 3, "bpdjax.configs": 4,
+    "bpdjax.text": 3, "bpdjax.configs": 4, "bpdjax.bench": 4,
 }
 
 

@@ -3,14 +3,14 @@
   python train.py --config=configs/finetune_tinystories.py:squad --workdir=workdirs/ft_ts_squad
   (squad | xsum | samsum | gsm8k)
 
-The parent is the TinyStories track's workdir (benchmarks/tinystories_track.sh: the imported
+The parent is the TinyStories track's workdir (benchmarks/pipelines/tinystories_track.sh: the imported
 model, frozen, with 9 FFN heads trained on its self-distillation data). Here every parameter
 trains, body included, as the paper fine-tunes its whole blockwise model per task: the one base
 whose greedy text is English, where configs/finetune.py's parent (configs/small.py) is not.
 The model shape and the Hugging Face tokenizer come from init.workdir (the model section below
 mirrors it; a mismatch is an error); the optimizer and the schedule are fresh. Packing, prompt
 room and loss on target tokens only as in configs/finetune.py. Sized for about 10 minutes on 2
-idle CPU cores (measured figures in benchmarks/results/finetune_tinystories.md).
+idle CPU cores (measured figures in docs/results/finetune_tinystories.md).
 """
 import os
 

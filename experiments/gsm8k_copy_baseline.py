@@ -1,6 +1,6 @@
 """What GSM8K accuracy a model gets without solving anything: answer a number of the question.
 
-  python benchmarks/gsm8k_copy_baseline.py [--data_dir=../shared/data]
+  python -m experiments.gsm8k_copy_baseline [--data_dir=../shared/data]
 
 Scores, with decode.py's metric (bpdjax/eval/quality.py: the output's final number against the
 reference's after "####"), three outputs that copy from the question: its last number, its first

@@ -2,7 +2,7 @@
 # Issue #4's table end to end on this CPU: train configs/small.py, the two CPU rescorers and
 # the 2-gram / 4-gram LMs, then tune alpha and write out/refinement/refinement.{json,md}.
 #
-#   bash benchmarks/refinement_pipeline.sh            # resumes every finished or cut step
+#   bash benchmarks/pipelines/refinement_pipeline.sh            # resumes every finished or cut step
 #
 # Run it alone on the machine: every stage uses both cores. Measured on 2 cores: small 600 steps
 # ~37 min (1,120 tok/s); rescorer_xs 300 and rescorer_s 200 steps of 32 x 256 tokens ~5 and
@@ -10,7 +10,7 @@
 # task 100 tuning examples x 16 tokens x 4 alphas, 100 reported examples x 32 tokens, batch 1;
 # some other jobs shared the cores). Override the sizes with the variables below.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 XS_STEPS=${XS_STEPS:-300}
 S_STEPS=${S_STEPS:-200}
@@ -20,8 +20,8 @@ TUNE_MAX_NEW=${TUNE_MAX_NEW:-16}
 MAX_NEW=${MAX_NEW:-32}
 
 "$PY" train.py --config=configs/small.py --workdir=workdirs/small
-XS_STEPS=$XS_STEPS S_STEPS=$S_STEPS PY=$PY bash benchmarks/refinement_resources.sh
-"$PY" benchmarks/refinement_table.py --workdir=workdirs/small \
+XS_STEPS=$XS_STEPS S_STEPS=$S_STEPS PY=$PY bash benchmarks/pipelines/refinement_resources.sh
+"$PY" -m benchmarks.refinement_table --workdir=workdirs/small \
     --rescorers=xs=workdirs/rescorer_xs,s=workdirs/rescorer_s \
     --ngrams=2=workdirs/small/ngram2.arpa,4=workdirs/small/ngram4.arpa \
     --num_tune="$NUM_TUNE" --num_report="$NUM_REPORT" --tune_max_new_tokens="$TUNE_MAX_NEW" \

@@ -1,7 +1,7 @@
 """What SQuAD F1 a model gets by copying words of the paragraph, without reading the question or
 with the crudest look at it: the floor a fine-tuned model's F1 is measured against.
 
-  python benchmarks/squad_copy_baseline.py [--data_dir=../shared/data]
+  python -m experiments.squad_copy_baseline [--data_dir=../shared/data]
 
 Scores, with decode.py's metric (bpdjax/eval/quality.py: official normalisation, F1 the
 maximum over the question's answers), outputs copied from the paragraph of each question of

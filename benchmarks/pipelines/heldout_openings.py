@@ -1,6 +1,6 @@
 """Held-out story openings: prompts from the validation split of self-distillation data.
 
-  python benchmarks/heldout_openings.py --workdir=workdirs/ts_ffn9 --tokens=24 \
+  python -m benchmarks.pipelines.heldout_openings --workdir=workdirs/ts_ffn9 --tokens=24 \
       --output=out/ts_openings.jsonl
 
 The workdir is one trained on `python -m bpdjax.distill` output (data.task "token_file"); its
@@ -13,11 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import token_files
 from bpdjax.data import tokenizers

@@ -1,6 +1,6 @@
 """The exact n-gram DP on a trained model's own lattices, against brute-force enumeration.
 
-  PYTHONPATH=. .venv/bin/python benchmarks/dp_real_lattices.py --workdir=workdirs/small \
+  python -m experiments.dp_real_lattices --workdir=workdirs/small \
       --arpa=workdirs/small/ngram4.arpa
 
 tests/test_ngram.py checks the DP against enumeration on random lattices of a toy LM; this runs
@@ -11,16 +11,11 @@ the real n-gram history, alpha 0.25 and 0.5, the p best paths.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax import api
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks

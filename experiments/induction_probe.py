@@ -1,7 +1,7 @@
 """Whether a model copies from its context (has induction heads): its LM's loss and top-1
 accuracy on the second copy of a repeated segment, against the first copy.
 
-  python benchmarks/induction_probe.py --workdir=workdirs/ts_ffn9 [--workdir=...] \
+  python -m experiments.induction_probe --workdir=workdirs/ts_ffn9 [--workdir=...] \
       [--data_dir=../shared/data] [--num=16] [--segment=64]
 
 Per workdir (head 1, the LM): rows of BOS + segment + the same segment, for `num` segments of
@@ -9,7 +9,7 @@ random token ids (ids 3.., seeded) and `num` of the first `segment` tokens of SQ
 paragraphs (Wikipedia). A model with in-context copying (Olsson et al. 2022) predicts the second
 copy almost perfectly: its loss there falls far below the first copy's and its copy accuracy
 nears 1. SQuAD answers are spans of the paragraph, so a model without it cannot answer them
-however it is fine-tuned (benchmarks/squad_copy_baseline.py gives what copying would score).
+however it is fine-tuned (experiments/squad_copy_baseline.py gives what copying would score).
 """
 import json
 

@@ -1,11 +1,11 @@
 """A pure-copying fine-tuning set from the SQuAD fine-tune part's paragraphs (never its
 evaluation part): can fine-tuning teach a model to copy from its context?
 
-  python benchmarks/copy_curriculum.py --output=out/copy.jsonl [--data_dir=../shared/data]
+  python -m experiments.copy_curriculum --output=out/copy.jsonl [--data_dir=../shared/data]
   python train.py --config=configs/finetune_tinystories.py:squad --workdir=workdirs/ts_copy \
       --config.data.sft_tasks=jsonl --config.data.sft_jsonl=out/copy.jsonl \
       --config.num_train_steps=300 --config.warmup_steps=30
-  python benchmarks/induction_probe.py --workdir=workdirs/ts_ffn9 --workdir=workdirs/ts_copy
+  python -m experiments.induction_probe --workdir=workdirs/ts_ffn9 --workdir=workdirs/ts_copy
 
 Per paragraph of at least 40 words, up to `per_paragraph` examples (seeded): prompt = the
 paragraph, a blank line and `cue_words` consecutive words of it that occur once in it (starting

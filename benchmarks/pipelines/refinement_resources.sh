@@ -2,12 +2,12 @@
 # The refinement table's resources for workdirs/small, each built once (a finished one is kept):
 # the two CPU rescorers (configs/rescorer_{xs,s}.py with the BPD model's vocabulary, so they
 # score its token ids) and the 2-gram / 4-gram LMs of its pretraining corpus (KenLM lmplz).
-# Used by benchmarks/refinement_pipeline.sh and benchmarks/finetune_pipeline.sh.
+# Used by benchmarks/pipelines/refinement_pipeline.sh and benchmarks/pipelines/finetune_pipeline.sh.
 #
 # Measured on 2 idle cores: rescorer_xs 300 and rescorer_s 200 steps of 32 x 256 tokens ~5 and
 # ~7 min; each n-gram LM under a minute (3M tokens).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 XS_STEPS=${XS_STEPS:-300}
 S_STEPS=${S_STEPS:-200}

@@ -6,11 +6,11 @@
 # data's validation sequences, never trained on) as prompts; alpha tuned on the first
 # NUM_TUNE openings over a grid that reaches toward 0, the next NUM_REPORT reported.
 #
-#   bash benchmarks/tinystories_track.sh      # each stage resumes or is skipped when done
+#   bash benchmarks/pipelines/tinystories_track.sh      # each stage resumes or is skipped when done
 #
 # Writes out/tinystories/refinement/refinement.{json,md} and out/tinystories/openings.jsonl.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 DATA=${BPDJAX_DATA_DIR:-../shared/data}
 NUM_TUNE=${NUM_TUNE:-24}
@@ -30,8 +30,8 @@ for order in 2 4; do
   [ -f $W/ngram$order.arpa ] || "$PY" -m bpdjax.ngram.estimate --workdir=$W --order=$order \
       --output=$W/ngram$order.arpa --build_kenlm
 done
-"$PY" benchmarks/heldout_openings.py --workdir=$W --tokens=24 --output="$OUT"/openings.jsonl
-"$PY" benchmarks/refinement_table.py --workdir=$W --tasks=jsonl --jsonl="$OUT"/openings.jsonl \
+"$PY" -m benchmarks.pipelines.heldout_openings --workdir=$W --tokens=24 --output="$OUT"/openings.jsonl
+"$PY" -m benchmarks.refinement_table --workdir=$W --tasks=jsonl --jsonl="$OUT"/openings.jsonl \
     --rescorers=ts=workdirs/ts_rescorer --ngrams=2=$W/ngram2.arpa,4=$W/ngram4.arpa \
     --alphas="$ALPHAS" --num_tune="$NUM_TUNE" --num_report="$NUM_REPORT" \
     --tune_max_new_tokens="$TUNE_MAX_NEW" --max_new_tokens="$MAX_NEW" \

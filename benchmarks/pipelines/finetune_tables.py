@@ -1,7 +1,7 @@
-"""The fine-tuning tables from benchmarks/finetune_pipeline.sh's outputs (no decoding here).
+"""The fine-tuning tables from benchmarks/pipelines/finetune_pipeline.sh's outputs (no decoding here).
 
-  python benchmarks/finetune_tables.py --out=out/finetune --tasks=squad,xsum,samsum,gsm8k \
-      [--markdown=benchmarks/results/finetune.md]
+  python -m benchmarks.pipelines.finetune_tables --out=out/finetune --tasks=squad,xsum,samsum,gsm8k \
+      [--markdown=docs/results/finetune.md]
 
 Reads, per task and model (pretrained --pretrained, fine-tuned --finetuned_prefix + TASK),
 OUT/MODEL/TASK/report.json
@@ -44,7 +44,7 @@ QUALITY = {"squad": ("f1",), "xsum": ("rougeL",), "samsum": ("rougeL",),
 def _read(model: str, task: str, name: str) -> dict:
   path = os.path.join(_OUT.value, model, task, name)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: run benchmarks/finetune_pipeline.sh first")
+    raise FileNotFoundError(f"{path} is missing: run benchmarks/pipelines/finetune_pipeline.sh first")
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
