@@ -95,6 +95,10 @@ def generate(m: api.LoadedModel, prompt: Union[str, Sequence[str]], method: str 
   if not isinstance(prompt, (str, list, tuple)):
     raise TypeError(f"A prompt is a str (or a list of str), got {type(prompt).__name__}")
   prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+  if not prompts:
+    raise ValueError("prompt is an empty list: give a str or a non-empty list of str")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
   ids = [_encode(m, p) for p in prompts]
   built = _build(m, method, resources, options)
   gen = generator_lib.Generator(m.model, m.params, eos_id=m.vocab.eos_id)
