@@ -23,6 +23,7 @@ from bpdjax import model as model_lib
 from bpdjax import params as params_lib
 from bpdjax import partitioning
 from bpdjax import workdir as workdir_lib
+from bpdjax import workdir_lock
 from bpdjax.data import pipeline
 from bpdjax.data import vocab as vocab_lib
 from bpdjax.importers import pretrained as pretrained_lib
@@ -93,6 +94,16 @@ def _check_base(workdir, log, step, pretrained, params, heads_only, checksums=No
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        train_iter_fn: Optional[Callable[..., Any]] = None,
                        eval_batches_fn: Optional[Callable[..., Any]] = None) -> dict:
+  """`_train_and_evaluate` holding the workdir's writer lock (workdir_lock.py): a second run on
+  the same workdir is refused at once with `workdir_lock.WorkdirLocked` naming the first."""
+  fileio.makedirs(workdir)  # For a bucket URL: FileNotFoundError unless the bucket exists.
+  with workdir_lock.hold(workdir, "training"):
+    return _train_and_evaluate(config, workdir, train_iter_fn, eval_batches_fn)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        train_iter_fn: Optional[Callable[..., Any]] = None,
+                        eval_batches_fn: Optional[Callable[..., Any]] = None) -> dict:
   """Trains (resuming from the latest checkpoint in `workdir`) and returns the final metrics.
 
   train_iter_fn(config, vocab_path, start_step) and eval_batches_fn(config, vocab_path) default
