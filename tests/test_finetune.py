@@ -110,5 +110,6 @@ def test_workdir_and_hf_model_together_is_an_error(parent, tmp_path):
 
 def test_not_a_workdir_is_an_error(tmp_path):
   config = _child_config(str(tmp_path / "nothing"))
-  with pytest.raises(FileNotFoundError, match=r"No config.json in workdir"):
+  with pytest.raises(FileNotFoundError, match=r"config.init.workdir=.*nothing.*No config.json "
+                                              r"in workdir"):
     train_loop.train_and_evaluate(config, str(tmp_path / "child"))

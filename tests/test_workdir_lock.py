@@ -90,14 +90,14 @@ def _train(workdir, vocab_path, steps):
 @pytest.mark.parametrize("resume", [False, True])
 def test_two_train_py_on_one_workdir(resume, trained_tiny_workdir, tiny_vocab_path, tmp_path):
   """Two train.py on a fresh workdir, or two resumes of one: the second exits non-zero at once
-  naming the first; the first finishes; metrics.jsonl holds each step once."""
+  naming the first; the first (stopped by SIGTERM once the second is refused, so that the two
+  overlap whatever the machine's speed) finishes cleanly; metrics.jsonl holds each step once."""
   workdir = str(tmp_path / "run")
   start = 0
   if resume:
     shutil.copytree(trained_tiny_workdir, workdir)
     start = 30
-  final = start + 20
-  first = subprocess.Popen(_train(workdir, tiny_vocab_path, final), cwd=ROOT,
+  first = subprocess.Popen(_train(workdir, tiny_vocab_path, 4000), cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     lock = os.path.join(workdir, workdir_lib.WRITER_LOCK_FILE)
@@ -107,9 +107,12 @@ def test_two_train_py_on_one_workdir(resume, trained_tiny_workdir, tiny_vocab_pa
       assert time.time() < deadline, "the first run never took the lock"
       time.sleep(0.05)
     began = time.time()
-    second = subprocess.run(_train(workdir, tiny_vocab_path, final), cwd=ROOT,
+    second = subprocess.run(_train(workdir, tiny_vocab_path, 4000)  # Another learning rate.
+                            + ["--config.learning_rate=0.001"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     refused_after = time.time() - began
+    assert first.poll() is None, "the first run ended before the second started"
+    first.send_signal(signal.SIGTERM)
     _, stderr = first.communicate(timeout=300)
   finally:
     if first.poll() is None:
@@ -117,7 +120,12 @@ def test_two_train_py_on_one_workdir(resume, trained_tiny_workdir, tiny_vocab_pa
   assert second.returncode != 0
   assert f"is being written by pid {first.pid} on host" in second.stderr, second.stderr[-3000:]
   assert first.returncode == 0, stderr[-3000:]
+  stopped = int(stderr.split("Stopped at step ")[1].split()[0])
   lines = [json.loads(l) for l in open(os.path.join(workdir, workdir_lib.METRICS_FILE))]
-  assert [r["step"] for r in lines if "loss" in r] == list(range(1, final + 1))
-  assert json.load(open(os.path.join(workdir, workdir_lib.CONFIG_FILE)))["num_train_steps"] == final
-  print(f"second run refused after {refused_after:.1f} s (python and jax start-up included)")
+  steps = [r["step"] for r in lines if "loss" in r]
+  assert steps == sorted(set(steps)) and steps[-1] == stopped > start
+  assert [s for s in steps if s > start] == list(range(start + 1, stopped + 1))
+  saved = json.load(open(os.path.join(workdir, workdir_lib.CONFIG_FILE)))
+  assert saved["learning_rate"] == 0.003  # The first run's config.json, untouched.
+  print(f"second run refused after {refused_after:.1f} s (python and jax start-up included); "
+        f"first stopped at step {stopped}")
