@@ -76,12 +76,11 @@ def _short(e: Exception, limit: int = 300) -> str:
 _NO_MANIFEST = "it has no manifest (unverified: a save cut short?)"
 
 
-def _nonfinite_problem(params: Any) -> Optional[str]:
-  bad = params_lib.nonfinite_leaves(params)
+def _nonfinite_problem(tree: Any, what: str = "parameters") -> Optional[str]:
+  bad = params_lib.nonfinite_leaves(tree)
   if not bad:
     return None
-  return (f"non-finite parameters (NaN or inf) in {len(bad)} arrays, e.g. "
-          f"{', '.join(bad[:3])}")
+  return f"non-finite {what} (NaN or inf) in {len(bad)} arrays, e.g. {', '.join(bad[:3])}"
 
 
 def _attempt(manager, step: int, read: Callable[[int], Any],
@@ -101,12 +100,12 @@ def _attempt(manager, step: int, read: Callable[[int], Any],
     if not fileio.isdir(directory):
       return None, "removed while loading", True
     return None, (f"{_NO_MANIFEST}, and " if unverified else "") + f"unreadable ({_short(e)})", False
-  problem = check(value) or (_nonfinite_problem(value) if unverified else None)
+  problem = check(value) or (_nonfinite_problem(value, "values") if unverified else None)
   if problem:
     return None, (f"{_NO_MANIFEST}, and " if unverified else "") + problem, False
   if unverified:
-    logging.warning("Checkpoint step %d in %s has no manifest (%s): re-read whole, it is complete "
-                    "and finite; using it.", step, manager.directory,
+    logging.warning("Checkpoint step %d in %s has no manifest (%s): re-read, what was read is "
+                    "complete and finite; using it.", step, manager.directory,
                     workdir_lib.CHECKPOINT_MANIFEST)
   return value, None, False
 
@@ -186,7 +185,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
   def read(s):
     return manager.restore(
         s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
-  state, _, damaged = restore_intact(manager, read, _nonfinite_problem, step)
+  state, _, damaged = restore_intact(
+      manager, read, lambda st: _nonfinite_problem(st.params) or _nonfinite_problem(st, "values"),
+      step)
   return state, damaged
 
 

@@ -115,7 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
   # the state about to be checkpointed above it. No such step is ever saved. 0 turns it off.
   c.divergence_spike_factor = 10.0
   c.divergence_window = 100
-  c.divergence_min_history = 10
+  c.divergence_min_history = 5
   # Resume from this checkpoint step instead of the newest intact one (-1), e.g. the last one
   # before a divergence; the newer steps are moved to WORKDIR/superseded_checkpoints/.
   c.resume_step = -1

@@ -3,6 +3,7 @@ weights, heads included, with its own optimizer and schedule; shape or vocabular
 are clear errors."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -71,6 +72,23 @@ def test_first_step_loss_is_the_parents_loss(parent, tmp_path):
   moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
            zip(jax.tree.leaves(trained.params), jax.tree.leaves(loaded.params))]
   assert max(moved) > 0
+
+
+def test_a_child_resumes_after_its_parent_is_deleted(parent, tmp_path):
+  """The parent is read at step 0 only: a fine-tuned run resumes from its own checkpoints."""
+  parent_copy = str(tmp_path / "parent")
+  shutil.copytree(parent, parent_copy)
+  child = str(tmp_path / "child")
+  config = _child_config(parent_copy)
+  assert train_loop.train_and_evaluate(config, child)["step"] == 2
+  shutil.rmtree(parent_copy)
+  config.num_train_steps = 4
+  resumed = train_loop.train_and_evaluate(config, child)
+  assert resumed["step"] == 4
+  assert api.load(child).step == 4
+  steps = [json.loads(l)["step"] for l in open(os.path.join(child, "metrics.jsonl"))
+           if "loss" in json.loads(l)]
+  assert steps == [1, 2, 3, 4]
 
 
 def test_init_step_picks_the_checkpoint(parent, tmp_path):

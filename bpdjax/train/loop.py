@@ -206,7 +206,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       manager.latest_step())
               if spikes.enabled:  # The state to be saved, not only the step that made it.
                 spikes.check_state(done, spike.step_loss(jax.device_get(
-                    p_eval_step(state.params, batch)), head_weights), manager.latest_step())
+                    p_eval_step(state.params, batch)), head_weights), host[-1],
+                                   manager.latest_step())
           except guard.Diverged as e:
             log.write(e.step, {"diverged": str(e)})
             manager.close()

@@ -69,9 +69,9 @@ class SpikeGuard:
 
   @classmethod
   def from_config(cls, config, head_weights) -> "SpikeGuard":
-    return cls(float(config.get("divergence_spike_factor", 0.0)),
+    return cls(float(config.get("divergence_spike_factor", 10.0)),
                int(config.get("divergence_window", 100)),
-               int(config.get("divergence_min_history", 10)), head_weights,
+               int(config.get("divergence_min_history", 5)), head_weights,
                config.learning_rate)
 
   @property
@@ -117,12 +117,18 @@ class SpikeGuard:
       for key, value in values.items():
         self.history[key].append(value)
 
-  def check_state(self, step: int, state_loss: float, newest_checkpoint) -> None:
+  def check_state(self, step: int, state_loss: float, step_metrics: dict,
+                  newest_checkpoint) -> None:
     """Before saving step `step`: `state_loss`, the loss of the state to be saved on its
-    step's batch, must not be a spike (nor non-finite)."""
+    step's batch, must be finite and no spike, against the history and against the loss of
+    the same batch before the step's update (`step_metrics`: known even without a history)."""
     if not self.enabled:
       return
+    before = step_loss(step_metrics, self.head_weights)
     problem = (f"the loss of its parameters is {state_loss}" if not np.isfinite(state_loss)
                else self._spike("loss", state_loss))
+    if not problem and before > 0 and state_loss > self.factor * before:
+      problem = (f"its update raised the loss of its own batch from {before:.4g} to "
+                 f"{state_loss:.4g}")
     if problem:
       raise self._diverged(step, f"{problem} (the state about to be saved)", newest_checkpoint)
