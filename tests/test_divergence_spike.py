@@ -37,6 +37,7 @@ def test_spike_guard_unit():
   g.check(4, [_metrics(44.0)], 2)                            # Under 10 x the median: fine.
   with pytest.raises(guard.Diverged, match=r"raised the loss of its own batch from 4 to 41"):
     g.check_state(5, 41.0, _metrics(4.0), 4)
+  g.check(5, [_metrics(0.01)] * 4 + [_metrics(0.5, grad_norm=0.9)], 4)  # Near 0: no spike.
   off = spike.SpikeGuard(0.0, 4, 3, [1.0], 1.0)
   off.check(1, [_metrics(1.0)] * 3 + [_metrics(1e9)], None)  # Off: nothing stops.
   with pytest.raises(ValueError, match="divergence_spike_factor must be 0 .off. or > 1"):

@@ -25,6 +25,11 @@ from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
 from bpdjax.train import guard
 
+# A reference (median, or the batch's loss before the update) below this counts as this when
+# judging a spike: a loss or gradient norm near 0 (an easy fine-tuning task, a converged run)
+# jumps by large factors harmlessly, while a blow-up is far above it (1e29 at lr = 1e9).
+REFERENCE_FLOOR = 1.0
+
 
 def step_loss(metrics: dict, head_weights: np.ndarray) -> float:
   """The loss of one step's metrics (per-head sums), as `losses.summarize` computes it."""
@@ -89,7 +94,7 @@ class SpikeGuard:
     if not self.enabled or len(values) < self.min_history:
       return None
     median = float(np.median(values))
-    if median > 0 and value > self.factor * median:
+    if value > self.factor * max(median, REFERENCE_FLOOR):
       return (f"{key.replace('_', ' ')} {value:.4g} is {value / median:.3g} times the median "
               f"{median:.4g} of the last {len(values)} steps")
     return None
@@ -127,7 +132,7 @@ class SpikeGuard:
     before = step_loss(step_metrics, self.head_weights)
     problem = (f"the loss of its parameters is {state_loss}" if not np.isfinite(state_loss)
                else self._spike("loss", state_loss))
-    if not problem and before > 0 and state_loss > self.factor * before:
+    if not problem and state_loss > self.factor * max(before, REFERENCE_FLOOR):
       problem = (f"its update raised the loss of its own batch from {before:.4g} to "
                  f"{state_loss:.4g}")
     if problem:
