@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -51,25 +52,44 @@ def _commands(output):
   }
 
 
-@pytest.mark.slow
-def test_unreachable_endpoints_fail_fast(silent_port, tmp_path):
-  runs = {}
-  for kind, port in (("refuses", _refusing_port()), ("never answers", silent_port)):
-    for name, args in _commands(str(tmp_path / kind.replace(" ", "_"))).items():
-      runs[(kind, name, port)] = (time.time(), subprocess.Popen(
-          args, cwd=ROOT, env=_env(port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-          text=True))
-  report, failures = [], []
-  for (kind, name, port), (began, proc) in runs.items():
-    try:
-      out, _ = proc.communicate(timeout=120)
-    finally:
+def _run_all(commands: dict) -> dict:
+  """{key: (returncode, seconds from start to exit, output)} of commands run side by side."""
+  procs = {key: (time.time(), subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, text=True))
+           for key, (args, env) in commands.items()}
+  outputs = {key: [] for key in procs}
+  readers = {key: threading.Thread(target=lambda p=p, o=outputs[key]: o.append(p.stdout.read()))
+             for key, (_, p) in procs.items()}
+  for reader in readers.values():
+    reader.start()
+  done, deadline = {}, time.time() + 180
+  try:
+    while len(done) < len(procs) and time.time() < deadline:
+      for key, (began, proc) in procs.items():
+        if key not in done and proc.poll() is not None:
+          done[key] = time.time() - began
+      time.sleep(0.1)
+  finally:
+    for _, proc in procs.values():
       if proc.poll() is None:
         proc.kill()
-    seconds = time.time() - began
-    report.append(f"{name} ({kind}): rc {proc.returncode} after {seconds:.1f} s")
-    message = f"Cannot reach bucket '{BUCKET}' of '{WORKDIR}' at endpoint http://127.0.0.1:{port}"
-    if proc.returncode == 0 or seconds >= 60 or message not in out:
-      failures.append(f"{name} ({kind}): rc {proc.returncode}, {seconds:.1f} s\n{out[-2000:]}")
+  for reader in readers.values():
+    reader.join(timeout=30)
+  return {key: (proc.returncode, done.get(key, float("inf")), "".join(outputs[key]))
+          for key, (_, proc) in procs.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["refuses", "never answers"])
+def test_unreachable_endpoints_fail_fast(kind, request, tmp_path):
+  port = _refusing_port() if kind == "refuses" else request.getfixturevalue("silent_port")
+  results = _run_all({name: (args, _env(port))
+                      for name, args in _commands(str(tmp_path / "out")).items()})
+  message = f"Cannot reach bucket '{BUCKET}' of '{WORKDIR}' at endpoint http://127.0.0.1:{port}"
+  report, failures = [], []
+  for name, (returncode, seconds, out) in results.items():
+    report.append(f"{name} ({kind}): rc {returncode} after {seconds:.1f} s")
+    if returncode == 0 or seconds >= 60 or message not in out:
+      failures.append(f"{report[-1]}\n{out[-2000:]}")
   print("\n".join(report))
   assert not failures, "\n\n".join(failures)
