@@ -83,9 +83,10 @@ def write(output_dir: str, report: dict) -> None:
       if data is not None:
         fileio.write_atomic(path, data)
         written.append(path)
-  except BaseException:  # Interrupted (SIGINT) or failed half-way: leave no partial set.
-    for path in written:
+  except BaseException:  # Interrupted (SIGINT) or failed half-way: leave no partial set,
+    for path in written:  # neither of what it wrote nor of an older set (our own) beside it.
       _remove_file(path)
+    clear(output_dir, [])
     raise
 
 
