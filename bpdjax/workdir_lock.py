@@ -134,8 +134,9 @@ class WorkdirLock:
     previous = os.pread(fd, 1 << 16, 0).decode("utf-8", "replace").strip()
     if previous:  # Not released: its holder is gone (the kernel dropped its flock).
       old = _parse(previous)
-      logging.warning("Taking over the writer lock of %s: %s is gone (killed?) without "
-                      "releasing it.", self.workdir, describe(old) if old else "its holder")
+      logging.warning("Taking over the writer lock of %s: %s is gone without releasing it "
+                      "(killed? or the workdir was copied with its lock file).", self.workdir,
+                      describe(old) if old else "its holder")
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(self.record).encode("utf-8"), 0)
     os.fsync(fd)
