@@ -121,8 +121,12 @@ class WorkdirLock:
 
   # --- local: flock
   def _acquire_file(self) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # A read-only or full workdir: say where.
+      raise OSError(e.errno, f"Cannot create the writer lock of workdir {self.workdir!r} (is it "
+                    f"writable?): {e.strerror}", self.path) from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
