@@ -4,9 +4,9 @@ verified before a restore.
 
 The manifest covers the bytes on disk, not the arrays, so it needs no gather of a sharded state
 and catches what orbax's own metadata does not: flipped bytes, truncated or missing files
-(e.g. state/_METADATA). A checkpoint without a manifest (written before this existed) is
-reported as unverified, not as damaged; reading it may still fail, and the caller then treats it
-as damaged.
+(e.g. state/_METADATA). A checkpoint without a manifest (written before this existed, or a save
+cut short before its manifest) passes `verify`; checkpoints.py then re-reads it whole and
+checks it before trusting it (`has_manifest`).
 """
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ def write_manifest(directory: str) -> dict:
   fileio.write_atomic(fileio.join(directory, workdir_lib.CHECKPOINT_MANIFEST),
                       json.dumps(manifest, indent=1, sort_keys=True))
   return manifest
+
+
+def has_manifest(directory: str) -> bool:
+  return fileio.exists(fileio.join(directory, workdir_lib.CHECKPOINT_MANIFEST))
 
 
 def verify(directory: str) -> Optional[str]:

@@ -2,9 +2,13 @@
 manifest), restore from the newest intact checkpoint, compatibility.
 
 A restore verifies the step's manifest (checkpoint_integrity.py), reads it, and checks that its
-parameters are finite. Without an explicit step a damaged latest checkpoint is skipped with a
+parameters are finite. A step without a manifest (a save cut short between orbax's files and
+the manifest, or a checkpoint from before manifests) is not trusted as intact: it is read and
+checked whole (every array of what is restored finite) and used with a warning naming it, or
+else it is damaged. Without an explicit step a damaged latest checkpoint is skipped with a
 warning naming it, for the newest intact one; with an explicit step it is a `DamagedCheckpoint`
-error naming the step and the intact ones.
+error naming the step and the intact ones, and a step that never existed is a
+FileNotFoundError saying so.
 """
 from __future__ import annotations
 
@@ -70,30 +74,41 @@ def _short(e: Exception, limit: int = 300) -> str:
   return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-def _nonfinite_problem(params: Any) -> Optional[str]:
-  bad = params_lib.nonfinite_leaves(params)
+_NO_MANIFEST = "it has no manifest (unverified: a save cut short?)"
+
+
+def _nonfinite_problem(tree: Any, what: str = "parameters") -> Optional[str]:
+  bad = params_lib.nonfinite_leaves(tree)
   if not bad:
     return None
-  return (f"non-finite parameters (NaN or inf) in {len(bad)} arrays, e.g. "
-          f"{', '.join(bad[:3])}")
+  return f"non-finite {what} (NaN or inf) in {len(bad)} arrays, e.g. {', '.join(bad[:3])}"
 
 
 def _attempt(manager, step: int, read: Callable[[int], Any],
              check: Callable[[Any], Optional[str]]) -> tuple[Any, Optional[str], bool]:
-  """(value, problem or None, vanished) of reading one step."""
+  """(value, problem or None, vanished) of reading one step (see the module docstring for a
+  step without a manifest)."""
   directory = integrity.step_dir(manager.directory, step)
   if not fileio.isdir(directory):
     return None, "removed while loading", True
   problem = integrity.verify(directory)
   if problem:
     return None, problem, False
+  unverified = not integrity.has_manifest(directory)
   try:
     value = read(step)
   except Exception as e:  # pylint: disable=broad-except  # Any read failure is damage.
     if not fileio.isdir(directory):
       return None, "removed while loading", True
-    return None, f"unreadable ({_short(e)})", False
-  return value, check(value), False
+    return None, (f"{_NO_MANIFEST}, and " if unverified else "") + f"unreadable ({_short(e)})", False
+  problem = check(value) or (_nonfinite_problem(value, "values") if unverified else None)
+  if problem:
+    return None, (f"{_NO_MANIFEST}, and " if unverified else "") + problem, False
+  if unverified:
+    logging.warning("Checkpoint step %d in %s has no manifest (%s): re-read, what was read is "
+                    "complete and finite; using it.", step, manager.directory,
+                    workdir_lib.CHECKPOINT_MANIFEST)
+  return value, None, False
 
 
 def intact_steps(manager: ocp.CheckpointManager) -> list[int]:
@@ -112,6 +127,9 @@ def restore_intact(manager: ocp.CheckpointManager, read: Callable[[int], Any],
   """
   where = manager.directory
   if step is not None:
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f"Checkpoint step {step} does not exist in {where}; its "
+                              f"checkpoints are at steps {sorted(manager.all_steps()) or 'none'}")
     value, problem, _ = _attempt(manager, step, read, check)
     if problem is None:
       return value, step, {}
@@ -140,18 +158,19 @@ def restore_intact(manager: ocp.CheckpointManager, read: Callable[[int], Any],
       f"step {s}: {p}" for s, p in damaged.items()))
 
 
-def quarantine(workdir: str, manager: ocp.CheckpointManager, steps) -> list[str]:
-  """Moves damaged step folders to WORKDIR/damaged_checkpoints/ (kept for inspection, out of
-  orbax's way so that training can save those steps again); returns where they went."""
+def quarantine(workdir: str, manager: ocp.CheckpointManager, steps,
+               folder: str = workdir_lib.DAMAGED_CHECKPOINT_DIR) -> list[str]:
+  """Moves step folders to WORKDIR/`folder`/ (damaged ones by default; kept for inspection, out
+  of orbax's way so that training can save those steps again); returns where they went."""
   moved = []
   if jax.process_index() == 0:
     for s in sorted(steps):
-      target = fileio.join(workdir, workdir_lib.DAMAGED_CHECKPOINT_DIR, str(s))
+      target = fileio.join(workdir, folder, str(s))
       n = 1
       while fileio.exists(target):
-        target = fileio.join(workdir, workdir_lib.DAMAGED_CHECKPOINT_DIR, f"{s}.{n}")
+        target = fileio.join(workdir, folder, f"{s}.{n}")
         n += 1
-      fileio.makedirs(fileio.join(workdir, workdir_lib.DAMAGED_CHECKPOINT_DIR))
+      fileio.makedirs(fileio.join(workdir, folder))
       fileio.as_path(integrity.step_dir(manager.directory, s)).rename(target)
       moved.append(target)
   if jax.process_count() > 1:
@@ -167,8 +186,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: Optional[
   def read(s):
     return manager.restore(
         s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
-  state, _, damaged = restore_intact(manager, read, lambda st: _nonfinite_problem(st.params),
-                                     step)
+  state, _, damaged = restore_intact(
+      manager, read, lambda st: _nonfinite_problem(st.params) or _nonfinite_problem(st, "values"),
+      step)
   return state, damaged
 
 

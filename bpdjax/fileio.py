@@ -13,6 +13,13 @@ local Cloud Storage emulator (tests/test_gcs_emulator.py). epath picks tf.io.gfi
 whenever TensorFlow is installed unless EPATH_USE_TF is false, so this module sets that default
 before any path is opened (an explicit EPATH_USE_TF in the environment wins).
 
+Bucket I/O fails fast: every gcsfs request has a connect and a read timeout
+(BPDJAX_REMOTE_TIMEOUT_S, default 20 s; gcsfs retries a failed request at most 6 times), and
+`check_bucket`, which every entry point (train.py, decode.py, `bpdjax.load`) calls before it
+touches a bucket, gives up after BPDJAX_REMOTE_DEADLINE_S (default 25 s) with a
+`BucketUnreachable` that names the bucket, the endpoint in use and the environment variables
+that choose it, instead of hanging in DNS or connection retries.
+
 Object stores have no append: `append_text` rewrites the object with the new text at its end (a
 log of a few thousand lines, such as metrics.jsonl, stays cheap). Tools that need a local file
 (SentencePiece, KenLM, tokenizers) get one from `local_copy`.
@@ -23,19 +30,49 @@ import hashlib
 import os
 import re
 import tempfile
-from typing import Union
+import threading
+from typing import Any, Callable, Union
 
 # Before the first epath call (see the module docstring): gs:// through fsspec/gcsfs, not TF.
 os.environ.setdefault("EPATH_USE_TF", "false")
 
+import aiohttp  # pylint: disable=g-import-not-at-top,wrong-import-position
 from etils import epath  # pylint: disable=g-import-not-at-top,wrong-import-position
 import fsspec  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REMOTE_TIMEOUT_ENV = "BPDJAX_REMOTE_TIMEOUT_S"
+REMOTE_DEADLINE_ENV = "BPDJAX_REMOTE_DEADLINE_S"
+# Where each scheme's endpoint and credentials come from (named in BucketUnreachable).
+_ENDPOINT_ENV = {"gs": ("STORAGE_EMULATOR_HOST", "https://storage.googleapis.com",
+                        ("GOOGLE_APPLICATION_CREDENTIALS", "TENSORSTORE_GCS_HTTP_URL")),
+                 "s3": ("AWS_ENDPOINT_URL", "https://s3.amazonaws.com",
+                        ("AWS_ACCESS_KEY_ID", "AWS_PROFILE"))}
+
+
+def _seconds(env: str, default: float) -> float:
+  value = os.environ.get(env, "")
+  try:
+    seconds = float(value) if value else default
+  except ValueError:
+    raise ValueError(f"{env}={value!r} is not a number of seconds") from None
+  if seconds <= 0:
+    raise ValueError(f"{env}={value!r} must be > 0 seconds")
+  return seconds
+
+
+class BucketUnreachable(ConnectionError):
+  """A bucket that did not answer within the deadline (network, endpoint or credentials)."""
 
 # A workdir is read while another process writes it (a notebook or decode.py beside a training
 # run; orbax's latest step after a resume), so bucket listings are never cached (gcsfs would
 # otherwise keep the first listing of checkpoints/ for the life of the process).
+# Every request gets a connect and a read timeout (aiohttp's default is 5 minutes in total).
 for _protocol in ("gs", "gcs"):
-  fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
+  _conf = fsspec.config.conf.setdefault(_protocol, {})
+  _conf.setdefault("use_listings_cache", False)
+  _timeout = _seconds(REMOTE_TIMEOUT_ENV, 20.0)
+  _conf.setdefault("requests_timeout", aiohttp.ClientTimeout(
+      total=None, connect=_timeout, sock_connect=_timeout, sock_read=_timeout))
 
 PathLike = Union[str, os.PathLike]
 # Schemes epath can reach (gpath.py); anything else with "://" is refused with a clear error.
@@ -97,14 +134,54 @@ def check_bucket(path: PathLike) -> None:
       raise ValueError(f"{os.fspath(path)!r} names no bucket")
     return
   root = as_path(f"{scheme(path)}://{name}")
+  deadline = _seconds(REMOTE_DEADLINE_ENV, 25.0)
   try:
-    found = root.exists()
-  except (OSError, ValueError) as e:  # Auth or network trouble: say which bucket.
-    raise FileNotFoundError(f"Cannot reach bucket {name!r} of {os.fspath(path)!r}: {e}") from e
+    found = _within(deadline, root.exists)
+  except (OSError, ValueError) as e:  # Auth or network trouble: say which bucket and endpoint.
+    raise BucketUnreachable(_unreachable(path, name, deadline, e)) from e
   if not found:
     raise FileNotFoundError(f"Bucket {name!r} of {os.fspath(path)!r} does not exist (or these "
                             f"credentials cannot see it): create it first, e.g. `gcloud storage "
                             f"buckets create {scheme(path)}://{name}`")
+
+
+def _within(seconds: float, fn: Callable[[], Any]) -> Any:
+  """fn() or TimeoutError after `seconds` (fn keeps running in a daemon thread, which does not
+  keep the process alive)."""
+  out: dict = {}
+
+  def target():
+    try:
+      out["value"] = fn()
+    except BaseException as e:  # pylint: disable=broad-except  # Re-raised in the caller.
+      out["error"] = e
+  thread = threading.Thread(target=target, daemon=True, name="bpdjax-bucket-check")
+  thread.start()
+  thread.join(seconds)
+  if thread.is_alive():
+    raise TimeoutError(f"no answer within {seconds:g} s")
+  if "error" in out:
+    raise out["error"]
+  return out["value"]
+
+
+def endpoint(url_scheme: str) -> str:
+  """The endpoint a scheme's requests go to, and the variable that chose it."""
+  env, default, _ = _ENDPOINT_ENV.get(url_scheme, ("", "", ()))
+  if env and os.environ.get(env):
+    return f"{os.environ[env]} (from {env})"
+  return f"{default or 'the default endpoint'} (the default{f'; {env} overrides it' if env else ''})"
+
+
+def _unreachable(path: PathLike, name: str, deadline: float, error: Exception) -> str:
+  s = scheme(path)
+  env, _, others = _ENDPOINT_ENV.get(s, ("", "", ()))
+  variables = ", ".join(v for v in (env, *others) if v)
+  text = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+  return (f"Cannot reach bucket {name!r} of {os.fspath(path)!r} at endpoint {endpoint(s)} "
+          f"within {deadline:g} s ({text}). Check the network, the endpoint and the credentials"
+          + (f" (environment: {variables})" if variables else "")
+          + f"; {REMOTE_DEADLINE_ENV} and {REMOTE_TIMEOUT_ENV} set how long to wait.")
 
 
 def makedirs(path: PathLike) -> None:

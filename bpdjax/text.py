@@ -110,7 +110,9 @@ def generate(m: api.LoadedModel, prompt: Union[str, Sequence[str]], method: str 
     raise TypeError(f"A prompt is a str (or a list of str), got {type(prompt).__name__}")
   prompts = [prompt] if isinstance(prompt, str) else list(prompt)
   if not prompts:
-    raise ValueError("prompt is an empty list: give a str or a list of at least one str")
+    raise ValueError("prompt is an empty list: give a str or a non-empty list of str")
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
   ids = [_encode(m, p) for p in prompts]
   gen = _generator(m)
   gen.check_prompts(ids, max_new_tokens)

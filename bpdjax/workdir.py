@@ -10,7 +10,10 @@ Layout of a workdir written by train.py:
   checkpoints/<step>/  orbax checkpoints of the TrainState; beside orbax's files,
                        sha256.json (checkpoint_integrity.py: every file's sha256, at save time)
   damaged_checkpoints/<step>/  checkpoints a resume found damaged, moved out of orbax's way
+  superseded_checkpoints/<step>/  checkpoints newer than a --config.resume_step, moved aside
   metrics.jsonl        one JSON line per logged step; TensorBoard event files beside it
+  writer.lock          the run writing into the workdir (workdir_lock.py: host, pid, start);
+                       empty (or, on a bucket, absent) when none does
   cost_tables.json     (optional, decode.py --config.cost_cache=workdir) measured costs of one
                        decode iteration per verify size, keyed by what they were measured for
 Beside an ARPA n-gram LM written by `bpdjax.ngram.estimate`: <arpa>.vocab.json, the
@@ -34,7 +37,9 @@ BASE_CHECKSUM_FILE = "base_checksum.json"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_MANIFEST = "sha256.json"  # In each checkpoints/<step>/ (checkpoint_integrity.py).
 DAMAGED_CHECKPOINT_DIR = "damaged_checkpoints"
+SUPERSEDED_CHECKPOINT_DIR = "superseded_checkpoints"  # Newer than a resume_step, moved aside.
 METRICS_FILE = "metrics.jsonl"
+WRITER_LOCK_FILE = "writer.lock"  # workdir_lock.py: one writer per workdir.
 COST_TABLES_FILE = "cost_tables.json"  # Measured decode-iteration costs (decode.py cost_cache).
 _VOCAB_NAMES = (VOCAB_FILE, HF_TOKENIZER_DIR, LLAMA2C_TOKENIZER_FILE)
 _ARPA_VOCAB_SUFFIX = ".vocab.json"

@@ -3,6 +3,7 @@ weights, heads included, with its own optimizer and schedule; shape or vocabular
 are clear errors."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -73,6 +74,23 @@ def test_first_step_loss_is_the_parents_loss(parent, tmp_path):
   assert max(moved) > 0
 
 
+def test_a_child_resumes_after_its_parent_is_deleted(parent, tmp_path):
+  """The parent is read at step 0 only: a fine-tuned run resumes from its own checkpoints."""
+  parent_copy = str(tmp_path / "parent")
+  shutil.copytree(parent, parent_copy)
+  child = str(tmp_path / "child")
+  config = _child_config(parent_copy)
+  assert train_loop.train_and_evaluate(config, child)["step"] == 2
+  shutil.rmtree(parent_copy)
+  config.num_train_steps = 4
+  resumed = train_loop.train_and_evaluate(config, child)
+  assert resumed["step"] == 4
+  assert api.load(child).step == 4
+  steps = [json.loads(l)["step"] for l in open(os.path.join(child, "metrics.jsonl"))
+           if "loss" in json.loads(l)]
+  assert steps == [1, 2, 3, 4]
+
+
 def test_init_step_picks_the_checkpoint(parent, tmp_path):
   config = _child_config(parent)
   config.init.step = 3  # The parent saved steps 4 only (checkpoint_every_steps=1000, forced end).
@@ -110,5 +128,6 @@ def test_workdir_and_hf_model_together_is_an_error(parent, tmp_path):
 
 def test_not_a_workdir_is_an_error(tmp_path):
   config = _child_config(str(tmp_path / "nothing"))
-  with pytest.raises(FileNotFoundError, match=r"No config.json in workdir"):
+  with pytest.raises(FileNotFoundError, match=r"config.init.workdir=.*nothing.*No config.json "
+                                              r"in workdir"):
     train_loop.train_and_evaluate(config, str(tmp_path / "child"))

@@ -208,3 +208,23 @@ def test_unknown_scheme_is_refused():
     fileio.makedirs("ftp://host/run")
   with pytest.raises(ValueError, match="Unsupported path scheme 'ftp'"):
     api.load("ftp://host/run")
+
+
+def test_writer_lock_in_a_bucket(emulator, monkeypatch):
+  """The bucket form of the workdir lock: an object created only if absent, refused while its
+  heartbeat is fresh, taken over once its lease has expired, deleted on release."""
+  from bpdjax import workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir = f"gs://{BUCKET}/runs/locked"
+  path = workdir_lib.path(workdir, workdir_lib.WRITER_LOCK_FILE)
+  with workdir_lock.WorkdirLock(workdir, "training") as held:
+    assert json.loads(fileio.read_text(path))["token"] == held.record["token"]
+    with pytest.raises(workdir_lock.WorkdirLocked, match=rf"pid {os.getpid()} on host"):
+      workdir_lock.WorkdirLock(workdir, "training").acquire()
+  assert not fileio.exists(path)
+  stale = dict(workdir_lock._record("training"), heartbeat=time.time() - 1000, lease=600)  # pylint: disable=protected-access
+  fileio.write_atomic(path, json.dumps(stale))
+  warnings = []
+  monkeypatch.setattr(workdir_lock.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  with workdir_lock.WorkdirLock(workdir, "training"):
+    pass
+  assert any("Taking over" in w and "sent no heartbeat" in w for w in warnings), warnings

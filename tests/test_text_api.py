@@ -62,6 +62,12 @@ def test_bad_input(tiny, tmp_path):
     bpdjax.generate(tiny, "", method="ar")
   with pytest.raises(TypeError, match="A prompt is a str"):
     bpdjax.generate(tiny, 42)
+  with pytest.raises(ValueError, match="prompt is an empty list"):
+    bpdjax.generate(tiny, [])
+  with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    bpdjax.generate(tiny, ["x"], batch_size=0)
+  with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+    bpdjax.generate(tiny, "x", max_new_tokens=0)
   with pytest.raises(ValueError, match="max_len"):
     bpdjax.generate(tiny, "First Citizen:", max_new_tokens=10_000)
   (tmp_path / "notes.txt").write_text("not a model")

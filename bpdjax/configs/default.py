@@ -109,6 +109,16 @@ def get_config() -> ml_collections.ConfigDict:
   # A non-finite loss or gradient norm stops training (non-zero exit, no checkpoint of it);
   # N > 0 skips up to N such updates in a run first (bpdjax/train/guard.py).
   c.max_nonfinite_skips = 0
+  # A finite blow-up stops training too (bpdjax/train/spike.py): a step's loss or gradient norm
+  # above divergence_spike_factor x the median of the last divergence_window steps (checked
+  # once divergence_min_history are known; seeded from metrics.jsonl on resume), or the loss of
+  # the state about to be checkpointed above it. No such step is ever saved. 0 turns it off.
+  c.divergence_spike_factor = 10.0
+  c.divergence_window = 100
+  c.divergence_min_history = 5
+  # Resume from this checkpoint step instead of the newest intact one (-1), e.g. the last one
+  # before a divergence; the newer steps are moved to WORKDIR/superseded_checkpoints/.
+  c.resume_step = -1
   # Record a sha256 manifest of each checkpoint's files at save time and verify it on restore
   # (checkpoint_integrity.py); hashing costs one extra read of what was written.
   c.checkpoint_manifests = True

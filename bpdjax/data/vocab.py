@@ -165,6 +165,10 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
 def _copy_parent_vocabulary(parent: str, workdir: str) -> str:
   """Copies a parent workdir's vocabulary (vocab.model or a pretrained model's tokenizer) into
   `workdir` under the same name, unless it is there already; returns its path."""
+  try:  # Copied at the first start: a resume needs no parent (it may be gone).
+    return workdir_lib.vocab_path(workdir)
+  except FileNotFoundError:
+    pass
   parent_vocab = workdir_lib.vocab_path(parent)
   name = os.path.basename(parent_vocab.rstrip("/"))
   path = workdir_lib.path(workdir, name)

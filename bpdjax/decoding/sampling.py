@@ -7,6 +7,10 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e30
+# Scaled logits sit in [LOGIT_FLOOR, 0] (max subtracted first): exp(-1000) is 0 in float32, so
+# the floor changes no probability, and no temperature can overflow them (1e-9 did: logits of
+# +-17 became +-1.7e10 and log_softmax returned inf inside the jitted loop).
+LOGIT_FLOOR = -1e3
 
 
 TOKENWISE = "tokenwise"
@@ -67,9 +71,13 @@ class SamplingConfig:
 def processed_logits(logits: jax.Array, config: SamplingConfig) -> jax.Array:
   """Temperature, then top-k, then top-p (nucleus) filtering. logits: [..., V] -> [..., V].
 
-  Filtered-out entries get NEG_INF, so softmax of the result is the sampling distribution.
+  Filtered-out entries get NEG_INF, so softmax of the result is the sampling distribution. The
+  rest are shifted so their max is 0 and floored at LOGIT_FLOOR (a probability of 0 either way):
+  finite at every temperature > 0, so a tiny temperature samples the argmax, as greedy does.
   """
-  logits = logits.astype(jnp.float32) / config.temperature
+  logits = logits.astype(jnp.float32)
+  shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+  logits = jnp.maximum(shifted / config.temperature, LOGIT_FLOOR)
   if config.top_k:
     kth = jax.lax.top_k(logits, config.top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, NEG_INF, logits)

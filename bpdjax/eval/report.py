@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,21 +21,53 @@ def report_files(output_dir: str, tasks: Sequence[str]) -> list[str]:
           for name in [REPORT_JSON, REPORT_MD] + [f"{t}.png" for t in tasks]]
 
 
-def _old_tasks(output_dir: str) -> list[str]:
-  """The tasks an older report.json in `output_dir` covered ([] if none or unreadable)."""
+def _old_tasks(output_dir: str) -> Optional[list]:
+  """The tasks an older report.json in `output_dir` covered; None when there is none or it is
+  not one of decode.py's (unreadable, or no "tasks" mapping): then its set is not ours."""
   try:
-    return list(json.loads(fileio.read_text(fileio.join(output_dir, REPORT_JSON)))["tasks"])
+    tasks = json.loads(fileio.read_text(fileio.join(output_dir, REPORT_JSON)))["tasks"]
   except (FileNotFoundError, ValueError, KeyError, TypeError):
-    return []
+    return None
+  return [str(t) for t in tasks] if isinstance(tasks, dict) else None
+
+
+def _file_in(output_dir: str, name: str) -> str:
+  """The path of file `name` directly in `output_dir`; ValueError when `name` is not a plain
+  file name or (local) the path resolves outside `output_dir` (e.g. through a symlink)."""
+  if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+    raise ValueError(f"Report file name {name!r} does not name a file inside --output "
+                     f"{output_dir!r}")
+  path = fileio.join(output_dir, name)
+  if not fileio.is_remote(output_dir) and (os.path.dirname(os.path.realpath(path))
+                                           != os.path.realpath(output_dir)):
+    raise ValueError(f"{path} resolves to {os.path.realpath(path)}, outside --output "
+                     f"{output_dir!r}: not touching it")
+  return path
+
+
+def _remove_file(path: str) -> None:
+  """Removes a file (a symlink itself, not its target); a folder or a missing path is left."""
+  if fileio.exists(path) and not fileio.isdir(path):
+    fileio.as_path(path).unlink()
 
 
 def clear(output_dir: str, tasks: Sequence[str]) -> None:
-  """Removes an older report set (report.json first: without it no set looks whole), the PNGs
-  of these tasks and of the tasks the older report.json covered, so that a failed or
-  interrupted run leaves no report behind."""
+  """Removes the older report set a report.json of decode.py's in `output_dir` names, so that a
+  failed or interrupted run leaves no report behind: report.json first (without it no set looks
+  whole), then report.md and the PNG of each task it lists. Only those exact file names,
+  directly in `output_dir`; a folder of such a name, and every file when there is no such
+  report.json (a user's own report.md), are left alone. `tasks` (this run's, whose files
+  `write` will write) and the older names are checked first: one that would resolve outside
+  `output_dir` (a task name holding "../") is a ValueError, before anything is removed."""
+  for task in tasks:
+    _file_in(output_dir, f"{task}.png")
   old = _old_tasks(output_dir)
-  for path in report_files(output_dir, list(tasks) + [t for t in old if t not in tasks]):
-    fileio.remove(path)
+  if old is None:
+    return
+  paths = [_file_in(output_dir, name)
+           for name in [REPORT_JSON, REPORT_MD] + [f"{t}.png" for t in old]]
+  for path in paths:
+    _remove_file(path)
 
 
 def write(output_dir: str, report: dict) -> None:
@@ -43,12 +76,17 @@ def write(output_dir: str, report: dict) -> None:
   the set is whole."""
   files = [(f"{task}.png", plot(task, methods)) for task, methods in report["tasks"].items()]
   files += [(REPORT_MD, markdown(report)), (REPORT_JSON, json.dumps(report, indent=2))]
+  paths = [(_file_in(output_dir, name), data) for name, data in files]
+  written = []
   try:
-    for name, data in files:
+    for path, data in paths:
       if data is not None:
-        fileio.write_atomic(fileio.join(output_dir, name), data)
-  except BaseException:  # Interrupted (SIGINT) or failed half-way: leave no partial set.
-    clear(output_dir, list(report["tasks"]))
+        fileio.write_atomic(path, data)
+        written.append(path)
+  except BaseException:  # Interrupted (SIGINT) or failed half-way: leave no partial set,
+    for path in written:  # neither of what it wrote nor of an older set (our own) beside it.
+      _remove_file(path)
+    clear(output_dir, [])
     raise
 
 

@@ -62,7 +62,11 @@ def import_workdir(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
     `check_parent`.
   """
   source = config.init.workdir
-  parent = workdir_lib.load_config(source)
+  try:
+    parent = workdir_lib.load_config(source)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.init.workdir={source!r} (the workdir to fine-tune from): "
+                            f"{e}") from e
   check_parent(config, parent)
   step = int(config.init.get("step", -1))
   dtype = config.model.dtype

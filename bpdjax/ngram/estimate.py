@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
+from bpdjax import workdir_lock
 from bpdjax.data import tasks
 from bpdjax.data import token_files
 from bpdjax.data import vocabulary as vocabulary_lib
@@ -191,11 +192,25 @@ def training_token_documents(workdir: str) -> Iterator[Sequence[int]]:
           for document in tasks.iter_training_documents(config))
 
 
-def estimate_workdir(workdir: str, order: int, output: str,
-                     max_documents: Optional[int] = None, max_tokens: Optional[int] = None,
-                     prune: Optional[Sequence[int]] = None, memory: str = "20%",
-                     corpus_path: Optional[str] = None, lmplz: Optional[str] = None,
-                     build: bool = False, log: Callable[[str], None] = print) -> dict:
+def _inside(path: str, folder: str) -> bool:
+  path, folder = fileio.absolute(path).rstrip("/"), fileio.absolute(folder).rstrip("/")
+  return path.startswith(folder + "/")
+
+
+def estimate_workdir(workdir: str, order: int, output: str, **kwargs) -> dict:
+  """`_estimate_workdir`; an output inside the workdir is written holding the workdir's writer
+  lock (workdir_lock.py: refused while a training run writes there)."""
+  if not _inside(output, workdir):
+    return _estimate_workdir(workdir, order, output, **kwargs)
+  with workdir_lock.hold(workdir, "n-gram estimation"):
+    return _estimate_workdir(workdir, order, output, **kwargs)
+
+
+def _estimate_workdir(workdir: str, order: int, output: str,
+                      max_documents: Optional[int] = None, max_tokens: Optional[int] = None,
+                      prune: Optional[Sequence[int]] = None, memory: str = "20%",
+                      corpus_path: Optional[str] = None, lmplz: Optional[str] = None,
+                      build: bool = False, log: Callable[[str], None] = print) -> dict:
   """Estimates an order-n ARPA over a workdir's training corpus, in its token ids.
 
   Args:

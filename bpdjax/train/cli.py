@@ -21,6 +21,8 @@ from ml_collections import config_flags
 
 from bpdjax import checkpoints
 from bpdjax import configuration
+from bpdjax import fileio
+from bpdjax import workdir_lock
 from bpdjax.train import guard
 from bpdjax.train import loop
 
@@ -51,7 +53,8 @@ def _main(argv):
                jax.process_count(), jax.local_device_count(), jax.device_count())
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (guard.Diverged, checkpoints.DamagedCheckpoint) as e:
+  except (guard.Diverged, checkpoints.DamagedCheckpoint, workdir_lock.WorkdirLocked,
+          fileio.BucketUnreachable) as e:
     logging.error("%s", e)
     sys.exit(f"train.py: {e}")
 

@@ -80,7 +80,8 @@ class DivergenceGuard:
 
 
 def _describe(step) -> str:
-  return "none" if step is None else f"step {step}"
+  return ("none" if step is None else
+          f"step {step} (the last one trusted: --config.resume_step={step} resumes from it)")
 
 
 def _get(config, dotted: str):

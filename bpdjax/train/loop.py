@@ -23,11 +23,14 @@ from bpdjax import model as model_lib
 from bpdjax import params as params_lib
 from bpdjax import partitioning
 from bpdjax import workdir as workdir_lib
+from bpdjax import workdir_lock
 from bpdjax.data import pipeline
 from bpdjax.data import vocab as vocab_lib
 from bpdjax.importers import pretrained as pretrained_lib
 from bpdjax.train import guard
 from bpdjax.train import metrics as metrics_lib
+from bpdjax.train import resume
+from bpdjax.train import spike
 from bpdjax.train import state as state_lib
 from bpdjax.train import steps
 
@@ -93,6 +96,16 @@ def _check_base(workdir, log, step, pretrained, params, heads_only, checksums=No
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        train_iter_fn: Optional[Callable[..., Any]] = None,
                        eval_batches_fn: Optional[Callable[..., Any]] = None) -> dict:
+  """`_train_and_evaluate` holding the workdir's writer lock (workdir_lock.py): a second run on
+  the same workdir is refused at once with `workdir_lock.WorkdirLocked` naming the first."""
+  fileio.makedirs(workdir)  # For a bucket URL: FileNotFoundError unless the bucket exists.
+  with workdir_lock.hold(workdir, "training"):
+    return _train_and_evaluate(config, workdir, train_iter_fn, eval_batches_fn)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        train_iter_fn: Optional[Callable[..., Any]] = None,
+                        eval_batches_fn: Optional[Callable[..., Any]] = None) -> dict:
   """Trains (resuming from the latest checkpoint in `workdir`) and returns the final metrics.
 
   train_iter_fn(config, vocab_path, start_step) and eval_batches_fn(config, vocab_path) default
@@ -104,7 +117,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   heads 2..h alone (see `train_step_heads_only`); the base's sha256 is logged at start and end.
   """
   pretrained = None
-  if configuration.init_source(config):  # config.model becomes the imported model's.
+  if resume.is_finetune_resume(config, workdir):  # Its own checkpoints: no parent needed.
+    config = resume.finetuned_config(config, workdir)
+  elif configuration.init_source(config):  # config.model becomes the imported model's.
     config, pretrained, _ = pretrained_lib.import_for_config(config)
   heads_only = bool(config.get("train_heads_only", False))
   model_config = configuration.validate(config)
@@ -135,13 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, shardings = state_lib.abstract_state(model, tx, config, mesh, rules)
     if manager.latest_step() is not None:
-      state, damaged = checkpoints.restore(manager, abstract)
-      if damaged:
-        moved = checkpoints.quarantine(workdir, manager, damaged)
-        logging.warning("Resuming from step %d, the newest intact checkpoint: damaged step(s) %s "
-                        "moved to %s (%s)", int(state.step), sorted(damaged), moved,
-                        "; ".join(f"step {k}: {v}" for k, v in damaged.items()))
-      logging.info("Resumed from step %d in %s", int(state.step), workdir)
+      state = resume.restore(workdir, manager, abstract, config.get("resume_step", -1))
     elif pretrained is not None:
       state = state_lib.init_state_from_params(pretrained, model, tx, config, shardings)
     else:
@@ -149,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data_sharding = partitioning.batch_sharding(mesh, rules)
     batch_shardings = {k: data_sharding for k in steps.BATCH_KEYS}
     divergence = guard.DivergenceGuard(config.get("max_nonfinite_skips", 0), config.learning_rate)
+    spikes = spike.SpikeGuard.from_config(config, np.asarray(head_weights))
     p_train_step = jax.jit(
         guard.guarded_step(functools.partial(
             steps.train_step_heads_only if heads_only else steps.train_step, model=model,
@@ -159,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           in_shardings=(shardings.params, batch_shardings))
 
     start_step = int(state.step)
+    spikes.seed(spike.logged_history(workdir, start_step))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
     logging.info("Model: %s parameters, h=%d; mesh %s", f"{num_params:,}",
                  model_config.num_heads_bpd, dict(mesh.shape))
@@ -176,7 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     total = config.num_train_steps
     with _StopSignal() as stop:
       for step in range(start_step, total):
-        state, metrics = p_train_step(state, steps.to_global(next(train_iter), data_sharding))
+        batch = steps.to_global(next(train_iter), data_sharding)
+        state, metrics = p_train_step(state, batch)
         pending.append(metrics)
         done = step + 1
         stopping = _stop_agreed(stop.requested)
@@ -188,9 +200,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           try:
             divergence.check(done - len(pending) + 1 + checked, host[checked:],
                              manager.latest_step())
+            spikes.check(done - len(pending) + 1 + checked, host[checked:], manager.latest_step())
             if saving_now:
               divergence.check_params(done, params_lib.nonfinite_leaves(state.params),
                                       manager.latest_step())
+              if spikes.enabled:  # The state to be saved, not only the step that made it.
+                spikes.check_state(done, spike.step_loss(jax.device_get(
+                    p_eval_step(state.params, batch)), head_weights), host[-1],
+                                   manager.latest_step())
           except guard.Diverged as e:
             log.write(e.step, {"diverged": str(e)})
             manager.close()
