@@ -121,3 +121,18 @@ def test_decode_imports_no_tensorflow():
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "HEAVY []" in proc.stdout, proc.stdout
+
+
+def test_a_prompt_too_long_fails_before_the_model_loads(trained_tiny_workdir, tmp_path,
+                                                        monkeypatch):
+  """Every task's prompts are tokenized and checked in the plan stage: a jsonl prompt too long
+  for max_len is refused, naming the task and the prompt, before the model loads or a cost
+  table is measured (auto is listed)."""
+  path = tmp_path / "long.jsonl"
+  path.write_text(json.dumps({"prompt": "ROMEO:"}) + "\n"
+                  + json.dumps({"prompt": "To be, or not to be " * 200}) + "\n")
+  monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+  with pytest.raises(ValueError, match=r"Task 'jsonl': Prompt 1 has \d+ tokens.*max_len"):
+    run_lib.run(_settings(trained_tiny_workdir, tmp_path / "out", path,
+                          methods="ar,bpd,auto"))
+  assert not (tmp_path / "out" / "report.json").exists()
