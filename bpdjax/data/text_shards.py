@@ -2,9 +2,9 @@
 TensorFlow (`data.token_batches` reads them with numpy alone):
 
   python -m bpdjax.data.text_shards --config=configs/gpu_base.py --output=DIR \\
-      [--max_train_tokens=N] [--config.data.vocab_path=...]
+      [--task=wiki] [--max_train_tokens=N] [--config.data.vocab_path=...]
 
-The config's task ("wiki" or "tiny_shakespeare") gives the corpus, the document split
+--task ("wiki" or "tiny_shakespeare"; it replaces the config's data.task) gives the corpus, the document split
 (data.eval_fraction: the text pipeline's own train / validation split of documents) and the
 vocabulary (`vocab.ensure_vocabulary`: data.vocab_path, else one trained on the train split and
 cached under data.vocab_dir), copied to DIR/vocab.model. Each document is encoded as the text
@@ -32,6 +32,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from bpdjax import configuration
+from bpdjax import workdir as workdir_lib
 from bpdjax.data import tasks
 from bpdjax.data import token_files
 from bpdjax.data import vocab as vocab_lib
@@ -75,8 +76,10 @@ def write_text_shards(config: ml_collections.ConfigDict, output: str, max_train_
                      "replace them")
   t0 = time.time()
   os.makedirs(output, exist_ok=True)
-  for old in glob.glob(os.path.join(glob.escape(output), "*.npz")):
-    os.remove(old)
+  for old in glob.glob(os.path.join(glob.escape(output), "*.npz")) + [
+      os.path.join(output, workdir_lib.VOCAB_FILE)]:
+    if os.path.exists(old):
+      os.remove(old)
   vocab_path = vocab_lib.ensure_vocabulary(config, output)  # -> output/vocab.model
   vocab = vocabulary.load_vocabulary(vocab_path)
   splits = {}
@@ -131,6 +134,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  f.config.data.task = f.task
   write_text_shards(f.config, f.output, max_train_tokens=f.max_train_tokens,
                     shard_tokens=f.shard_tokens, overwrite=f.overwrite)
 
@@ -139,6 +143,7 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Run config (task, vocabulary, split).",
                                   lock_config=True)
   flags.DEFINE_string("output", None, "Output folder (shards, vocab.model, manifest.json).")
+  flags.DEFINE_string("task", "wiki", "The local text task to shard (replaces data.task).")
   flags.DEFINE_integer("max_train_tokens", 0, "Stop the train split at N tokens (0: whole).")
   flags.DEFINE_integer("shard_tokens", SHARD_TOKENS, "Tokens per shard file.")
   flags.DEFINE_bool("overwrite", False, "Replace existing shards in --output.")
