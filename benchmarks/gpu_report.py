@@ -61,7 +61,8 @@ def write_prompts(inputs: str) -> None:
     source = os.path.join(_DATA_DIR.value or config.data_dir, "lambada", "lambada_test.jsonl")
     with open(source, encoding="utf-8") as f:
       texts = [json.loads(line)["text"] for line in f if line.strip()][:_NUM_PROMPTS.value]
-    _write_jsonl(lambada, [t.rsplit(" ", 1)[0] for t in texts])  # Context: the text minus its last word.
+    # The context: the passage minus its last word (the LAMBADA target).
+    _write_jsonl(lambada, [t.rsplit(" ", 1)[0] for t in texts])
   print(f"| shards | vocabulary | train tokens | validation tokens | MiB | held-out prompts | "
         f"lambada prompts |\n|---|---|---|---|---|---|---|\n| {shards} | {manifest['vocab_size']} "
         f"(sha256 {manifest['vocab_sha256'][:12]}) | {manifest['splits']['train']['tokens']:,} | "
@@ -83,7 +84,8 @@ def _markdown_rows(path: str) -> list[dict]:
   if not os.path.exists(path):
     return rows
   for line in open(path, encoding="utf-8"):
-    cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+    cells = ([c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|")
+             else None)
     if cells is None:
       header = None
     elif header is None:

@@ -4,10 +4,10 @@ TensorFlow (`data.token_batches` reads them with numpy alone):
   python -m bpdjax.data.text_shards --config=configs/gpu_base.py --output=DIR \\
       [--task=wiki] [--max_train_tokens=N] [--config.data.vocab_path=...]
 
---task ("wiki" or "tiny_shakespeare"; it replaces the config's data.task) gives the corpus, the document split
-(data.eval_fraction: the text pipeline's own train / validation split of documents) and the
-vocabulary (`vocab.ensure_vocabulary`: data.vocab_path, else one trained on the train split and
-cached under data.vocab_dir), copied to DIR/vocab.model. Each document is encoded as the text
+--task ("wiki" or "tiny_shakespeare"; it replaces the config's data.task) gives the corpus,
+the document split (data.eval_fraction: the text pipeline's own train / validation split of
+documents) and the vocabulary (`vocab.ensure_vocabulary`: data.vocab_path, else one trained on
+the train split and cached under data.vocab_dir), copied to DIR/vocab.model. Each document is encoded as the text
 pipeline encodes it (the seqio vocabulary, EOS appended) and stored whole, so a run on the
 shards reads the same pieces as a run on the text. Tokens are stored as uint16 (vocabularies of
 at most 65,536 ids), zip-compressed. With --max_train_tokens the train split stops after the
