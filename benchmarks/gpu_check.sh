@@ -53,9 +53,9 @@ if [ "$MODE" = --smoke ]; then
   DECODE=(--methods=ar,bpd,pbest_0gram,medusa,auto --batch_sizes=1,8 --num_examples=8
           --max_new_tokens=16 --rounds=1 --config.max_prompt_tokens=24
           --config.options.auto.costs=1,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8)
-  FLOOR=(--batch_sizes=1,8 --trees=16,64 --prompt_width=16 --max_new_tokens=16 --repeats=3)
+  FLOOR=(--batch_sizes=1,8 --trees=16 --prompt_width=16 --max_new_tokens=16 --repeats=3)
   PROBE=(--smoke --probe_mib=16)
-  T_PROBE=120 T_SHARDS=300 T_TRAIN=$((TRAIN_SECONDS + 240)) T_DECODE=600 T_COST=300
+  T_PROBE=120 T_SHARDS=300 T_TRAIN=$((TRAIN_SECONDS + 240)) T_DECODE=900 T_COST=900
 fi
 WORKDIR="$OUT/workdir"
 QUIET='^(I|W|E)[0-9]{4} |^normalizer|^WARNING: All log|^E0000|cuInit|oneDNN|cudart_stub|libtpu'
