@@ -70,10 +70,13 @@ stage() {  # stage NAME TIMEOUT COMMAND...: runs it, keeps its log and tables, s
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
-  grep -v -E "$QUIET" "$OUT/$name.log" | tail -n 60
   printf '%s\t%s\t%s\t%s\n' "$name" "$((SECONDS - t0))" "$rc" "$limit" >> "$STAGES"
+  # The stage's tables: the markdown it wrote itself (decode_speed.py), else those of its log.
   [ -f "$OUT/$name.md" ] || grep -E '^\||^Trained model' "$OUT/$name.log" > "$OUT/$name.md"
-  if [ "$rc" != 0 ]; then
+  if [ "$rc" = 0 ]; then
+    cat "$OUT/$name.md"
+  else
+    grep -v -E "$QUIET" "$OUT/$name.log" | tail -n 60
     [ "$rc" = 124 ] && echo "stage $name: timed out after $limit s" >&2
     echo "stage $name failed (exit $rc); its log: $OUT/$name.log" >&2
     report > /dev/null
