@@ -72,7 +72,8 @@ stage() {  # stage NAME TIMEOUT COMMAND...: runs it, keeps its log and tables, s
   local rc=$?
   printf '%s\t%s\t%s\t%s\n' "$name" "$((SECONDS - t0))" "$rc" "$limit" >> "$STAGES"
   # The stage's tables: the markdown it wrote itself (decode_speed.py), else those of its log.
-  [ -f "$OUT/$name.md" ] || grep -E '^\||^Trained model' "$OUT/$name.log" > "$OUT/$name.md"
+  [ -f "$OUT/$name.md" ] || grep -E '^\||^Trained model' "$OUT/$name.log" |
+      sed '/^Trained model/G' > "$OUT/$name.md"
   if [ "$rc" = 0 ]; then
     cat "$OUT/$name.md"
   else

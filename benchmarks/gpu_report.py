@@ -136,7 +136,7 @@ def _targets(floor: dict, decode: dict) -> list[dict]:
   for batch, b in floor["batches"].items():
     for method in ("ar", "bpd"):
       share = b["loop_overhead"][method]["share"]
-      out.append({"target": f"loop overhead < 15% of a {method} iteration, batch {batch}",
+      out.append({"target": f"loop overhead < 15% of an iteration of {method}, batch {batch}",
                   "measured": f"{share:.1%}", "held": share < 0.15})
   h = floor["sizes"].index(floor["h"])  # The full chain: bpd's verify size.
   for stage, rows in decode.items():
