@@ -44,7 +44,7 @@ from bpdjax.decoding import sampling
 from bpdjax.importers import hf
 from bpdjax.importers import llama2c
 
-FORMAT = "bpdjax-token-shards-v1"
+FORMAT = token_files.FORMAT
 
 
 def is_held_out(index: int, eval_fraction: float) -> bool:

@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 16             # Global batch (sequences), split over processes and devices.
   c.num_train_steps = 1000
+  # Wall-clock budget of one run, in seconds (bpdjax/train/budget.py): once spent, the run
+  # checkpoints at the step boundary and exits 0; a later run resumes. Unset: no budget.
+  c.max_train_seconds = ml_collections.config_dict.placeholder(float)
   # Steps the learning-rate schedule spans; <= 0 means num_train_steps. Set it to stop a run
   # early and continue it later on the same schedule.
   c.schedule_steps = -1

@@ -1,18 +1,30 @@
-"""Token-id shards (data.task "token_file"): what `python -m bpdjax.distill` writes and training
-reads. numpy only: `train-*.npz` / `validation-*.npz` (arrays tokens [sum n] int32, lengths
-[sequences] int32) and manifest.json."""
+"""Token-id shards (data.task "token_file"): what `python -m bpdjax.distill` and
+`python -m bpdjax.data.text_shards` write and training reads. numpy only: `train-*.npz` /
+`validation-*.npz` (arrays tokens [sum n] int32 or uint16, lengths [sequences] int32; zip
+compressed or not) and manifest.json (vocab_size, bos_id, eos_id, and the tokenizer the ids are
+of: model_format "hf", "llama2c" or "sentencepiece" and its path, relative to the folder when it
+lies inside it, with its sha256 as vocab_sha256)."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from typing import Sequence
 
 from absl import logging
+import jax
+import ml_collections
 import numpy as np
 
+from bpdjax import fileio
+from bpdjax import workdir as workdir_lib
+from bpdjax.data import tokenizers
+
 TOKEN_MANIFEST = "manifest.json"
+FORMAT = "bpdjax-token-shards-v1"
 PADDING_ID = 0  # seqio's padding id.
+MODEL_FORMATS = ("hf", "llama2c", "sentencepiece")
 
 
 def token_shard_files(token_dir: str, split: str) -> list[str]:
@@ -29,14 +41,89 @@ def read_token_manifest(token_dir: str) -> dict:
     return json.load(f)
 
 
-def write_token_shard(path: str, sequences: Sequence[np.ndarray]) -> None:
-  """Writes sequences (1-D int arrays) as one .npz shard (tokens, lengths), atomically."""
+def write_token_shard(path: str, sequences: Sequence[np.ndarray], dtype=np.int32,
+                      compress: bool = False) -> None:
+  """Writes sequences (1-D int arrays) as one .npz shard (tokens, lengths), atomically; tokens
+  as `dtype` (np.uint16 halves the size for vocabularies of at most 65,536 ids), zip-compressed
+  with `compress`."""
   lengths = np.asarray([len(x) for x in sequences], np.int32)
-  tokens = (np.concatenate([np.asarray(x, np.int32) for x in sequences]) if len(sequences)
-            else np.zeros((0,), np.int32))
+  tokens = (np.concatenate([np.asarray(x, np.int64) for x in sequences]) if len(sequences)
+            else np.zeros((0,), np.int64))
+  info = np.iinfo(dtype)
+  if tokens.size and (tokens.min() < info.min or tokens.max() > info.max):
+    raise ValueError(f"token ids in [{tokens.min()}, {tokens.max()}] do not fit {np.dtype(dtype)}")
   tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, tokens=tokens, lengths=lengths)
+  (np.savez_compressed if compress else np.savez)(tmp, tokens=tokens.astype(dtype),
+                                                   lengths=lengths)
   os.replace(tmp, path)
+
+
+def check_manifest(token_dir: str, vocab_size: int) -> dict:
+  """The manifest of a token folder, checked against the run's model.vocab_size.
+
+  Raises:
+    ValueError: the folder is missing, or its manifest names another vocabulary size.
+  """
+  if not os.path.isdir(token_dir):
+    raise ValueError(f"data.token_dir {token_dir!r} does not exist (write it with "
+                     "`python -m bpdjax.data.text_shards` or `python -m bpdjax.distill`).")
+  manifest = read_token_manifest(token_dir)
+  if manifest.get("vocab_size") not in (None, vocab_size):
+    raise ValueError(f"data.token_dir {token_dir!r} holds ids of a {manifest['vocab_size']}-id "
+                     f"vocabulary (manifest.json) but model.vocab_size={vocab_size}: the shards "
+                     f"are of another vocabulary.")
+  return manifest
+
+
+def file_sha256(path: str) -> str:
+  """sha256 of a file's bytes (hex)."""
+  return hashlib.sha256(fileio.read_bytes(path)).hexdigest()
+
+
+def manifest_tokenizer(token_dir: str) -> tuple[str, str]:
+  """(model_format, path) of the tokenizer a token folder's ids are of; a relative path in the
+  manifest is relative to the folder. ValueError when the manifest names none."""
+  manifest = read_token_manifest(token_dir)
+  model_format, tokenizer = manifest.get("model_format"), manifest.get("tokenizer")
+  if model_format not in MODEL_FORMATS or not tokenizer:
+    raise ValueError(f"data.token_dir {token_dir!r}: its manifest.json names no tokenizer "
+                     f"(model_format one of {MODEL_FORMATS} and 'tokenizer'), so the run would "
+                     "have no vocabulary")
+  return model_format, os.path.join(token_dir, tokenizer)
+
+
+def copy_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """The vocabulary of a from-scratch run on token_file data: the tokenizer its manifest names
+  (the ids are that tokenizer's), copied into the workdir (vocab.model for SentencePiece, as a
+  text run keeps it; a pretrained tokenizer as a pretrained run does); returns its path.
+
+  Raises:
+    ValueError: no tokenizer in the manifest, or a SentencePiece vocabulary whose sha256 is not
+      the manifest's vocab_sha256 (config.data.vocab_path, the workdir's vocab.model of an
+      earlier run, or the file in the folder): the shards are of another vocabulary.
+  """
+  token_dir = config.data.token_dir
+  model_format, tokenizer = manifest_tokenizer(token_dir)
+  if model_format == "sentencepiece":
+    path = workdir_lib.path(workdir, workdir_lib.VOCAB_FILE)
+    want = read_token_manifest(token_dir).get("vocab_sha256")
+    for what, candidate in (("config.data.vocab_path", config.data.get("vocab_path", "")),
+                            (f"workdir {workdir!r}'s vocab.model", path),
+                            (f"{token_dir!r}'s tokenizer", tokenizer)):
+      if candidate and fileio.exists(candidate) and want and file_sha256(candidate) != want:
+        raise ValueError(f"data.token_dir {token_dir!r} holds ids of the vocabulary with sha256 "
+                         f"{want} (manifest.json vocab_sha256), but {what} {candidate!r} is "
+                         f"another vocabulary (sha256 {file_sha256(candidate)}).")
+    if not fileio.exists(path) and jax.process_index() == 0:
+      fileio.makedirs(workdir)
+      fileio.write_atomic(path, fileio.read_bytes(tokenizer))
+    return path
+  path = workdir_lib.path(workdir, workdir_lib.tokenizer_name(model_format))
+  if not fileio.exists(path) and jax.process_index() == 0:
+    fileio.makedirs(workdir)
+    src = os.path.dirname(tokenizer) if model_format == "hf" else tokenizer
+    tokenizers.copy_tokenizer_files(model_format, src, path)
+  return path
 
 
 def read_token_split(token_dir: str, split: str, vocab_size: int) -> list[np.ndarray]:

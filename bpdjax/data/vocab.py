@@ -133,7 +133,7 @@ def ensure_vocabulary(config: ml_collections.ConfigDict, workdir: str) -> str:
       else:
         tokenizers.copy_tokenizer_files("llama2c", config.init.llama2c_tokenizer, path)
   elif config.data.task == "token_file":  # Ids of a pretrained model's tokenizer: keep it.
-    path = _copy_token_file_tokenizer(config, workdir)
+    path = token_files.copy_tokenizer(config, workdir)
     source = "token_file"
   else:
     path = workdir_lib.path(workdir, workdir_lib.VOCAB_FILE)
@@ -178,23 +178,6 @@ def _copy_parent_vocabulary(parent: str, workdir: str) -> str:
       tokenizers.copy_tokenizer_files("hf", parent_vocab, path)
     else:
       fileio.write_atomic(path, fileio.read_bytes(parent_vocab))
-  return path
-
-
-def _copy_token_file_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """A from-scratch run on token_file data keeps the tokenizer its manifest names (the ids are
-  that tokenizer's), copied into the workdir as a pretrained run's is; returns its path."""
-  manifest = token_files.read_token_manifest(config.data.token_dir)
-  model_format, tokenizer = manifest.get("model_format"), manifest.get("tokenizer")
-  if model_format not in ("hf", "llama2c") or not tokenizer:
-    raise ValueError(f"data.token_dir {config.data.token_dir!r}: its manifest.json names no "
-                     "tokenizer (model_format 'hf' or 'llama2c' and 'tokenizer'), so the run "
-                     "would have no vocabulary")
-  path = workdir_lib.path(workdir, workdir_lib.tokenizer_name(model_format))
-  if not fileio.exists(path) and jax.process_index() == 0:
-    fileio.makedirs(workdir)
-    src = os.path.dirname(tokenizer) if model_format == "hf" else tokenizer
-    tokenizers.copy_tokenizer_files(model_format, src, path)
   return path
 
 

@@ -40,7 +40,12 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import pynini
+try:  # pynini (OpenFst) is large; a machine without it decodes every method but the WFST one.
+  import pynini
+except ModuleNotFoundError as e:
+  if e.name != "pynini":
+    raise
+  pynini = None
 
 from bpdjax.ngram import arpa as arpa_lib
 
@@ -80,6 +85,9 @@ class WfstRescorer:
 
   def __init__(self, arpa: Union[str, arpa_lib.ArpaModel], alpha: float,
                vocab_size: Optional[int] = None):
+    if pynini is None:
+      raise ValueError("WFST rescoring needs pynini, which is not installed here (pip install "
+                       "pynini); the on-device n-gram backend needs no pynini.")
     self.alpha = check_alpha(alpha)
     self.model = arpa_lib.as_model(arpa, vocab_size)
     self.vocab_size = self.model.vocab_size

@@ -24,10 +24,10 @@ from bpdjax import params as params_lib
 from bpdjax import partitioning
 from bpdjax import workdir as workdir_lib
 from bpdjax import workdir_lock
-from bpdjax.data import pipeline
-from bpdjax.data import vocab as vocab_lib
 from bpdjax.importers import pretrained as pretrained_lib
+from bpdjax.train import budget as budget_lib
 from bpdjax.train import guard
+from bpdjax.train import inputs
 from bpdjax.train import metrics as metrics_lib
 from bpdjax.train import resume
 from bpdjax.train import spike
@@ -109,13 +109,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from the latest checkpoint in `workdir`) and returns the final metrics.
 
   train_iter_fn(config, vocab_path, start_step) and eval_batches_fn(config, vocab_path) default
-  to the seqio pipeline in `bpdjax.data.pipeline`; they yield process-local batches.
+  to `inputs` (token shards, or the seqio pipeline for text); they yield process-local batches.
 
   With config.init naming a pretrained model, the model config comes from the import (h, head
   type, head width and dtype from config.model), the first start begins from the imported
   weights plus fresh heads, and the workdir keeps the model's tokenizer. train_heads_only trains
   heads 2..h alone (see `train_step_heads_only`); the base's sha256 is logged at start and end.
   """
+  budget = budget_lib.WallClockBudget(config.get("max_train_seconds"))  # Setup counts too.
   pretrained = None
   if resume.is_finetune_resume(config, workdir):  # Its own checkpoints: no parent needed.
     config = resume.finetuned_config(config, workdir)
@@ -137,7 +138,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        f"{bool(saved.get('train_heads_only', False))}; the config has "
                        f"{heads_only} (the optimizer states differ)")
     guard.check_resume(saved, config, workdir)  # Before config.json is written.
-  vocab_path = vocab_lib.ensure_vocabulary(config, workdir)
+  vocab_path = inputs.ensure_vocabulary(config, workdir)
   if jax.process_index() == 0:
     workdir_lib.save_config(workdir, config)
 
@@ -173,9 +174,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
     logging.info("Model: %s parameters, h=%d; mesh %s", f"{num_params:,}",
                  model_config.num_heads_bpd, dict(mesh.shape))
-    train_iter = (train_iter_fn or pipeline.make_train_iterator)(config, vocab_path, start_step)
+    train_iter = (train_iter_fn or inputs.train_iterator_fn(config))(config, vocab_path,
+                                                                    start_step)
     eval_batches = list((eval_batches_fn or functools.partial(
-        pipeline.make_eval_iterator, num_batches=config.num_eval_batches))(config, vocab_path))
+        inputs.eval_batches_fn(config), num_batches=config.num_eval_batches))(config, vocab_path))
 
     log = metrics_lib.MetricsLog(workdir, tensorboard=bool(config.get("tensorboard", True)),
                                  resume_step=start_step)
@@ -191,7 +193,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, metrics = p_train_step(state, batch)
         pending.append(metrics)
         done = step + 1
-        stopping = _stop_agreed(stop.requested)
+        over_budget = budget.spent()
+        stopping = _stop_agreed(stop.requested or over_budget)
         last_step = done == total or stopping
         logging_now = done % config.log_every_steps == 0 or last_step
         saving_now = last_step or manager.should_save(done)
@@ -240,7 +243,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpoints.save(manager, done, state, force=last_step,
                          write_manifest=config.get("checkpoint_manifests", True))
         if stopping:
-          logging.warning("Stopped at step %d after SIGTERM; checkpoint saved.", done)
+          if over_budget:
+            log.write(done, budget.record())
+            logging.warning("Stopped at step %d: config.max_train_seconds spent; checkpoint "
+                            "saved.", done)
+          else:
+            logging.warning("Stopped at step %d after SIGTERM; checkpoint saved.", done)
           break
     manager.wait_until_finished()
     manager.close()

@@ -6,8 +6,13 @@ import math
 import time
 from typing import Any, Optional
 
-from clu import metric_writers
 import jax
+try:  # clu (and the TensorFlow its summary writer needs) may be absent on a JAX-only image.
+  from clu import metric_writers
+except ModuleNotFoundError as e:
+  if (e.name or "").split(".")[0] not in ("clu", "tensorflow"):
+    raise
+  metric_writers = None
 
 from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
@@ -75,7 +80,10 @@ class MetricsLog:
 
   def __init__(self, workdir: str, tensorboard: bool = True, resume_step: Optional[int] = None):
     self.is_main = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(
+    if tensorboard and metric_writers is None:
+      raise ValueError("config.tensorboard=True needs clu and TensorFlow, not installed here: "
+                       "set --config.tensorboard=False (metrics.jsonl is written either way).")
+    self.writer = None if metric_writers is None else metric_writers.create_default_writer(
         workdir, just_logging=not (self.is_main and tensorboard))
     path = workdir_lib.path(workdir, workdir_lib.METRICS_FILE)
     dropped = drop_after(path, resume_step) if self.is_main and resume_step else 0
@@ -90,11 +98,12 @@ class MetricsLog:
         scalars.update({f"{key}/head_{i + 1}": v for i, v in enumerate(value)})
       elif isinstance(value, (int, float)):
         scalars[key] = value
-    if scalars:
+    if scalars and self.writer is not None:
       self.writer.write_scalars(step, scalars)
     if self.jsonl:
       fileio.append_text(self.jsonl, strict_json(dict(step=step, **record)) + "\n")
 
   def close(self):
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
