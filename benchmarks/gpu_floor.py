@@ -10,7 +10,7 @@
 
 --workdir: for the trained model, at each batch size, with the cache the decode uses
   (prompt_width + max_new_tokens + tree):
-  - its cost table (decoding/cost.measure: one loop iteration verifying 1..h chain tokens and
+  - its cost table (decoding/timing.cost_table: one loop iteration verifying 1..h chain tokens and
     the trees, relative to a plain step);
   - the loop-overhead share: an iteration's time minus a bare cached forward of the same tokens
     (the layers over the T fed tokens with the KV cache, head 1 on them and, when T > 1, heads
@@ -24,9 +24,7 @@ Prints markdown tables; --json writes every number.
 import functools
 import json
 import math
-import os
 import statistics
-import sys
 import time
 
 from absl import app
@@ -35,14 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax import api
 from bpdjax import cache as cache_lib
-from bpdjax.decoding import cost
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
 from bpdjax.decoding import model_fns
-from bpdjax.decoding import sparse_tree
-from bpdjax.decoding.drafters import auto
+from bpdjax.decoding import timing
 
 _PROBE = flags.DEFINE_bool("probe", False, "Measure the device and its bandwidth only.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Allow a CPU backend (the check's smoke mode).")
@@ -117,9 +113,13 @@ def floor(probe_result: dict) -> dict:
   loaded = api.load(_WORKDIR.value)
   model, params, config = loaded.model, loaded.params, loaded.model.config
   h = config.num_heads_bpd
-  trees = tuple(int(t) for t in _TREES.value)
-  topology = sparse_tree.chain_then_tree(h, 16, max(trees) if trees else 0)[0]
-  sizes = auto.candidate_sizes(h, trees)
+  # auto's own chain and trees: the candidates whose verify costs the table gives.
+  options = methods.make_options("auto", tree_nodes=",".join(_TREES.value), k=16)
+  drafter, _ = methods.registry.build_drafter("auto", config, None, options)
+  sizes, topology = drafter.candidates, drafter.topology
+  probe_policy = methods.registry.build_policy("auto", options, drafter,
+                                               timing.flat_table(sizes))
+  gen = generator_lib.Generator(model, params, eos_id=None)
   cache_len = _PROMPT.value + _NEW.value + topology.size
   mid = _PROMPT.value + _NEW.value // 2
   leaves = jax.tree_util.tree_leaves_with_path(params)
@@ -138,8 +138,8 @@ def floor(probe_result: dict) -> dict:
            "(T = h) | AR step ms | floor ms | AR tok/s | floor tok/s | AR / floor |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   for batch in map(int, _BATCHES.value):
-    table = cost.measure(model, params, topology, sizes, batch, _PROMPT.value, _NEW.value,
-                         repeats=_REPEATS.value, min_seconds=0.2)
+    table = timing.cost_table(gen, drafter, None, probe_policy, batch, _PROMPT.value,
+                              _NEW.value, repeats=_REPEATS.value, min_seconds=0.2)
     iteration = dict(zip(sizes, table.seconds))
     overhead = {}
     for t in (1, h):

@@ -15,13 +15,10 @@ import json
 import os
 import re
 import runpy
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from bpdjax.data import token_files
 from bpdjax.data import tokenizers
 

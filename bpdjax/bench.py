@@ -35,7 +35,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "lattice_rescoring": Benchmark("benchmarks.lattice_rescoring", "n-gram lattice rescoring speed: OpenFST/pynini vs the exact JAX DP"),
     "profile_iteration": Benchmark("benchmarks.profile_iteration", "where one decode-loop iteration spends its time (JAX profiler trace)"),
     "vs_transformers": Benchmark("benchmarks.vs_transformers", "bpdjax vs Hugging Face transformers on TinyStories-656K (needs requirements-bench.txt)"),
-    "gpu_check": Benchmark("benchmarks/gpu_check.sh", "the accelerator check: cost tables and decode speed on one GPU/TPU, one command"),
+    "gpu_check": Benchmark("benchmarks/gpu_check.sh", "the accelerator check: the paper's setting at ~130M trained, decoded and held against the bandwidth floor on one GPU/TPU (OUT [--prepare | --smoke])"),
     "finetune_pipeline": Benchmark("benchmarks/pipelines/finetune_pipeline.sh", "pipeline: pretrain, fine-tune per task, quality / block sizes / refinement tables"),
     "refinement_pipeline": Benchmark("benchmarks/pipelines/refinement_pipeline.sh", "pipeline: rescorers and n-gram LMs for workdirs/small, then the refinement table"),
     "tinystories_track": Benchmark("benchmarks/pipelines/tinystories_track.sh", "pipeline: TinyStories-656K with h = 9 heads, rescorer, n-gram LMs, refinement table"),
