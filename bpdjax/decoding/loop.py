@@ -177,8 +177,8 @@ def start(fns: protocol.ModelFns, params: Any, prompts: jax.Array, prompt_length
   rng, sub = jax.random.split(rng)
   first = _first_token(last[:, 0], settings.sampling_config, sub)                # [B]
   drafter_state = drafter.start(drafter_params, prompts, prompt_lengths, cache.max_len)
-  heads = (protocol.LastHeads.from_logits(last, ~filler) if settings.record_topk else
-           protocol.LastHeads(fns, params, last_hidden, None, ~filler))
+  heads = protocol.LastHeads(fns, params, last_hidden, last if settings.record_topk else None,
+                             ~filler)
   draft, drafter_state = drafter.propose(drafter_params, drafter_state, heads, first)
   records = None
   if settings.record_topk:
@@ -257,10 +257,8 @@ def _drafting_step(fns, params, state: DecodeState, drafter_params, settings) ->
                                   settings=settings, size=size) for size in sizes]
     verified = jax.lax.switch(settings.drafter.candidate(state.drafter_state), branches, state)
   new, last_hidden, last_logits, next_token = verified
-  if settings.record_topk:
-    heads = protocol.LastHeads.from_logits(last_logits, ~new.done)
-  else:
-    heads = protocol.LastHeads(fns, params, last_hidden, None, ~new.done)
+  heads = protocol.LastHeads(fns, params, last_hidden,
+                             last_logits if settings.record_topk else None, ~new.done)
   draft, drafter_state = settings.drafter.propose(drafter_params, new.drafter_state, heads,
                                                   next_token)
   draft = jnp.where(~state.done[:, None], draft, state.draft)
