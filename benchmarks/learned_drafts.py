@@ -146,7 +146,7 @@ def config_workdir(loaded) -> str:
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--ffn", required=True, help="Workdir[@step] of each head set.")
+  ap.add_argument("--ffn", default="", help="Workdir[@step] of each head set.")
   ap.add_argument("--sequential", default="", help="(rows of a head set left out skip)")
   ap.add_argument("--markov", default="")
   ap.add_argument("--output", default="out/learned_drafts")
@@ -156,8 +156,15 @@ def main() -> None:
   ap.add_argument("--max_new_tokens", type=int, default=128)
   ap.add_argument("--batch_size", type=int, default=4)
   ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
+  ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
+                  "one table of their rows (ar once), head sets named with their step.")
   args = ap.parse_args()
   os.makedirs(args.output, exist_ok=True)
+  if args.merge:
+    merge(args.merge.split(","), args.output)
+    return
+  if not args.ffn:
+    raise SystemExit("--ffn is required (the ar reference and the ffn rows)")
   workdirs = {n: w for n, w in (("ffn", args.ffn), ("sequential", args.sequential),
                                  ("markov", args.markov)) if w}
   loaded, generators = {}, {}
@@ -214,6 +221,22 @@ def main() -> None:
   print(markdown(results, heads, len(prompts), args.max_new_tokens))
 
 
+def merge(folders, output: str) -> None:
+  rows, heads, prompts, max_new = [], {}, 0, 0
+  for folder in folders:
+    with open(os.path.join(folder, "learned_drafts.json")) as f:
+      run = json.load(f)
+    for r in run["rows"]:
+      if r["method"] != "ar" or not rows:
+        rows.append(dict(r, heads=f"{r['heads']}@{run['heads'][r['heads']]['step']}"))
+    heads.update({f"{n}@{h['step']}": h for n, h in run["heads"].items()})
+    prompts, max_new = rows[0]["prompts"], run["args"]["max_new_tokens"]
+  text = markdown(rows, heads, prompts, max_new)
+  with open(os.path.join(output, "learned_drafts.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
 def markdown(rows, heads, num_prompts: int, max_new: int) -> str:
   out = [f"{num_prompts} prompts, {max_new} new tokens; tokens/s not measured (shared machine).",
          "", "| method | heads | nodes/call | BE greedy | BE T=1 | identical to ar | "
@@ -226,7 +249,7 @@ def markdown(rows, heads, num_prompts: int, max_new: int) -> str:
                f"{r['drafting_macs']:,} ({r['drafting_macs'] / r['step_macs']:.2f}) | "
                + " | ".join(cond) + " |")
   out += ["", "| head set | workdir | h | steps | trained parameters (heads 2..h) | "
-          "training time |", "|---|---|---|---|---|---|"]
+          "training time (wall clock where it trained) |", "|---|---|---|---|---|---|"]
   for name, hd in heads.items():
     kind = hd["head_type"] + (f" + markov r={hd['markov_rank']}" if hd["markov_rank"] else "")
     out.append(f"| {name} ({kind}) | {hd['workdir']} | {hd['h']} | {hd['step']} | "
