@@ -28,6 +28,8 @@ def validate_model(m) -> model_lib.TransformerConfig:
          f"model.head_type must be one of {model_lib._HEAD_TYPES}, got {m.head_type!r}")  # pylint: disable=protected-access
   _check(m.mlp_activation in model_lib._ACTIVATIONS,  # pylint: disable=protected-access
          f"model.mlp_activation must be one of {model_lib._ACTIVATIONS}, got {m.mlp_activation!r}")  # pylint: disable=protected-access
+  _check(m.get("markov_rank", 0) >= 0,
+         f"model.markov_rank must be >= 0 (0: no Markov correction), got {m.get('markov_rank')}")
   _check(m.dtype in _DTYPES, f"model.dtype must be one of {_DTYPES}, got {m.dtype!r}")
   for key in ("vocab_size", "num_layers", "emb_dim", "num_heads", "num_kv_heads", "head_dim",
               "mlp_dim", "max_len", "head_hidden_dim"):

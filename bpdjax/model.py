@@ -19,9 +19,10 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bpdjax import heads as heads_lib
 from bpdjax import layers
 
-_HEAD_TYPES = ("ffn", "medusa")
+_HEAD_TYPES = ("ffn", "medusa") + heads_lib.CONDITIONED_HEAD_TYPES
 _ACTIVATIONS = layers.ACTIVATIONS
 
 
@@ -55,6 +56,7 @@ class TransformerConfig:
   tie_embeddings: bool = True
   head_type: str = "ffn"
   head_hidden_dim: int = 1024
+  markov_rank: int = 0        # > 0: heads 2..h get a rank-r bigram correction (heads.py).
   dtype: str = "float32"
 
   @classmethod
@@ -141,8 +143,13 @@ class Transformer(nn.Module):
                               kernel_init=nn.with_logical_partitioning(_dense_init(), ("embed", "vocab")))
     if cfg.head_type == "ffn":
       self.heads = [FfnHead(cfg, name=f"head_{i + 1}") for i in range(cfg.num_heads_bpd)]
+    elif cfg.head_type == "sequential":  # Head 1 reads no drafted token: an FFN head.
+      self.heads = [FfnHead(cfg, name="head_1")] + [
+          heads_lib.SequentialHead(cfg, name=f"head_{i + 1}") for i in range(1, cfg.num_heads_bpd)]
     else:  # Medusa: head 1 is the base LM head; heads 2..h have their own projections.
       self.heads = [MedusaHead(cfg, name=f"head_{i + 1}") for i in range(1, cfg.num_heads_bpd)]
+    self.markov = [heads_lib.MarkovCorrection(cfg, name=f"head_{i + 1}_markov")
+                   for i in range(1, cfg.num_heads_bpd if cfg.markov_rank > 0 else 1)]
 
   def _vocab_logits(self, x):
     if self.config.tie_embeddings:
@@ -182,19 +189,34 @@ class Transformer(nn.Module):
     new_cache = None if cache is None else cache.replace_layers(new_layers)
     return self.final_norm(x), new_cache
 
-  def head_logits(self, x, start: int = 0, stop: Optional[int] = None):
-    """Logits [B, L, stop - start, V] float32 of heads start..stop-1 (0-based) for x [B, L, D]."""
+  def head_logits(self, x, start: int = 0, stop: Optional[int] = None, following=None):
+    """Logits [B, L, stop - start, V] float32 of heads start..stop-1 (0-based) for x [B, L, D].
+
+    following: [B, L, >= stop - 1] int, the tokens after each position, read by heads that
+    condition on the tokens drafted before them (heads.py); None: their own greedy chain."""
     stop = self.config.num_heads_bpd if stop is None else stop
-    logits = []
-    for i in range(start, stop):
+
+    def one_head(i, previous):
       if self.config.head_type == "ffn":
-        logits.append(self._vocab_logits(self.heads[i](x)))
+        logits = self._vocab_logits(self.heads[i](x))
+      elif self.config.head_type == "sequential":
+        logits = self._vocab_logits(
+            self.heads[i](x, self.embedding(previous)) if i else self.heads[0](x))
       elif i == 0:
-        logits.append(self._vocab_logits(x))
+        logits = self._vocab_logits(x)
       else:
-        logits.append(self.heads[i - 1](x))
-    return jnp.stack(logits, axis=2).astype(jnp.float32)
+        logits = self.heads[i - 1](x)
+      if i and self.config.markov_rank > 0:
+        logits = logits.astype(jnp.float32) + self.markov[i - 1](previous[..., -1])
+      return logits
+
+    return heads_lib.chain_logits(one_head, x, start, stop, following,
+                                  heads_lib.reads_tokens(self.config))
 
   def __call__(self, tokens, positions, segment_ids=None, cache=None, block_mask=None):
+    """Training's view: heads that read earlier drafts read the data's next tokens."""
     x, new_cache = self.hidden_states(tokens, positions, segment_ids, cache, block_mask)
-    return self.head_logits(x), new_cache
+    following = None
+    if heads_lib.reads_tokens(self.config):
+      following = heads_lib.following_tokens(tokens, self.config.num_heads_bpd - 1)
+    return self.head_logits(x, following=following), new_cache

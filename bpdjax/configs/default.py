@@ -41,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.norm_eps = 1e-6
   m.tie_embeddings = True       # Output softmax tied to the input embedding (paper).
   m.num_heads_bpd = 9           # h: block heads; head 1 predicts t+1, head i predicts t+i.
-  m.head_type = "ffn"           # "ffn" (paper: FFN + residual, tied softmax) | "medusa".
+  m.head_type = "ffn"           # "ffn" (paper: FFN + residual, tied softmax) | "medusa" | "sequential".
   m.head_hidden_dim = 1024      # Hidden width of each "ffn" head.
+  # "sequential" heads (Hydra: head i also reads the tokens drafted before it) and markov_rank
+  # > 0 (a rank-r bigram correction on heads 2..h, any head type) live in bpdjax/heads.py.
+  m.markov_rank = 0
   m.dtype = "float32"           # Activation dtype: "float32" | "bfloat16".
 
   c.data = ml_collections.ConfigDict()

@@ -20,6 +20,6 @@ class TransformerFns:
     return self.model.apply({"params": params}, tokens, positions, cache=cache,
                             block_mask=block_mask, method=self.model.hidden_states)
 
-  def heads(self, params: Any, hidden, start: int, stop: int):
-    return self.model.apply({"params": params}, hidden, start, stop,
+  def heads(self, params: Any, hidden, start: int, stop: int, following=None):
+    return self.model.apply({"params": params}, hidden, start, stop, following,
                             method=self.model.head_logits)

@@ -45,9 +45,12 @@ class ModelFns(Protocol):
     """tokens, positions [B, L]; block_mask [B, L, L] (None: causal) -> (hidden [B, L, D],
     cache with the L tokens written after each row's committed length, lengths unchanged)."""
 
-  def heads(self, params: Any, hidden: jax.Array, start: int, stop: int) -> jax.Array:
+  def heads(self, params: Any, hidden: jax.Array, start: int, stop: int,
+            following: Optional[jax.Array] = None) -> jax.Array:
     """hidden [B, n, D] -> logits [B, n, stop - start, V] float32 of heads start..stop-1
-    (0-based: 0 is head 1)."""
+    (0-based: 0 is head 1). following [B, n, >= stop - 1] int: the tokens drafted after each
+    position (following[..., j] at t+1+j), read by heads that condition on what was drafted
+    before them (head i reads its first i); None: such heads read their own argmax chain."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,9 @@ class LastHeads:
   hidden: [B, 1, D] the final hidden state there; logits: [B, h, V] when the loop computed every
   head anyway (recording the analyses), else None; active: [B] bool rows still decoding. Built
   by the loop; `from_logits` wraps given logits (tests, timing a drafter alone).
+
+  `given(start, stop, tokens)` gives heads that read the tokens drafted before them (heads.py)
+  those tokens; it needs `hidden`.
   """
   fns: Optional[ModelFns]
   params: Any
@@ -77,6 +83,15 @@ class LastHeads:
     if stop <= start:
       return jnp.zeros((self.hidden.shape[0], 0, 0), jnp.float32)
     return self.fns.heads(self.params, self.hidden, start, stop)[:, 0]
+
+  def given(self, start: int, stop: int, tokens: jax.Array) -> jax.Array:
+    """Heads start..stop-1 at the last kept position, each reading tokens [B, n, m] (n paths
+    drafted after it: tokens[:, c, j] at t+1+j, m >= stop - 1) -> logits [B, n, stop - start, V]."""
+    if self.hidden is None:
+      raise ValueError("LastHeads.given needs the hidden state (LastHeads built by the loop)")
+    hidden = jnp.broadcast_to(self.hidden, (tokens.shape[0], tokens.shape[1],
+                                            self.hidden.shape[-1]))
+    return self.fns.heads(self.params, hidden, start, stop, tokens)
 
 
 class Drafter(Protocol):

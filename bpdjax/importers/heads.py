@@ -3,7 +3,9 @@
 The imported LM head becomes head 1 and is exact: for head_type "ffn" head 1's FFN output layer
 is zero (the FFN is the identity), for "medusa" head 1 is the plain LM head. Further heads are
 fresh: "ffn" heads start as copies of head 1 (zero output layer), "medusa" heads have a zero
-ResBlock and a copy of the LM head as their vocabulary projection (as Medusa initialises them).
+ResBlock and a copy of the LM head as their vocabulary projection (as Medusa initialises them),
+"sequential" heads 2..h (heads.py) a zero output layer, so they too start as copies of head 1;
+a Markov correction (markov_rank > 0) starts at zero.
 All parameters are host numpy float32 arrays, in the tree `Transformer.init` gives.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bpdjax import heads as heads_lib
 from bpdjax import model as model_lib
 from bpdjax import params as params_lib
 from bpdjax import partitioning
@@ -33,9 +36,14 @@ def init_heads(cfg: model_lib.TransformerConfig, base: Params, seed: int = 0) ->
   (FFN heads: zero output layer; Medusa heads: zero ResBlock, vocab projection = LM head)."""
   x = jnp.zeros((1, 1, cfg.emb_dim), cfg.jnp_dtype)
   heads: Params = {}
-  if cfg.head_type == "ffn":
+  if cfg.head_type in ("ffn", "sequential"):
     for i in range(cfg.num_heads_bpd):
-      p = model_lib.FfnHead(cfg).init(jax.random.PRNGKey(seed + i), x)["params"]
+      rng = jax.random.PRNGKey(seed + i)
+      if cfg.head_type == "ffn" or i == 0:
+        p = model_lib.FfnHead(cfg).init(rng, x)["params"]
+      else:
+        previous = jnp.zeros((1, 1, i, cfg.emb_dim), cfg.jnp_dtype)
+        p = heads_lib.SequentialHead(cfg).init(rng, x, previous)["params"]
       heads[f"head_{i + 1}"] = p
   else:
     lm_head = _lm_head_kernel(base, cfg)
@@ -44,6 +52,9 @@ def init_heads(cfg: model_lib.TransformerConfig, base: Params, seed: int = 0) ->
       p = partitioning.strip_boxes(p)
       p["vocab"] = {"kernel": lm_head.copy()}
       heads[f"head_{i + 1}"] = p
+  for i in range(1, cfg.num_heads_bpd if cfg.markov_rank > 0 else 1):
+    heads[f"head_{i + 1}_markov"] = heads_lib.MarkovCorrection(cfg).init(
+        jax.random.PRNGKey(seed + 1000 + i), jnp.zeros((1, 1), jnp.int32))["params"]
   heads = partitioning.strip_boxes(heads)
   return jax.tree.map(lambda a: np.asarray(a, np.float32), heads)
 

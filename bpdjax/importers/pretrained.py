@@ -12,6 +12,7 @@ from bpdjax import configuration
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import tokenizers
 from bpdjax.importers import from_workdir
+from bpdjax.importers import heads as heads_lib
 from bpdjax.importers import hf
 from bpdjax.importers import llama2c
 
@@ -70,6 +71,10 @@ def import_for_config(config: ml_collections.ConfigDict):
                                                     config.init.llama2c_tokenizer, **kwargs)
   else:
     raise ValueError("config.init names no pretrained model (init.hf_model or init.llama2c_bin)")
+  if m.get("markov_rank", 0) != cfg.markov_rank:   # The importers take the head type only.
+    cfg = dataclasses.replace(cfg, markov_rank=m.markov_rank)
+    params = heads_lib.with_fresh_heads(
+        cfg, {k: v for k, v in params.items() if not k.startswith("head_")}, config.seed)
   config = config.copy_and_resolve_references()
   for field in dataclasses.fields(cfg):
     config.model[field.name] = getattr(cfg, field.name)

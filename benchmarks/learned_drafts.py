@@ -1,0 +1,262 @@
+"""Learned draft refinement against the heads and prompt lookup: one table on held-out story
+openings (issue 32).
+
+  python benchmarks/learned_drafts.py --ffn=workdirs/ts_ffn --sequential=workdirs/ts_seq \
+      --markov=workdirs/ts_markov --output=out/learned_drafts     # WORKDIR@STEP: a checkpoint
+
+Three head sets on the same frozen TinyStories-656K (configs/tinystories_heads.py, h = 4):
+ffn heads (the paper's), sequential heads (Hydra) and ffn heads with a Markov correction. The
+prompts are benchmarks/story_openings.jsonl plus the first --num_heldout held-out openings of
+the distillation data (its validation split, never trained on); --tune_offset.. are the
+openings tuning may use, disjoint from these. Every row decodes them greedily (identical to ar
+checked token by token) and at T = 1 (one seed); block efficiency (BE) is tokens per model call.
+Drafting cost is counted, not timed (the machine is shared): multiply-accumulates per drafting
+step of the head calls the drafter makes, beside one plain step's (the layers' weights, head
+1's FFN and its vocabulary projection; attention over the context left out). Conditional
+acceptance: share of verify calls keeping the i-th draft token among those that kept the ones
+before it. Training time comes from the workdir's metrics.jsonl (tokens / tokens_per_second,
+on whatever machine trained it). Writes OUTPUT/learned_drafts.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import heldout_openings  # pylint: disable=g-bad-import-order  (benchmarks/heldout_openings.py)
+from bpdjax import api
+from bpdjax import params as params_lib
+from bpdjax import workdir as workdir_lib
+from bpdjax.data import eval_tasks
+from bpdjax.decoding import generator as generator_lib
+from bpdjax.decoding import methods
+from bpdjax.decoding import sampling
+from bpdjax.decoding.drafters import conditioned
+from bpdjax.decoding.drafters import medusa
+from bpdjax.decoding.drafters import prompt_lookup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (label, head set, method, options): the table's rows, in order.
+ROWS = (
+    ("ar", "ffn", "ar", {}),
+    ("bpd", "ffn", "bpd", {}),
+    ("pbest_0gram (k=16; p=16)", "ffn", "pbest_0gram", {}),
+    ("medusa-64", "ffn", "medusa", dict(tree_size=64)),
+    ("prompt_lookup (10 tokens; n<=2)", "ffn", "prompt_lookup", {}),
+    ("prompt_lookup + medusa-64", "ffn", "prompt_lookup_tree", dict(tree_size=64)),
+    ("sequential chain", "sequential", "sequential", {}),
+    ("sequential tree-64", "sequential", "sequential_tree", dict(tree_size=64)),
+    ("prompt_lookup + sequential tree-64", "sequential", "prompt_lookup_tree",
+     dict(tree_size=64)),
+    ("markov chain", "markov", "markov", {}),
+    ("markov tree-64", "markov", "markov_tree", dict(tree_size=64)),
+)
+
+
+def story_prompts(loaded, workdir: str, num_heldout: int, offset: int, max_prompt: int,
+                  scratch: str) -> list[np.ndarray]:
+  """Token ids of story_openings.jsonl then held-out openings offset..offset+num_heldout-1."""
+  records = [json.loads(line) for line in open(os.path.join(_HERE, "story_openings.jsonl"))]
+  held = heldout_openings.openings(workdir, 24)[offset:offset + num_heldout]
+  if len(held) < num_heldout:
+    raise ValueError(f"Only {len(held)} held-out openings from {offset} in {workdir}")
+  path = os.path.join(scratch, "prompts.jsonl")
+  with open(path, "w") as f:
+    for i, r in enumerate(records + held):
+      f.write(json.dumps({"id": str(i), "prompt": r["prompt"]}) + "\n")
+  examples = eval_tasks.load_prompts("jsonl", loaded.config.data_dir,
+                                     workdir_lib.vocab_path(workdir), None, max_prompt,
+                                     jsonl_path=path)
+  return [e["prompt_tokens"] for e in examples]
+
+
+def conditional_acceptance(generations, positions: int) -> list[float]:
+  """P(call keeps draft token i | it kept tokens 1..i-1), i = 2..positions+1 (token 1 is the
+  model's own)."""
+  kept = np.concatenate([g.records["kept"] for g in generations])
+  kept = kept[kept > 0]
+  return [float(np.sum(kept >= i) / max(np.sum(kept >= i - 1), 1))
+          for i in range(2, positions + 2)]
+
+
+def head_macs(cfg, i: int) -> int:
+  """Multiply-accumulates of head i (1-based) at one position, its vocabulary term included."""
+  d, hidden, v = cfg.emb_dim, cfg.head_hidden_dim, cfg.vocab_size
+  if cfg.head_type == "sequential" and i > 1:
+    body = i * d * hidden + hidden * d
+  elif cfg.head_type == "medusa":
+    body = d * d if i > 1 else 0
+  else:
+    body = 2 * d * hidden
+  markov = cfg.markov_rank * v if (i > 1 and cfg.markov_rank > 0) else 0
+  return body + d * v + markov
+
+
+def step_macs(cfg, params) -> int:
+  """One plain decoding step: every layer weight once, then head 1."""
+  layers = sum(int(np.size(x)) for k, p in params.items() if k.startswith("layer_")
+               for x in jax.tree.leaves(p))
+  return layers + head_macs(cfg, 1)
+
+
+def drafting_macs(drafter, cfg) -> int:
+  """Head MACs one propose spends (prompt lookup: none, only token comparisons)."""
+  if isinstance(drafter, prompt_lookup.MergedDrafter):
+    return drafting_macs(drafter.tree, cfg)
+  if isinstance(drafter, prompt_lookup.PromptLookupDrafter):
+    return 0
+  if isinstance(drafter, conditioned.ConditionedTreeDrafter):
+    topology = drafter.topology
+    depth, parents = np.asarray(topology.depth), np.asarray(topology.parents)
+    return sum(len(np.unique(parents[depth == d])) * head_macs(cfg, d + 1)
+               for d in range(1, topology.max_depth + 1))
+  last = drafter.last_head
+  if isinstance(drafter, medusa.MedusaTreeDrafter):
+    last = drafter.draft_len
+  return sum(head_macs(cfg, i) for i in range(2, last + 1))
+
+
+def trained_heads(loaded) -> tuple[int, float]:
+  """(parameters of the trained heads 2..h and corrections, training seconds to its step)."""
+  count = sum(int(np.size(x)) for k, p in loaded.params.items()
+              if k.startswith("head_") and k != "head_1" for x in jax.tree.leaves(p))
+  config = loaded.config
+  tokens = config.log_every_steps * config.batch_size * config.data.seq_len
+  seconds = 0.0
+  path = os.path.join(config_workdir(loaded), "metrics.jsonl")
+  with open(path) as f:
+    for line in f:
+      entry = json.loads(line)
+      if "tokens_per_second" in entry and entry["step"] <= loaded.step:
+        seconds += tokens / entry["tokens_per_second"]
+  return count, seconds
+
+
+def config_workdir(loaded) -> str:
+  return loaded.config.get("_workdir", "")
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--ffn", default="", help="Workdir[@step] of each head set.")
+  ap.add_argument("--sequential", default="", help="(rows of a head set left out skip)")
+  ap.add_argument("--markov", default="")
+  ap.add_argument("--output", default="out/learned_drafts")
+  ap.add_argument("--num_heldout", type=int, default=24)
+  ap.add_argument("--heldout_offset", type=int, default=0,
+                  help="First held-out opening reported (tuning used 100..131).")
+  ap.add_argument("--max_new_tokens", type=int, default=128)
+  ap.add_argument("--batch_size", type=int, default=4)
+  ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
+  ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
+                  "one table of their rows (ar once), head sets named with their step.")
+  args = ap.parse_args()
+  os.makedirs(args.output, exist_ok=True)
+  if args.merge:
+    merge(args.merge.split(","), args.output)
+    return
+  if not args.ffn:
+    raise SystemExit("--ffn is required (the ar reference and the ffn rows)")
+  workdirs = {n: w for n, w in (("ffn", args.ffn), ("sequential", args.sequential),
+                                 ("markov", args.markov)) if w}
+  loaded, generators = {}, {}
+  for name, spec in workdirs.items():
+    path, _, step = spec.partition("@")
+    workdirs[name] = path
+    loaded[name] = api.load(path, step=int(step) if step else None)
+    loaded[name].config.unlock()
+    loaded[name].config["_workdir"] = path
+    generators[name] = generator_lib.Generator(loaded[name].model, loaded[name].params,
+                                               eos_id=loaded[name].vocab.eos_id)
+  base = {n: params_lib.params_checksum(l.params) for n, l in loaded.items()}
+  if len(set(base.values())) != 1:
+    raise ValueError(f"The head sets sit on different bases: {base}")
+  prompts = story_prompts(loaded["ffn"], workdirs["ffn"], args.num_heldout, args.heldout_offset,
+                          loaded["ffn"].model.config.max_len - args.max_new_tokens, args.output)
+  wanted = set(args.rows.split(",")) if args.rows else None
+  results, reference = [], None
+  for label, head_set, method, options in ROWS:
+    if head_set not in loaded or (wanted is not None and label not in wanted and method != "ar"):
+      continue
+    cfg = loaded[head_set].model.config
+    built = methods.build(method, cfg, **options)
+    gen = generators[head_set]
+    greedy, _ = gen.generate(prompts, built.drafter, built.params, args.max_new_tokens,
+                             args.batch_size, record_topk=1)
+    sampled, _ = gen.generate(prompts, built.drafter, built.params, args.max_new_tokens,
+                              args.batch_size, sampling.SamplingConfig(temperature=1.0),
+                              rng=jax.random.PRNGKey(0))
+    outputs = [list(map(int, g.tokens)) for g in greedy]
+    if reference is None:
+      reference = outputs
+    be = lambda gs: sum(len(g.tokens) for g in gs) / sum(g.calls for g in gs)
+    positions = min(built.drafter.topology.path_len - 1, 3)
+    row = dict(label=label, heads=head_set, method=method, options=options,
+               be_greedy=be(greedy), be_t1=be(sampled),
+               identical=sum(o == r for o, r in zip(outputs, reference)),
+               prompts=len(prompts), nodes=built.drafter.topology.size,
+               drafting_macs=drafting_macs(built.drafter, cfg),
+               step_macs=step_macs(cfg, loaded[head_set].params),
+               conditional=conditional_acceptance(greedy, positions) if positions else [])
+    results.append(row)
+    print(json.dumps(row), flush=True)
+  heads = {}
+  for name, l in loaded.items():
+    count, seconds = trained_heads(l)
+    heads[name] = dict(workdir=workdirs[name], params=count, train_seconds=seconds,
+                       step=l.step, head_type=l.model.config.head_type,
+                       markov_rank=l.model.config.markov_rank, h=l.model.config.num_heads_bpd)
+  with open(os.path.join(args.output, "learned_drafts.json"), "w") as f:
+    json.dump(dict(rows=results, heads=heads, args=vars(args)), f, indent=1)
+  with open(os.path.join(args.output, "learned_drafts.md"), "w") as f:
+    f.write(markdown(results, heads, len(prompts), args.max_new_tokens))
+  print(markdown(results, heads, len(prompts), args.max_new_tokens))
+
+
+def merge(folders, output: str) -> None:
+  rows, heads, prompts, max_new = [], {}, 0, 0
+  for folder in folders:
+    with open(os.path.join(folder, "learned_drafts.json")) as f:
+      run = json.load(f)
+    for r in run["rows"]:
+      if r["method"] != "ar" or not rows:
+        rows.append(dict(r, heads=f"{r['heads']}@{run['heads'][r['heads']]['step']}"))
+    heads.update({f"{n}@{h['step']}": h for n, h in run["heads"].items()})
+    prompts, max_new = rows[0]["prompts"], run["args"]["max_new_tokens"]
+  text = markdown(rows, heads, prompts, max_new)
+  with open(os.path.join(output, "learned_drafts.md"), "w") as f:
+    f.write(text)
+  print(text)
+
+
+def markdown(rows, heads, num_prompts: int, max_new: int) -> str:
+  out = [f"{num_prompts} prompts, {max_new} new tokens; tokens/s not measured (shared machine).",
+         "", "| method | heads | nodes/call | BE greedy | BE T=1 | identical to ar | "
+         "drafting MACs/step (x plain step) | P(tok 2) | P(tok 3 given 2) | P(tok 4 given 3) |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    cond = [f"{c:.3f}" for c in r["conditional"]] + [""] * (3 - len(r["conditional"]))
+    out.append(f"| {r['label']} | {r['heads']} | {r['nodes']} | {r['be_greedy']:.3f} | "
+               f"{r['be_t1']:.3f} | {r['identical']}/{r['prompts']} | "
+               f"{r['drafting_macs']:,} ({r['drafting_macs'] / r['step_macs']:.2f}) | "
+               + " | ".join(cond) + " |")
+  out += ["", "| head set | workdir | h | steps | trained parameters (heads 2..h) | "
+          "training time (wall clock where it trained) |", "|---|---|---|---|---|---|"]
+  for name, hd in heads.items():
+    kind = hd["head_type"] + (f" + markov r={hd['markov_rank']}" if hd["markov_rank"] else "")
+    out.append(f"| {name} ({kind}) | {hd['workdir']} | {hd['h']} | {hd['step']} | "
+               f"{hd['params']:,} | "
+               f"{hd['train_seconds'] / 60:.1f} min |")
+  return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,126 @@
+"""Prompt lookup (the n-gram-from-context drafter): the on-device lookup equals transformers'
+rule, its chain and its merge with the heads' tree decode exactly (greedy equal to plain
+decoding, batch 1 and uneven batches, EOS and the length limit mid-block; sampling exact in
+distribution), and bad settings are errors before anything is compiled."""
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bpdjax.decoding import methods
+from bpdjax.decoding import sampling
+from bpdjax.decoding.drafters import prompt_lookup
+from tests import helpers
+
+MAX_NEW = 24
+
+
+def reference_lookup(seq, max_ngram, min_ngram, num_tokens):
+  """transformers' PLD (candidate_generator.PromptLookupCandidateGenerator): longest n-gram
+  first, earliest match first, a match needs a non-empty continuation."""
+  for g in range(max_ngram, min_ngram - 1, -1):
+    if g > len(seq):
+      continue
+    suffix = seq[-g:]
+    for p in range(len(seq) - g):
+      if seq[p:p + g] == suffix:
+        cont = seq[p + g:p + g + num_tokens]
+        return cont + [0] * (num_tokens - len(cont))
+  return [0] * num_tokens
+
+
+@pytest.mark.parametrize("max_ngram,min_ngram", [(2, 1), (3, 1), (3, 2), (1, 1)])
+def test_lookup_matches_reference(max_ngram, min_ngram):
+  rng = np.random.RandomState(max_ngram * 10 + min_ngram)
+  rows, lengths = [], []
+  for _ in range(64):
+    n = int(rng.randint(1, 30))
+    rows.append(list(rng.randint(1, 5, n)))       # Small alphabet: many matches.
+    lengths.append(n)
+  buffer = np.zeros((64, 40), np.int32)
+  for b, row in enumerate(rows):
+    buffer[b, :len(row)] = row
+  got = prompt_lookup.lookup(jnp.asarray(buffer), jnp.asarray(lengths), max_ngram, min_ngram, 5)
+  want = [reference_lookup(row, max_ngram, min_ngram, 5) for row in rows]
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_history_follows_the_decode():
+  """propose puts the model's token after the committed tokens; commit keeps the accepted path."""
+  drafter = prompt_lookup.PromptLookupDrafter(num_tokens=3, max_ngram=2)
+  state = drafter.start(None, jnp.asarray([[4, 5, 6, 4, 0]]), jnp.asarray([4]), 12)
+  nodes, state = drafter.propose(None, state, None, jnp.asarray([5]))
+  np.testing.assert_array_equal(nodes, [[5, 6, 4, 5]])           # "4 5" matched at 0.
+  state = drafter.commit(None, state, jnp.asarray([[5, 6, 9, 0]]), jnp.asarray([2]))
+  assert int(state.lengths[0]) == 6
+  np.testing.assert_array_equal(state.tokens[0, :6], [4, 5, 6, 4, 5, 6])
+
+
+def _repetitive_model():
+  """A small random model whose greedy output loops (so lookups are accepted)."""
+  return helpers.random_model(vocab_size=16, h=4, seed=5, scale=0.3)
+
+
+DRAFTERS = {
+    "prompt_lookup": dict(num_tokens=5),
+    "prompt_lookup_3gram": dict(num_tokens=3, max_ngram=3),
+    "prompt_lookup_tree": dict(num_tokens=4, k=3, tree_size=10),
+}
+
+
+def _build(name, cfg):
+  method = "prompt_lookup" if name == "prompt_lookup_3gram" else name
+  return methods.build(method, cfg, **DRAFTERS[name]).drafter
+
+
+@pytest.mark.parametrize("name", sorted(DRAFTERS))
+def test_greedy_equals_plain_decoding(name):
+  model, cfg, params = _repetitive_model()
+  drafter = _build(name, cfg)
+  prompts, lengths = helpers.uneven_prompts(vocab=16)
+  naive = [helpers.naive_greedy(model, params, prompts[b, :lengths[b]], MAX_NEW, None)
+           for b in range(len(lengths))]
+  limit = 13
+  at = next(i for i in range(3, limit - 1) if naive[0][i] not in naive[0][:i]
+            and any(naive[0][i] not in row[:limit] for row in naive[1:]))
+  eos = int(naive[0][at])
+  naive_eos = [helpers.naive_greedy(model, params, prompts[b, :lengths[b]], limit, eos)
+               for b in range(len(lengths))]
+  assert len(naive_eos[0]) == at + 1 < limit == max(len(r) for r in naive_eos)
+  one = helpers.decode(model, params, prompts[:1, :lengths[0]], lengths[:1], drafter, MAX_NEW)
+  assert helpers.rows(one) == naive[:1]
+  assert one.calls[0] < one.lengths[0]                  # Lookups were accepted.
+  out = helpers.decode(model, params, prompts, lengths, drafter, limit, eos_id=eos)
+  assert helpers.rows(out) == naive_eos
+
+
+VOCAB = 8
+PROMPT = [1, 5, 2, 1, 5]
+CONFIGS = (sampling.SamplingConfig(temperature=1.0),
+           sampling.SamplingConfig(temperature=0.7, top_p=0.9))
+
+
+@pytest.mark.parametrize("name", ["prompt_lookup", "prompt_lookup_tree"])
+def test_sampling_exact_in_distribution(name):
+  model, cfg, params = helpers.random_model(vocab_size=VOCAB, h=3, seed=3, scale=0.1)
+  values = dict(num_tokens=3)
+  if name == "prompt_lookup_tree":
+    values.update(k=3, tree_size=8)
+  drafter = methods.build(name, cfg, **values).drafter
+  for config in CONFIGS:
+    helpers.assert_exact_in_distribution(model, params, PROMPT, VOCAB, drafter, config, 3)
+
+
+@pytest.mark.parametrize("method,values,model_fields,match", [
+    ("prompt_lookup", dict(num_tokens=0), {}, "num_tokens must be >= 1"),
+    ("prompt_lookup", dict(max_ngram=1, min_ngram=2), {}, "min_ngram <= max_ngram"),
+    ("prompt_lookup", dict(min_ngram=0), {}, "min_ngram <= max_ngram"),
+    ("prompt_lookup_tree", dict(k=2, tree_size=16), {}, "tree_size=16 is too large"),
+    ("prompt_lookup_tree", {}, dict(num_heads_bpd=1), "merges heads 2..h"),
+])
+def test_bad_settings(method, values, model_fields, match):
+  _, cfg, _ = helpers.random_model(h=4)
+  cfg = dataclasses.replace(cfg, **model_fields)
+  with pytest.raises(ValueError, match=match):
+    methods.build(method, cfg, **values)
