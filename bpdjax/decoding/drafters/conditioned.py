@@ -26,11 +26,11 @@ from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import sparse_tree
 from bpdjax.decoding import tree as tree_lib
-from bpdjax.decoding.drafters import heads
+from bpdjax.decoding.drafters import base
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionedChainDrafter(protocol.SingleCandidate):
+class ConditionedChainDrafter(base.Stateless):
   """Head i's argmax given the chain drafted before it, i = 2..draft_len."""
   draft_len: int
 
@@ -57,7 +57,7 @@ class ConditionedChainDrafter(protocol.SingleCandidate):
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionedTreeDrafter(protocol.SingleCandidate):
+class ConditionedTreeDrafter(base.Stateless):
   """A sparse tree over heads 2..h where each node's children are the top-k of the next head
   given that node's root path. num_heads: h; k: candidates per head; tree_size: nodes per call,
   root included; accuracy: optional [h-1][k] accuracies shaping the tree (nested tuples;
@@ -127,7 +127,7 @@ def check_heads(method: str, kind: str, model: Optional[model_lib.TransformerCon
 
 
 def check_tree(k: int, tree_size: int, model: Optional[model_lib.TransformerConfig]) -> None:
-  heads.check_k(k, model)
+  base.check_k(k, model)
   if tree_size < 1:
     raise ValueError(f"tree_size must be >= 1, got {tree_size}")
   if model is not None:
@@ -146,7 +146,7 @@ def _chain_options(kind: str):
 
     def validate(self, model=None) -> None:
       check_heads(kind, kind, model)
-      heads.check_draft_len(self.draft_len, model)
+      base.check_draft_len(self.draft_len, model)
 
   ChainOptions.__name__ = ChainOptions.__qualname__ = f"{kind.capitalize()}ChainOptions"
   return ChainOptions
@@ -178,7 +178,7 @@ for _kind, _chain, _tree in (("sequential", SequentialChainOptions, SequentialTr
   registry.register(registry.Method(
       name=_kind, summary=f"the argmax chain of {_what}, each head reading the tokens drafted "
       "before it (draft_len)", options=_chain,
-      build=lambda o, m, r: (ConditionedChainDrafter(heads.check_draft_len(o.draft_len, m)),
+      build=lambda o, m, r: (ConditionedChainDrafter(base.check_draft_len(o.draft_len, m)),
                              None)))
   registry.register(registry.Method(
       name=f"{_kind}_tree", summary=f"a sparse tree of {_what}, each node's children from the "

@@ -25,6 +25,7 @@ from bpdjax import heads as heads_lib
 from bpdjax.decoding import protocol
 from bpdjax.decoding import registry
 from bpdjax.decoding import tree as tree_lib
+from bpdjax.decoding.drafters import base
 from bpdjax.decoding.drafters import conditioned
 from bpdjax.decoding.drafters import medusa
 
@@ -68,7 +69,7 @@ def lookup(tokens: jax.Array, n: jax.Array, max_ngram: int, min_ngram: int,
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptLookupDrafter(protocol.SingleCandidate):
+class PromptLookupDrafter(base.Stateless):
   """The chain: the model's next token, then `num_tokens` tokens looked up in the context."""
   num_tokens: int
   max_ngram: int = 2
@@ -109,7 +110,7 @@ class PromptLookupDrafter(protocol.SingleCandidate):
 
 
 @dataclasses.dataclass(frozen=True)
-class MergedDrafter(protocol.SingleCandidate):
+class MergedDrafter(base.Stateless):
   """The prompt-lookup chain (nodes 0..num_tokens) and a heads tree's other nodes (after it)
   under one root; primary: the prompt-lookup chain."""
   lookup: PromptLookupDrafter
