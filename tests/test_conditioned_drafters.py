@@ -18,7 +18,7 @@ from bpdjax.decoding import methods
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
 from tests import helpers
-from configs import tiny
+from bpdjax.configs import tiny
 
 MAX_NEW = 20
 

@@ -14,7 +14,7 @@ import pytest
 from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax import partitioning
-from configs import gpu_base
+from bpdjax.configs import gpu_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("probe", "shards", "train", "decode_heldout", "decode_lambada", "cost")

@@ -15,7 +15,7 @@ from bpdjax.data import text_shards
 from bpdjax.data import token_batches
 from bpdjax.data import token_files
 from bpdjax.train import inputs
-from configs import tiny
+from bpdjax.configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

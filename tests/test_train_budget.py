@@ -9,7 +9,7 @@ import pytest
 from bpdjax import checkpoints
 from bpdjax.train import budget as budget_lib
 from bpdjax.train import loop as train_loop
-from configs import tiny
+from bpdjax.configs import tiny
 
 BUDGET = 5.5  # Seconds of the fake clock below: one second per step, setup included.
 
