@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-_SCRIPT = textwrap.dedent("""
+_SCRIPT = textwrap.dedent(r"""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     import flax.linen as nn

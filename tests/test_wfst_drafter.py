@@ -164,8 +164,8 @@ def test_generator_backends_and_bad_inputs(lms, model, prompts):
   with pytest.raises(ValueError, match="needs an n-gram LM"):
     methods.build("ngram", cfg, resources.Resources())
   wfst_lm = res.ngram_lm.wfst(0.5)
-  with pytest.raises(ValueError, match="p=28 exceeds"):
-    ngram.WfstPBestDrafter(H, k=3, p=28, rescorer=wfst_lm)
+  with pytest.raises(ValueError, match="p=28 exceeds"):   # Checks live in the options.
+    methods.build("pbest_ngram", cfg, res, k=3, p=28, backend="wfst")
   with pytest.raises(TypeError, match="WfstRescorer, got NgramTables"):
     ngram.WfstPBestDrafter(H, k=3, p=2, rescorer=res.ngram_lm.tables())
   too_long = ngram.WfstPBestDrafter(H + 1, k=3, p=2, rescorer=wfst_lm)
