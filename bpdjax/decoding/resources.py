@@ -140,6 +140,12 @@ class Resources:
   def get(self, name: str) -> Any:
     return self._given.get(name)
 
+  def __getattr__(self, name: str) -> Any:
+    """`resources.rescorer`, `resources.ngram_lm`, ...: the resource of that kind, or None."""
+    if name in _KINDS:
+      return self.__dict__.get("_given", {}).get(name)
+    raise AttributeError(f"No resource kind {name!r}; known: {sorted(_KINDS)}")
+
   def need(self, name: str, method: str) -> Any:
     value = self._given.get(name)
     if value is None:
