@@ -37,7 +37,7 @@ mkdir -p "$OUT"
 STAGES="$OUT/stages.tsv"
 : > "$STAGES"
 
-export CONFIG=configs/gpu_base.py TASK=wiki PROMPT_TOKENS=64
+export CONFIG=bpdjax/configs/gpu_base.py TASK=wiki PROMPT_TOKENS=64
 DECODE=(--methods=ar,bpd,pbest_0gram,medusa,auto --batch_sizes=1,8 --num_examples=8
         --max_new_tokens=128 --rounds=2 --config.max_prompt_tokens=256)
 FLOOR=(--batch_sizes=1,8 --trees=16,64 --prompt_width=64 --max_new_tokens=128)
@@ -46,7 +46,7 @@ T_PROBE=120 T_SHARDS=900 T_TRAIN=$((TRAIN_SECONDS + 120)) T_DECODE=240 T_COST=24
 SMOKE=false
 if [ "$MODE" = --smoke ]; then
   SMOKE=true
-  export CONFIG=configs/gpu_base.py:smoke TASK=tiny_shakespeare PROMPT_TOKENS=16
+  export CONFIG=bpdjax/configs/gpu_base.py:smoke TASK=tiny_shakespeare PROMPT_TOKENS=16
   export INPUTS="$OUT/smoke_inputs"
   TRAIN_SECONDS=${SMOKE_TRAIN_SECONDS:-20}
   # auto gets fixed relative costs here (measuring its table per batch size compiles a program

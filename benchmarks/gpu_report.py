@@ -1,6 +1,6 @@
 """The accelerator check's inputs and report (benchmarks/gpu_check.sh); no JAX.
 
-  python benchmarks/gpu_report.py --prompts=INPUTS --config=configs/gpu_base.py[:smoke]
+  python benchmarks/gpu_report.py --prompts=INPUTS --config=bpdjax/configs/gpu_base.py[:smoke]
   python benchmarks/gpu_report.py --report=OUT [--smoke]
 
 --prompts: checks INPUTS/shards against the run's config (the vocabulary size and the
@@ -23,7 +23,7 @@ from bpdjax.data import token_files
 from bpdjax.data import tokenizers
 
 _PROMPTS = flags.DEFINE_string("prompts", "", "Inputs folder: check shards, write prompts.")
-_CONFIG = flags.DEFINE_string("config", "configs/gpu_base.py", "The run config (path[:variant]).")
+_CONFIG = flags.DEFINE_string("config", "bpdjax/configs/gpu_base.py", "The run config (path[:variant]).")
 _PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 64, "Tokens of each held-out prompt.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 64, "Prompts per task.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "Where lambada/ is ('' = the config's).")

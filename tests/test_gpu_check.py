@@ -21,7 +21,9 @@ STAGES = ("probe", "shards", "train", "decode_heldout", "decode_lambada", "cost"
 
 
 def _env(**extra):
-  return dict(os.environ, PY=sys.executable, JAX_PLATFORMS="cpu", **extra)
+  """The check's environment; benchmarks/ scripts import the checkout's bpdjax from the root."""
+  path = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+  return dict(os.environ, PY=sys.executable, JAX_PLATFORMS="cpu", PYTHONPATH=path, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_smoke_runs_every_stage_and_prints_its_table(smoke):
 def test_shards_of_another_vocabulary_are_refused(smoke):
   out, _ = smoke
   proc = subprocess.run([sys.executable, "benchmarks/gpu_report.py",
-                         f"--prompts={out}/smoke_inputs", "--config=configs/gpu_base.py"],
+                         f"--prompts={out}/smoke_inputs", "--config=bpdjax/configs/gpu_base.py"],
                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "512-id vocabulary (manifest.json) but model.vocab_size=4096" in proc.stderr

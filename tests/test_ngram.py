@@ -231,5 +231,5 @@ def test_ngram_drafters_in_the_decode_loop_are_exact(lms, order):
     if alpha == 0.0:
       zero = run(heads.PBestDrafter(4, k=3, p=5))
       np.testing.assert_array_equal(out.records.drafts, zero.records.drafts)
-  with pytest.raises(ValueError, match="alpha"):
-    ngram.NgramPBestDrafter(4, k=3, p=1, alpha=-0.1, order=order)
+  with pytest.raises(ValueError, match="alpha"):   # Checks live in the options.
+    ngram.NgramOptions(alpha=-0.1).validate()

@@ -97,7 +97,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        train_iter_fn: Optional[Callable[..., Any]] = None,
                        eval_batches_fn: Optional[Callable[..., Any]] = None) -> dict:
   """`_train_and_evaluate` holding the workdir's writer lock (workdir_lock.py): a second run on
-  the same workdir is refused at once with `workdir_lock.WorkdirLocked` naming the first."""
+  the same workdir is refused at once with `workdir_lock.WorkdirLocked` naming the first. A bad
+  budget is refused before the workdir is touched."""
+  budget_lib.check(config.get("max_train_seconds"))
   fileio.makedirs(workdir)  # For a bucket URL: FileNotFoundError unless the bucket exists.
   with workdir_lock.hold(workdir, "training"):
     return _train_and_evaluate(config, workdir, train_iter_fn, eval_batches_fn)
