@@ -91,6 +91,14 @@ def build_sparse_tree(accuracy, size: int) -> SparseTree:
 cached_tree = functools.lru_cache(maxsize=64)(build_sparse_tree)    # (tuples, int) keys.
 
 
+def tree_for(num_heads: int, k: int, size: int, accuracy=None) -> SparseTree:
+  """The sparse tree of `size` nodes over heads 2..num_heads of top-k: shaped by `accuracy`
+  ([h-1][k] nested tuples) or by default_accuracy; built once per setting."""
+  if accuracy is None:
+    accuracy = tuple(map(tuple, default_accuracy(num_heads, k).tolist()))
+  return cached_tree(accuracy, size)
+
+
 def default_accuracy(num_heads: int, k: int) -> np.ndarray:
   """The prior used when no calibration is given: [h-1, k] with
     accuracy[d-1][r] = 0.6 * 0.8^(d-1) / (r + 1)     (head d+1, rank r).

@@ -42,19 +42,12 @@ class ConditionedChainDrafter(base.Stateless):
   def last_head(self) -> int:
     return self.draft_len
 
-  def start(self, params, prompts, prompt_lengths, cache_len):
-    return ()
-
   def propose(self, params, state, heads, next_token):
     chain = next_token[:, None].astype(jnp.int32)                                # [B, 1]
     for i in range(1, self.draft_len):
       logits = heads.given(i, i + 1, chain[:, None, :])[:, 0, 0]                 # [B, V]
       chain = jnp.concatenate([chain, jnp.argmax(logits, -1)[:, None].astype(jnp.int32)], 1)
     return chain, state
-
-  def commit(self, params, state, tokens, num_kept):
-    return state
-
 
 @dataclasses.dataclass(frozen=True)
 class ConditionedTreeDrafter(base.Stateless):
@@ -72,21 +65,11 @@ class ConditionedTreeDrafter(base.Stateless):
 
   @property
   def sparse(self) -> sparse_tree.SparseTree:
-    acc = self.accuracy
-    if acc is None:
-      acc = tuple(map(tuple, sparse_tree.default_accuracy(self.num_heads, self.k).tolist()))
-    return sparse_tree.cached_tree(acc, self.tree_size)
+    return sparse_tree.tree_for(self.num_heads, self.k, self.tree_size, self.accuracy)
 
   @property
   def topology(self) -> tree_lib.Tree:
     return self.sparse.tree
-
-  @property
-  def last_head(self) -> int:
-    return self.topology.path_len
-
-  def start(self, params, prompts, prompt_lengths, cache_len):
-    return ()
 
   def propose(self, params, state, heads, next_token):
     topology = self.topology
@@ -105,10 +88,6 @@ class ConditionedTreeDrafter(base.Stateless):
       picked = ids[:, np.searchsorted(sources, parents[children]), ranks[children]]
       nodes = nodes.at[:, children].set(picked.astype(jnp.int32))
     return nodes, state
-
-  def commit(self, params, state, tokens, num_kept):
-    return state
-
 
 # ----------------------------------------------------------------------------- options
 def check_heads(method: str, kind: str, model: Optional[model_lib.TransformerConfig]) -> None:

@@ -61,10 +61,7 @@ class MedusaTreeDrafter(base.Stateless):
 
   @property
   def sparse(self) -> sparse_tree.SparseTree:
-    acc = self.accuracy
-    if acc is None:
-      acc = tuple(map(tuple, sparse_tree.default_accuracy(self.num_heads, self.k).tolist()))
-    return sparse_tree.cached_tree(acc, self.tree_size)
+    return sparse_tree.tree_for(self.num_heads, self.k, self.tree_size, self.accuracy)
 
   @property
   def topology(self) -> tree_lib.Tree:
