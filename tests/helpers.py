@@ -100,6 +100,22 @@ def decode(model, params, prompts, lengths, drafter, max_new, eos_id=None,
   return out
 
 
+def eos_inside_blocks(model, params, prompts, lengths, max_new, limit):
+  """Plain greedy references for an exactness test whose EOS and length limit fall inside
+  blocks: (naive [rows of max_new tokens], eos: a token row 0 makes first at a position
+  3..limit-2 that another row lacks within the limit, naive_eos [rows decoded with that EOS
+  and `limit` tokens]); row 0 then ends at the EOS and the others at the limit."""
+  naive = [naive_greedy(model, params, prompts[b, :lengths[b]], max_new, None)
+           for b in range(len(lengths))]
+  at = next(i for i in range(3, limit - 1) if naive[0][i] not in naive[0][:i]
+            and any(naive[0][i] not in row[:limit] for row in naive[1:]))
+  eos = int(naive[0][at])
+  naive_eos = [naive_greedy(model, params, prompts[b, :lengths[b]], limit, eos)
+               for b in range(len(lengths))]
+  assert len(naive_eos[0]) == at + 1 < limit == max(len(r) for r in naive_eos)
+  return naive, eos, naive_eos
+
+
 def rows(result):
   return [list(result.tokens[b, :result.lengths[b]]) for b in range(result.tokens.shape[0])]
 

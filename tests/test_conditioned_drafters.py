@@ -99,15 +99,9 @@ def test_greedy_equals_plain_decoding(kind_model):
   of the blocks) the others, inside blocks."""
   kind, (model, cfg, params) = kind_model
   prompts, lengths = helpers.uneven_prompts()
-  naive = [helpers.naive_greedy(model, params, prompts[b, :lengths[b]], MAX_NEW, None)
-           for b in range(len(lengths))]
   limit = 11
-  at = next(i for i in range(3, limit - 1) if naive[0][i] not in naive[0][:i]
-            and any(naive[0][i] not in row[:limit] for row in naive[1:]))
-  eos = int(naive[0][at])
-  naive_eos = [helpers.naive_greedy(model, params, prompts[b, :lengths[b]], limit, eos)
-               for b in range(len(lengths))]
-  assert len(naive_eos[0]) == at + 1 < limit == max(len(r) for r in naive_eos)
+  naive, eos, naive_eos = helpers.eos_inside_blocks(model, params, prompts, lengths, MAX_NEW,
+                                                    limit)
   for name, drafter in _drafters(kind, cfg).items():
     one = helpers.decode(model, params, prompts[:1, :lengths[0]], lengths[:1], drafter, MAX_NEW)
     assert helpers.rows(one) == naive[:1], name
