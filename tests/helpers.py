@@ -25,11 +25,12 @@ NGRAM_CORPUS_V = 12
 LMPLZ_MEMORY = "64M"
 
 
-def random_model(vocab_size=64, h=4, seed=0, scale=0.3, head_type="ffn"):
+def random_model(vocab_size=64, h=4, seed=0, scale=0.3, head_type="ffn", markov_rank=0):
   """(model, config, params) of a small random Transformer whose heads disagree."""
   cfg = model_lib.TransformerConfig(
       vocab_size=vocab_size, num_layers=2, emb_dim=32, num_heads=4, num_kv_heads=2, head_dim=8,
-      mlp_dim=64, max_len=128, num_heads_bpd=h, head_hidden_dim=32, head_type=head_type)
+      mlp_dim=64, max_len=128, num_heads_bpd=h, head_hidden_dim=32, head_type=head_type,
+      markov_rank=markov_rank)
   model = model_lib.Transformer(cfg)
   tok = jnp.zeros((1, 4), jnp.int32)
   params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), tok, tok)["params"])

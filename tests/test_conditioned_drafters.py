@@ -5,7 +5,6 @@ distribution, a broken rule caught), every existing method decodes exactly with 
 settings are errors before anything is compiled."""
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 
 from bpdjax import configuration
 from bpdjax import heads as heads_lib
-from bpdjax import model as model_lib
 from bpdjax.decoding import methods
 from bpdjax.decoding import sampling
 from bpdjax.decoding import verify
@@ -26,19 +24,11 @@ MAX_NEW = 20
 def conditioned_model(head_type="sequential", markov_rank=0, vocab_size=64, h=4, seed=0,
                       scale=0.3):
   """(model, config, params): a small random Transformer whose heads read earlier drafts."""
-  base, cfg, _ = helpers.random_model(vocab_size=vocab_size, h=h, seed=seed, scale=scale)
-  cfg = dataclasses.replace(cfg, head_type=head_type, markov_rank=markov_rank)
-  model = model_lib.Transformer(cfg)
-  tok = jnp.zeros((1, 4), jnp.int32)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), tok, tok)["params"])
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  params = jax.tree.unflatten(
-      tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  model, cfg, params = helpers.random_model(vocab_size=vocab_size, h=h, seed=seed, scale=scale,
+                                            head_type=head_type, markov_rank=markov_rank)
   for name in params:   # A correction as small as trained ones are, so drafts get accepted.
     if name.endswith("_markov"):
       params[name] = dict(params[name], vocab_factors=0.1 * params[name]["vocab_factors"])
-  del base
   return model, cfg, params
 
 
