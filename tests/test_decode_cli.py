@@ -68,8 +68,8 @@ def tiny_resources(trained_tiny_workdir, lmplz, tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_method_through_decode_py(trained_tiny_workdir, tiny_resources, tmp_path):
-  """All registered methods in one decode.py run: full report, output identical to ar, one
-  timed and one recording program per (task, method) (the tasks' prompts pad to one width)."""
+  """Every method the model supports in one decode.py run: full report, output identical to
+  ar, at most two programs per (task, method) (the tasks' prompts pad to one width)."""
   rescorer, arpa = tiny_resources
   out = tmp_path / "report"
   usable = _usable(trained_tiny_workdir)
