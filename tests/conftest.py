@@ -1,6 +1,7 @@
 """Shared pytest fixtures; and the package under test: an installed bpdjax (not editable, as
 .ci/run installs it) rather than the checkout that `python -m pytest` puts on sys.path."""
 import filecmp
+import gc
 import importlib
 import importlib.metadata
 import json
@@ -60,6 +61,17 @@ from tests import helpers
 # chain). GPUs default to TF32 matmuls, which moved those logits by up to 4e-4 on an H200; ask
 # for full float32 (no effect on CPU).
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops every compiled program after each test module. XLA's CPU backend maps memory for
+  each executable it loads; the whole suite in one process grew past Linux's default limit of
+  65530 mappings (vm.max_map_count) and LLVM then segfaulted inside a compile. A module's
+  tests still share their programs."""
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 
 @pytest.fixture(scope="session")
