@@ -4,7 +4,7 @@
 # Shipped inside the package, so an installed bpdjax can build its own: find_lmplz(build=True)
 # runs it with the prefix it looks in (a checkout's .kenlm, else ~/.cache/bpdjax/kenlm);
 # tools/build_kenlm.sh runs it for a checkout.
-# Idempotent: exits at once when both binaries already exist. Installs the Debian build
+# Idempotent: exits at once when both binaries already exist; concurrent runs take turns. Installs the Debian build
 # dependencies (Boost, zlib, bz2, lzma, cmake) with apt-get when they are missing and we are root.
 # Usage: build_kenlm.sh PREFIX
 # Environment: KENLM_JOBS (default 2) parallel compile jobs; PYTHON (default python3) runs
@@ -15,6 +15,11 @@ PREFIX="${1:?usage: build_kenlm.sh PREFIX}"
 JOBS="${KENLM_JOBS:-2}"
 PYTHON="${PYTHON:-$(command -v python3)}"
 
+# One build per prefix at a time (parallel test workers, two users): the second waits for the
+# first, then finds its binaries.
+mkdir -p "${PREFIX}"
+exec 9>"${PREFIX}/.build.lock"
+flock 9
 if [[ -x "${PREFIX}/bin/lmplz" && -x "${PREFIX}/bin/build_binary" ]]; then
   echo "kenlm: already built in ${PREFIX}/bin"
   exit 0
