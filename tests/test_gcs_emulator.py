@@ -9,9 +9,7 @@ How each layer is pointed at the emulator (all documented settings, no code patc
   tensorstore (orbax's array writes)  TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING
   tf.io.gfile (clu's TensorBoard writer)  none: TensorFlow's GCS filesystem has its endpoint
       compiled in (gcs_file_system.cc, kGcsUriBase), so these runs set config.tensorboard=False.
-One gap of the emulator is filled here (`_add_generation_header`): its media downloads lack
-the x-goog-generation header that real Cloud Storage sends and tensorstore reads (without it
-orbax's OCDBT manifest read fails with "Malformed StorageGeneration").
+The emulator runs in its own process (tests/gcs_emulator.py, which also fills one gap of it).
 """
 import json
 import os
@@ -29,8 +27,7 @@ from bpdjax import fileio
 from bpdjax import workdir as workdir_lib
 from tests import helpers
 
-emulator_server = pytest.importorskip("gcp_storage_emulator.server")
-from gcp_storage_emulator.handlers import objects as emulator_objects  # pylint: disable=g-import-not-at-top,wrong-import-position
+pytest.importorskip("gcp_storage_emulator.server")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "bpdjax-test"
@@ -46,28 +43,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _add_generation_header():
-  """Makes the emulator's object downloads carry x-goog-generation / x-goog-metageneration, as
-  Cloud Storage's do (https://cloud.google.com/storage/docs/xml-api/reference-headers)."""
-  download = emulator_objects.download
-  if getattr(download, "adds_generation", False):
-    return
-
-  def download_with_generation(request, response, storage, *args, **kwargs):
-    download(request, response, storage, *args, **kwargs)
-    if response.status.value in (200, 206):
-      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-      response["x-goog-generation"] = str(obj["generation"])
-      response["x-goog-metageneration"] = str(obj["metageneration"])
-
-  download_with_generation.adds_generation = True
-  emulator_objects.download = download_with_generation  # objects.get(alt=media) calls it.
-  for _, handlers in emulator_server.HANDLERS:  # The routes hold the function itself.
-    for method, handler in list(handlers.items()):
-      if handler is download:
-        handlers[method] = download_with_generation
-
-
 @pytest.fixture(scope="module")
 def emulator():
   """An in-memory Cloud Storage emulator with one bucket; this process and its subprocesses
@@ -78,15 +53,16 @@ def emulator():
          "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
          "EPATH_USE_TF": "false"}
   saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  _add_generation_header()
-  server = emulator_server.create_server("127.0.0.1", port, in_memory=True,
-                                         default_bucket=BUCKET)
-  server.start()
+  server = subprocess.Popen([sys.executable, "-m", "tests.gcs_emulator", str(port), BUCKET],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
   try:
+    assert server.stdout.readline().strip() == "serving", "the emulator did not start"
+    os.environ.update(env)
     yield env
   finally:
-    server.stop()
+    server.kill()
+    server.wait()
     for k, v in saved.items():
       if v is None:
         os.environ.pop(k, None)
