@@ -203,10 +203,13 @@ def test_measured_cost_table_and_its_cache(tmp_path):
   assert table.source == "analytic" and list(table.seconds) == sorted(table.seconds)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not_json", "wrong_shape", "nan", "zero_costs"])
-def test_a_damaged_cost_cache_is_measured_again(trained, tmp_path, caplog, damage):
-  """A cost cache is a cache: a damaged file or entry is measured again with a warning naming
-  the file (and rewritten), never trusted and never a crash; the output equals ar's."""
+DAMAGES = ("truncated", "not_json", "wrong_shape", "nan", "zero_costs")
+
+
+def test_a_damaged_cost_cache_is_measured_again(trained, tmp_path, caplog):
+  """A cost cache is a cache: a damaged file or entry (each of DAMAGES in turn) is measured
+  again with a warning naming the file (and rewritten), never trusted and never a crash; the
+  output equals ar's. One driver for all, so its timing programs compile once."""
   loaded, rows = trained
   path = tmp_path / "costs.json"
   gen = generator.Generator(loaded.model, loaded.params, eos_id=None)
@@ -214,22 +217,25 @@ def test_a_damaged_cost_cache_is_measured_again(trained, tmp_path, caplog, damag
   cost._MEMORY.clear()   # pylint: disable=protected-access  (measure, and write the file)
   gen.build("auto", **kw)
   good = json.loads(path.read_text())
-  if damage == "truncated":
-    path.write_text(path.read_text()[:40])
-  elif damage == "not_json":
-    path.write_bytes(b"\xff\x00 not json")
-  elif damage == "wrong_shape":
-    path.write_text(json.dumps({"key": "value"}))
-  else:
-    good[0]["seconds"] = ([float("nan")] if damage == "nan" else [0.0]) + good[0]["seconds"][1:]
-    path.write_text(json.dumps(good))
-  cost._MEMORY.clear()   # pylint: disable=protected-access
-  with caplog.at_level(logging.WARNING):
-    built = gen.build("auto", **kw)
-  assert str(path) in caplog.text and "measuring anew" in caplog.text
-  assert all(np.isfinite(built.policy.costs)) and min(built.policy.costs) > 0
-  stored = json.loads(path.read_text())
-  assert isinstance(stored, list) and all(np.isfinite(e["seconds"]).all() for e in stored)
+  for damage in DAMAGES:
+    if damage == "truncated":
+      path.write_text(json.dumps(good)[:40])
+    elif damage == "not_json":
+      path.write_bytes(b"\xff\x00 not json")
+    elif damage == "wrong_shape":
+      path.write_text(json.dumps({"key": "value"}))
+    else:
+      bad = [dict(good[0], seconds=([float("nan")] if damage == "nan" else [0.0]) +
+                  good[0]["seconds"][1:])] + good[1:]
+      path.write_text(json.dumps(bad))
+    cost._MEMORY.clear()   # pylint: disable=protected-access
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      built = gen.build("auto", **kw)
+    assert str(path) in caplog.text and "measuring anew" in caplog.text, damage
+    assert all(np.isfinite(built.policy.costs)) and min(built.policy.costs) > 0, damage
+    stored = json.loads(path.read_text())
+    assert isinstance(stored, list) and all(np.isfinite(e["seconds"]).all() for e in stored)
   ar, _, _ = _run(loaded, rows, methods.build("ar", loaded.model.config), 1)
   assert _run(loaded, rows, built, 1)[0] == ar
 

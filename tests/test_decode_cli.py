@@ -1,6 +1,6 @@
 """decode.py end to end on a trained tiny workdir: every method (with tiny resources where it
 needs them), one compiled program per (task, method, purpose), the configuration and its flag
-aliases, a Mesh of 8 simulated devices, and bad input."""
+aliases, the --mesh flag on 8 simulated devices, and bad input."""
 import json
 import os
 import subprocess
@@ -22,7 +22,6 @@ REPORT_FIELDS = ("block_efficiency", "accepted_tokens_per_call", "calls", "token
                  "tokens_per_second", "speedup_vs_ar", "identical_to_ar", "repetition_rate",
                  "head_entropy", "h_max", "oracle_topk", "accepted_length_histogram",
                  "head_acceptance", "output_sha256")
-RESOURCE_FREE = [m for m in methods.names() if not methods.get(m).resources]
 SMALL_KNOBS = ["--k=4", "--p=4", "--tree_size=12"]
 
 
@@ -105,25 +104,26 @@ def test_every_method_through_decode_py(trained_tiny_workdir, tiny_resources, tm
 
 
 @pytest.mark.slow
-def test_resource_free_methods_under_a_mesh_of_8_devices(trained_tiny_workdir, tmp_path):
-  """Parameters sharded over (data 2, fsdp 2, tensor 2), batch over data: the same outputs as
-  on one device, for every method that needs no resource."""
+def test_mesh_flag_shards_decoding_with_the_same_outputs(trained_tiny_workdir, tmp_path):
+  """decode.py --mesh=2,2,2 on 8 simulated devices: parameters sharded over (data 2, fsdp 2,
+  tensor 2), batch over data; the same outputs as on one device. The CLI's wiring of the mesh,
+  with a plain and a drafting method; every method under a mesh, resources included, is
+  tests/test_sharded_decoding.py (one process, no report, so each costs one compile)."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   digests = {}
   for name, extra, run_env in (("one", [], None), ("mesh", ["--mesh=2,2,2"], env)):
     out = tmp_path / name
-    free = [m for m in _usable(trained_tiny_workdir) if m in RESOURCE_FREE]
     proc = _run_decode(f"--workdir={trained_tiny_workdir}", "--tasks=lambada",
-                       f"--methods={','.join(free)}", "--num_examples=4",
-                       "--max_new_tokens=10", "--batch_size=4", "--record_topk=0",
-                       f"--output={out}", *SMALL_KNOBS, *extra, env=run_env)
+                       "--methods=ar,medusa", "--num_examples=4", "--max_new_tokens=10",
+                       "--batch_size=4", "--record_topk=0", f"--output={out}", *SMALL_KNOBS,
+                       *extra, env=run_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     digests[name] = {m: e["output_sha256"] for m, e in report["tasks"]["lambada"].items()}
     assert report["settings"]["device"].startswith("8 x" if extra else "1 x")
   assert digests["one"] == digests["mesh"]
-  assert len(set(digests["one"].values())) == 1       # Every method's output equals ar's.
+  assert len(set(digests["one"].values())) == 1       # medusa's output equals ar's.
 
 
 def test_help_lists_every_method_and_task():

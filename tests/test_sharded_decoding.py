@@ -1,7 +1,7 @@
 """Decoding under a Mesh (parameters sharded by the logical rules, batch over data) gives the same
-tokens as on one device, for every method: those that need no resource, auto over its own chain
-and over a Medusa tree, and local and ngram (dp) with tiny resources. Runs in a subprocess with
-8 simulated CPU devices."""
+tokens as on one device, for every method the tiny model can run: those that need no resource
+(prompt lookup included), auto over its own chain and over a Medusa tree, and local and ngram
+(dp) with tiny resources. Runs in a subprocess with 8 simulated CPU devices."""
 import json
 import os
 import subprocess
@@ -51,7 +51,8 @@ _SCRIPT = textwrap.dedent(r"""
             "auto": dict(costs="1,1.05,1.1,1.15"), "auto_entropy": {},
             "auto_medusa": dict(drafter="medusa", costs="1,1,1,1,1"),
             "local": dict(k=4), "ngram": dict(k=4), "medusa_local": dict(k=4, tree_size=16),
-            "pbest_ngram": dict(k=4, p=4)}
+            "pbest_ngram": dict(k=4, p=4), "prompt_lookup": dict(num_tokens=4),
+            "prompt_lookup_tree": dict(num_tokens=4, k=4, tree_size=16)}
     for label, values in runs.items():
       method = label.split("_medusa")[0]
       for name, gen in (("single", single), ("sharded", sharded)):
@@ -77,7 +78,7 @@ def test_sharded_decoding_matches_single_device(tmp_path):
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
   out = json.loads(line[len("RESULT"):])
   labels = sorted(k[len("single_"):] for k in out if k.startswith("single_"))
-  assert len(labels) == 11, labels
+  assert len(labels) == 13, labels
   for label in labels:
     assert out[f"single_{label}"] == out[f"sharded_{label}"], label
     assert out[f"single_{label}"] == out["single_ar"], label
