@@ -82,7 +82,7 @@ def test_a_finite_blow_up_is_never_checkpointed_and_resume_step_continues(traine
 
 def test_a_manifest_less_checkpoint_is_verified_by_reading_it(trained_tiny_workdir, tmp_path):
   """A step without its sha256 manifest (a kill between orbax's files and the manifest) is not
-  trusted as intact: with flipped bytes a resume names it as damaged and goes on from the
+  trusted as intact: with a file cut short a resume names it as damaged and goes on from the
   older one; a step that never existed "does not exist"."""
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_tiny_workdir, workdir)
@@ -90,13 +90,10 @@ def test_a_manifest_less_checkpoint_is_verified_by_reading_it(trained_tiny_workd
   os.remove(os.path.join(step_dir, workdir_lib.CHECKPOINT_MANIFEST))
   data = max((os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state"))
               for f in fs), key=os.path.getsize)
-  with open(data, "r+b") as f:
-    raw = bytearray(f.read())
-    # All-ones bytes: NaNs if they land in raw float32 data, a decode error if in a compressed
-    # chunk or an index; XOR-ing could leave finite garbage, which a re-read cannot tell apart.
-    raw[len(raw) // 4:len(raw) // 4 + 4096] = b"\xff" * 4096
-    f.seek(0)
-    f.write(raw)
+  # Cut short, as a kill mid-write leaves it: reading its second half fails. Overwriting bytes
+  # in place is not a sure test, since damage inside a compressed chunk or an integer array can
+  # read back as finite garbage, which no re-read can tell from data (it failed on CI that way).
+  os.truncate(data, os.path.getsize(data) // 2)
   warnings = []
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(train_loop.logging, "warning", lambda msg, *a: warnings.append(msg % a))
