@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
+from benchmarks import results
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 
@@ -23,7 +24,7 @@ _CONFIG = common.define_config(methods="ar,bpd,medusa,pbest_0gram,auto", num_exa
                                max_new_tokens=128, record_topk=0)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per method (median reported).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
-_MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the result table to this file.")
+_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("decode_speed"), results.HELP)
 
 
 def _identical(a_gens, b_gens) -> bool:
@@ -97,9 +98,7 @@ def main(argv):
               f"{t.seconds[0] * 1e3:.3f} ms): {rel}")
       print(line)
       cost_lines.append(f"- {line}")
-  if _MARKDOWN.value:
-    with open(_MARKDOWN.value, "a", encoding="utf-8") as f:
-      f.write("\n".join(table + [""] + cost_lines) + "\n\n")
+  results.append(_MARKDOWN.value, "decode_speed", "\n".join(table + [""] + cost_lines))
 
 
 if __name__ == "__main__":

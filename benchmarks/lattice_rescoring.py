@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from benchmarks import results
+
 
 def _text_lines(max_bytes: int, skip_bytes: int = 0):
   from bpdjax.configs import default  # pylint: disable=g-import-not-at-top
@@ -114,6 +116,8 @@ def main():
   ap.add_argument("--load_lattices", default=None,
                   help=".npz from --save_lattices: skip the corpus and LM, time these lattices")
   ap.add_argument("--arpa", default=None, help="with --load_lattices: the ARPA LM to read")
+  ap.add_argument("--markdown", default=results.default_path("lattice_rescoring"),
+                  help=results.HELP + " Default: %(default)s.")
   args = ap.parse_args()
   backends = set(args.backends.split(","))
   if not backends or not backends <= {"wfst", "dp"}:
@@ -245,12 +249,15 @@ def _time_backends(args, backends, tables, rescorer, ids, logp, hist):
 
 
 def _print_rows(args, rows):
-  print(f"\nh={args.h} k={args.k} (k_0=1) order={args.order} p={args.p} alpha={args.alpha}, "
-        f"{args.lattices} lattices; ms per lattice (DP: per call / batch)")
-  print(f"| {'method':<34} | {'median ms':>9} | {'p90 ms':>8} | {'compile':>7} |")
-  print(f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|{'-' * 9}|")
-  for name, med, p90, comp in rows:
-    print(f"| {name:<34} | {med:9.3f} | {p90:8.3f} | {comp:>7} |")
+  """Prints the timing table and appends it to --markdown."""
+  lines = [f"h={args.h} k={args.k} (k_0=1) order={args.order} p={args.p} alpha={args.alpha}, "
+           f"{args.lattices} lattices; ms per lattice (DP: per call / batch)", "",
+           f"| {'method':<34} | {'median ms':>9} | {'p90 ms':>8} | {'compile':>7} |",
+           f"|{'-' * 36}|{'-' * 11}|{'-' * 10}|{'-' * 9}|"]
+  lines += [f"| {name:<34} | {med:9.3f} | {p90:8.3f} | {comp:>7} |"
+            for name, med, p90, comp in rows]
+  print("\n" + "\n".join(lines))
+  results.append(args.markdown, "lattice_rescoring", "\n".join(lines))
 
 
 if __name__ == "__main__":

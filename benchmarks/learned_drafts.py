@@ -1,7 +1,7 @@
 """Learned draft refinement against the heads and prompt lookup: one table on held-out story
 openings (issue 32).
 
-  python benchmarks/learned_drafts.py --ffn=workdirs/ts_ffn --sequential=workdirs/ts_seq \
+  python -m bpdjax.bench learned_drafts --ffn=workdirs/ts_ffn --sequential=workdirs/ts_seq \
       --markov=workdirs/ts_markov --output=out/learned_drafts     # WORKDIR@STEP: a checkpoint
 
 Three head sets on the same frozen TinyStories-656K (configs/tinystories_heads.py, h = 4):
@@ -15,22 +15,20 @@ step of the head calls the drafter makes, beside one plain step's (the layers' w
 1's FFN and its vocabulary projection; attention over the context left out). Conditional
 acceptance: share of verify calls keeping the i-th draft token among those that kept the ones
 before it. Training time comes from the workdir's metrics.jsonl (tokens / tokens_per_second,
-on whatever machine trained it). Writes OUTPUT/learned_drafts.{json,md}.
+on whatever machine trained it). Writes OUTPUT/learned_drafts.{json,md} and appends the
+table to --markdown (docs/results/learned_drafts.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import heldout_openings  # pylint: disable=g-bad-import-order  (benchmarks/heldout_openings.py)
+from benchmarks import results as results_page
+from benchmarks.pipelines import heldout_openings
 from bpdjax import api
 from bpdjax import params as params_lib
 from bpdjax import workdir as workdir_lib
@@ -158,10 +156,12 @@ def main() -> None:
   ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
   ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
                   "one table of their rows (ar once), head sets named with their step.")
+  ap.add_argument("--markdown", default=results_page.default_path("learned_drafts"),
+                  help=results_page.HELP + " Default: %(default)s.")
   args = ap.parse_args()
   os.makedirs(args.output, exist_ok=True)
   if args.merge:
-    merge(args.merge.split(","), args.output)
+    merge(args.merge.split(","), args.output, args.markdown)
     return
   if not args.ffn:
     raise SystemExit("--ffn is required (the ar reference and the ffn rows)")
@@ -216,12 +216,14 @@ def main() -> None:
                        markov_rank=l.model.config.markov_rank, h=l.model.config.num_heads_bpd)
   with open(os.path.join(args.output, "learned_drafts.json"), "w") as f:
     json.dump(dict(rows=results, heads=heads, args=vars(args)), f, indent=1)
+  text = markdown(results, heads, len(prompts), args.max_new_tokens)
   with open(os.path.join(args.output, "learned_drafts.md"), "w") as f:
-    f.write(markdown(results, heads, len(prompts), args.max_new_tokens))
-  print(markdown(results, heads, len(prompts), args.max_new_tokens))
+    f.write(text)
+  print(text)
+  results_page.append(args.markdown, "learned_drafts", text)
 
 
-def merge(folders, output: str) -> None:
+def merge(folders, output: str, page: str) -> None:
   rows, heads, prompts, max_new = [], {}, 0, 0
   for folder in folders:
     with open(os.path.join(folder, "learned_drafts.json")) as f:
@@ -235,6 +237,7 @@ def merge(folders, output: str) -> None:
   with open(os.path.join(output, "learned_drafts.md"), "w") as f:
     f.write(text)
   print(text)
+  results_page.append(page, "learned_drafts", text)
 
 
 def markdown(rows, heads, num_prompts: int, max_new: int) -> str:

@@ -32,6 +32,7 @@ import jax
 from jax import profiler
 
 from benchmarks import common
+from benchmarks import results
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
@@ -41,7 +42,8 @@ _CONFIG = common.define_config(
     methods="ar", num_examples=4, max_new_tokens=128, record_topk=0, tasks="jsonl",
     jsonl=os.path.join(os.path.dirname(os.path.abspath(__file__)), "story_openings.jsonl"))
 _RUNS = flags.DEFINE_list("runs", ["ar", "bpd:2", "bpd"], "METHOD or METHOD:DRAFT_LEN.")
-_MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the table to this file.")
+_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("profile_iteration"),
+                                    results.HELP)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Traced decodes per run; the median wall is kept.")
 _LABEL = flags.DEFINE_string("label", "", "Label of this checkout in the table (e.g. before).")
 
@@ -168,9 +170,7 @@ def main(argv):
           "| checkout | run | BE | wall ms/call | " + " | ".join(PARTS) +
           " | no thunk running ms/call |", "|---" * (5 + len(PARTS)) + "|"]
   print("\n".join(head + rows))
-  if _MARKDOWN.value:
-    with open(_MARKDOWN.value, "a", encoding="utf-8") as f:
-      f.write("\n".join(head + rows) + "\n")
+  results.append(_MARKDOWN.value, "profile_iteration", "\n".join(head + rows))
 
 
 if __name__ == "__main__":

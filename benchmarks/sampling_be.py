@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
+from benchmarks import results
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import sampling
@@ -29,7 +30,7 @@ _CONFIG = common.define_config(methods="ar,bpd,pbest_0gram,medusa", num_examples
                                max_new_tokens=128, record_topk=0)
 _REPEATS = flags.DEFINE_integer("repeats", 8, "Samples per prompt.")
 _TEMPERATURE = flags.DEFINE_float("sample_temperature", 1.0, "Sampling temperature.")
-_MARKDOWN = flags.DEFINE_string("markdown", "", "Also append the result table to this file.")
+_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("sampling_be"), results.HELP)
 LOSSY_FOR = ("bpd", "medusa")        # Medusa's rule, on a chain and on Medusa's own tree.
 
 
@@ -90,9 +91,7 @@ def main(argv):
             f"{fmt('logprob_z_vs_ar', '+.2f')} | {fmt('second_token_tv')} |")
     print(line)
     table.append(line)
-  if _MARKDOWN.value:
-    with open(_MARKDOWN.value, "a", encoding="utf-8") as f:
-      f.write("\n".join(table) + "\n\n")
+  results.append(_MARKDOWN.value, "sampling_be", "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import common
+from benchmarks import results
 from bpdjax import api
 from bpdjax.data import eval_sets
 from bpdjax.decoding import generator as generator_lib
@@ -44,6 +45,8 @@ _HF_MODEL = flags.DEFINE_string("hf_model", "", "HF Llama folder (default: data_
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per row (median reported).")
 _PLD = flags.DEFINE_integer("prompt_lookup_num_tokens", 10, "transformers PLD draft length.")
 _JSON = flags.DEFINE_string("json_output", "", "Optional JSON output path.")
+_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("vs_transformers"),
+                                    results.HELP)
 
 
 def _bpdjax_rows(settings, loaded, prompts, max_new):
@@ -113,14 +116,18 @@ def main(argv):
   base = rows["transformers greedy"]["tokens"] / rows["transformers greedy"]["seconds"]
   first = rows[f"bpdjax {settings.methods[0]}"]
   ours = first["tokens"] / first["seconds"]
-  print("\n| row | tokens/s | block efficiency | vs transformers greedy | vs bpdjax ar | "
-        "identical |\n|---|---|---|---|---|---|")
+  table = ["| row | tokens/s | block efficiency | vs transformers greedy | vs bpdjax ar | "
+           "identical |", "|---|---|---|---|---|---|"]
   for label, r in rows.items():
     tps = r["tokens"] / r["seconds"]
     r.update(tokens_per_second=tps, block_efficiency=r["tokens"] / max(r["calls"], 1),
              identical=r["outputs"] == reference)
-    print(f"| {label} | {tps:.1f} | {r['block_efficiency']:.3f} | {tps / base:.2f}x | "
-          f"{tps / ours:.2f}x | {r['identical']} |")
+    table.append(f"| {label} | {tps:.1f} | {r['block_efficiency']:.3f} | {tps / base:.2f}x | "
+                 f"{tps / ours:.2f}x | {r['identical']} |")
+  print("\n" + "\n".join(table))
+  results.append(_MARKDOWN.value, "vs_transformers", f"{len(prompts)} prompts, {max_new} new "
+                 f"tokens, batch 1, median of {_ROUNDS.value} rounds, heads {settings.workdir}\n\n"
+                 + "\n".join(table))
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump({k: {kk: vv for kk, vv in v.items() if kk != "outputs"} for k, v in rows.items()},

@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "refinement_table": Benchmark("benchmarks.refinement_table", "draft refinement: alpha tuned per task and rescorer, then one BE table"),
     "lattice_rescoring": Benchmark("benchmarks.lattice_rescoring", "n-gram lattice rescoring speed: OpenFST/pynini vs the exact JAX DP"),
     "profile_iteration": Benchmark("benchmarks.profile_iteration", "where one decode-loop iteration spends its time (JAX profiler trace)"),
+    "learned_drafts": Benchmark("benchmarks.learned_drafts", "sequential heads, Markov correction and prompt lookup against the heads: BE, acceptance, drafting MACs"),
     "vs_transformers": Benchmark("benchmarks.vs_transformers", "bpdjax vs Hugging Face transformers on TinyStories-656K (needs requirements-bench.txt)"),
     "gpu_check": Benchmark("benchmarks/gpu_check.sh", "the accelerator check: the paper's setting at ~130M trained, decoded and held against the bandwidth floor on one GPU/TPU (OUT [--prepare | --smoke])"),
     "finetune_pipeline": Benchmark("benchmarks/pipelines/finetune_pipeline.sh", "pipeline: pretrain, fine-tune per task, quality / block sizes / refinement tables"),
