@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
@@ -24,8 +24,8 @@ from bpdjax.eval import metrics
 _CONFIG = common.define_config(methods="ar", num_examples=32, max_new_tokens=64, record_topk=0)
 _SIZES = flags.DEFINE_list("sizes", [str(k) for k in range(2, 10)], "Block sizes k.")
 _JSON = flags.DEFINE_string("json", "", "Write the result here.")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("block_sizes"),
-                                    results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("block_sizes"),
+                                    results_page.HELP)
 
 
 def main(argv):
@@ -59,7 +59,7 @@ def main(argv):
     with open(_JSON.value, "w", encoding="utf-8") as f:
       json.dump(result, f, indent=1)
   sizes = list(result["block_efficiency"])
-  results.append(_MARKDOWN.value, "block_sizes", "\n".join([
+  results_page.append(_MARKDOWN.value, "block_sizes", "\n".join([
       f"{s.workdir} (step {loaded.step}), {task}, {len(prompts)} examples, {s.max_new_tokens} "
       "new tokens, greedy bpd (every output identical to greedy decoding)", "",
       "| k | " + " | ".join(map(str, sizes)) + " |", "|---" * (len(sizes) + 1) + "|",

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax.decoding import cost
@@ -35,7 +35,8 @@ _TREES = flags.DEFINE_list("trees", [], "Tree candidate sizes beyond the chain (
 _PROMPT = flags.DEFINE_integer("prompt_width", 64, "Prompt length (cache = prompt + new + tree).")
 _NEW = flags.DEFINE_integer("max_new_tokens", 64, "New tokens (sets the cache length).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Alternating repeats (median kept).")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("cost_tables"), results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("cost_tables"),
+                                    results_page.HELP)
 
 
 def _model_section(name: str):
@@ -93,7 +94,7 @@ def main(argv):
               + " | ".join(f"{r:.2f}" for r in roof.relative) + " |"]
       print(head + "\n".join(rows))
       out += [head] + rows
-  results.append(_MARKDOWN.value, "cost_tables", "\n".join(out))
+  results_page.append(_MARKDOWN.value, "cost_tables", "\n".join(out))
 
 
 if __name__ == "__main__":

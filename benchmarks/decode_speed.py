@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 
@@ -24,7 +24,8 @@ _CONFIG = common.define_config(methods="ar,bpd,medusa,pbest_0gram,auto", num_exa
                                max_new_tokens=128, record_topk=0)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per method (median reported).")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("decode_speed"), results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("decode_speed"),
+                                    results_page.HELP)
 
 
 def _identical(a_gens, b_gens) -> bool:
@@ -98,7 +99,7 @@ def main(argv):
               f"{t.seconds[0] * 1e3:.3f} ms): {rel}")
       print(line)
       cost_lines.append(f"- {line}")
-  results.append(_MARKDOWN.value, "decode_speed", "\n".join(table + [""] + cost_lines))
+  results_page.append(_MARKDOWN.value, "decode_speed", "\n".join(table + [""] + cost_lines))
 
 
 if __name__ == "__main__":

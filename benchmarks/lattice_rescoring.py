@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from benchmarks import results
+from benchmarks import results as results_page
 
 
 def _text_lines(max_bytes: int, skip_bytes: int = 0):
@@ -116,8 +116,8 @@ def main():
   ap.add_argument("--load_lattices", default=None,
                   help=".npz from --save_lattices: skip the corpus and LM, time these lattices")
   ap.add_argument("--arpa", default=None, help="with --load_lattices: the ARPA LM to read")
-  ap.add_argument("--markdown", default=results.default_path("lattice_rescoring"),
-                  help=results.HELP + " Default: %(default)s.")
+  ap.add_argument("--markdown", default=results_page.default_path("lattice_rescoring"),
+                  help=results_page.HELP + " Default: %(default)s.")
   args = ap.parse_args()
   backends = set(args.backends.split(","))
   if not backends or not backends <= {"wfst", "dp"}:
@@ -257,7 +257,7 @@ def _print_rows(args, rows):
   lines += [f"| {name:<34} | {med:9.3f} | {p90:8.3f} | {comp:>7} |"
             for name, med, p90, comp in rows]
   print("\n" + "\n".join(lines))
-  results.append(args.markdown, "lattice_rescoring", "\n".join(lines))
+  results_page.append(args.markdown, "lattice_rescoring", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import jax
 from jax import profiler
 
 from benchmarks import common
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
@@ -42,8 +42,8 @@ _CONFIG = common.define_config(
     methods="ar", num_examples=4, max_new_tokens=128, record_topk=0, tasks="jsonl",
     jsonl=os.path.join(os.path.dirname(os.path.abspath(__file__)), "story_openings.jsonl"))
 _RUNS = flags.DEFINE_list("runs", ["ar", "bpd:2", "bpd"], "METHOD or METHOD:DRAFT_LEN.")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("profile_iteration"),
-                                    results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("profile_iteration"),
+                                    results_page.HELP)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Traced decodes per run; the median wall is kept.")
 _LABEL = flags.DEFINE_string("label", "", "Label of this checkout in the table (e.g. before).")
 
@@ -170,7 +170,7 @@ def main(argv):
           "| checkout | run | BE | wall ms/call | " + " | ".join(PARTS) +
           " | no thunk running ms/call |", "|---" * (5 + len(PARTS)) + "|"]
   print("\n".join(head + rows))
-  results.append(_MARKDOWN.value, "profile_iteration", "\n".join(head + rows))
+  results_page.append(_MARKDOWN.value, "profile_iteration", "\n".join(head + rows))
 
 
 if __name__ == "__main__":

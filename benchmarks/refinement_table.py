@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import api
 from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
@@ -52,8 +52,8 @@ _NUM_REPORT = flags.DEFINE_integer("num_report", 100, "Examples per task that ar
 _TUNE_MAX_NEW = flags.DEFINE_integer("tune_max_new_tokens", 0,
                                      "Tokens per tuning example (0: --max_new_tokens).")
 _SEED = flags.DEFINE_integer("permutation_seed", 0, "Permutation seed of the examples.")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("refinement_table"),
-                                    results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("refinement_table"),
+                                    results_page.HELP)
 
 
 @dataclasses.dataclass
@@ -193,7 +193,7 @@ def main(argv):
   _write(result, rows, settings.output, k)
   table = open(os.path.join(settings.output, "refinement.md")).read()
   print(table)
-  results.append(_MARKDOWN.value, "refinement_table", f"{settings.workdir}, BE per task "
+  results_page.append(_MARKDOWN.value, "refinement_table", f"{settings.workdir}, BE per task "
                  f"({_NUM_REPORT.value} reported examples, alpha tuned on {_NUM_TUNE.value} "
                  f"others), {settings.max_new_tokens} new tokens\n\n{table}")
 

@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 
 from benchmarks import common
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import api
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import sampling
@@ -30,7 +30,8 @@ _CONFIG = common.define_config(methods="ar,bpd,pbest_0gram,medusa", num_examples
                                max_new_tokens=128, record_topk=0)
 _REPEATS = flags.DEFINE_integer("repeats", 8, "Samples per prompt.")
 _TEMPERATURE = flags.DEFINE_float("sample_temperature", 1.0, "Sampling temperature.")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("sampling_be"), results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("sampling_be"),
+                                    results_page.HELP)
 LOSSY_FOR = ("bpd", "medusa")        # Medusa's rule, on a chain and on Medusa's own tree.
 
 
@@ -91,7 +92,7 @@ def main(argv):
             f"{fmt('logprob_z_vs_ar', '+.2f')} | {fmt('second_token_tv')} |")
     print(line)
     table.append(line)
-  results.append(_MARKDOWN.value, "sampling_be", "\n".join(table))
+  results_page.append(_MARKDOWN.value, "sampling_be", "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import common
-from benchmarks import results
+from benchmarks import results as results_page
 from bpdjax import api
 from bpdjax.data import eval_sets
 from bpdjax.decoding import generator as generator_lib
@@ -45,8 +45,8 @@ _HF_MODEL = flags.DEFINE_string("hf_model", "", "HF Llama folder (default: data_
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds per row (median reported).")
 _PLD = flags.DEFINE_integer("prompt_lookup_num_tokens", 10, "transformers PLD draft length.")
 _JSON = flags.DEFINE_string("json_output", "", "Optional JSON output path.")
-_MARKDOWN = flags.DEFINE_string("markdown", results.default_path("vs_transformers"),
-                                    results.HELP)
+_MARKDOWN = flags.DEFINE_string("markdown", results_page.default_path("vs_transformers"),
+                                    results_page.HELP)
 
 
 def _bpdjax_rows(settings, loaded, prompts, max_new):
@@ -125,7 +125,7 @@ def main(argv):
     table.append(f"| {label} | {tps:.1f} | {r['block_efficiency']:.3f} | {tps / base:.2f}x | "
                  f"{tps / ours:.2f}x | {r['identical']} |")
   print("\n" + "\n".join(table))
-  results.append(_MARKDOWN.value, "vs_transformers", f"{len(prompts)} prompts, {max_new} new "
+  results_page.append(_MARKDOWN.value, "vs_transformers", f"{len(prompts)} prompts, {max_new} new "
                  f"tokens, batch 1, median of {_ROUNDS.value} rounds, heads {settings.workdir}\n\n"
                  + "\n".join(table))
   if _JSON.value:

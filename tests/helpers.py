@@ -1,5 +1,6 @@
 """Shared test helpers (tests import this module, never each other)."""
 import functools
+import os
 import types
 
 import flax.linen as nn
@@ -23,6 +24,12 @@ NGRAM_VOCAB = 16
 NGRAM_CORPUS_V = 12
 # lmplz -S for the tests' tiny corpora: the default (20% of RAM) spends ~3 s allocating per LM.
 LMPLZ_MEMORY = "64M"
+
+
+def xla_flags(num_devices: int) -> str:
+  """XLA_FLAGS for a subprocess on `num_devices` simulated CPU devices, keeping the suite's
+  own flags (tests/conftest.py)."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={num_devices}"
 
 
 def random_model(vocab_size=64, h=4, seed=0, scale=0.3, head_type="ffn", markov_rank=0):

@@ -109,7 +109,7 @@ def test_mesh_flag_shards_decoding_with_the_same_outputs(trained_tiny_workdir, t
   tensor 2), batch over data; the same outputs as on one device. The CLI's wiring of the mesh,
   with a plain and a drafting method; every method under a mesh, resources included, is
   tests/test_sharded_decoding.py (one process, no report, so each costs one compile)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(8),
              JAX_PLATFORMS="cpu")
   digests = {}
   for name, extra, run_env in (("one", [], None), ("mesh", ["--mesh=2,2,2"], env)):

@@ -73,7 +73,7 @@ def emulator():
 def _env(emulator_env):
   return dict(os.environ, **emulator_env, JAX_PLATFORMS="cpu",
               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+              XLA_FLAGS=helpers.xla_flags(1))
 
 
 def _train_args(vocab_path, steps):

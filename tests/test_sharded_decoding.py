@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from tests import helpers
+
 _SCRIPT = textwrap.dedent(r"""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
@@ -68,7 +70,7 @@ _SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.slow
 def test_sharded_decoding_matches_single_device(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  env = dict(os.environ, XLA_FLAGS=helpers.xla_flags(8),
              JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

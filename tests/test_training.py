@@ -24,6 +24,7 @@ from bpdjax import checkpoints
 from bpdjax.train import loop as train_loop
 from bpdjax.train import state as train_state
 from bpdjax.configs import tiny
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 8  # Steps of the reference run.
@@ -54,7 +55,7 @@ def _flags(workdir, vocab_path, data=None, mesh=None, **overrides):
 def _env(num_devices=1):
   return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
               JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+              XLA_FLAGS=helpers.xla_flags(num_devices))
 
 
 def _run_train_py(args, num_devices=1, timeout=300):
