@@ -63,6 +63,7 @@ def trained(request, tmp_path_factory):
   config.update(batch_size=4, num_train_steps=STEPS, schedule_steps=100, warmup_steps=1,
                 learning_rate=1e-2, log_every_steps=1, eval_every_steps=1000,
                 num_eval_batches=1, checkpoint_every_steps=1000)
+  config.lock()           # As train.py's --config gives it: the import may add no new key.
   workdir = str(tmp_path_factory.mktemp(f"heads_{request.param}"))
   result = train_loop.train_and_evaluate(config, workdir)
   return request.param, folder, meta, manifest, workdir, result

@@ -46,6 +46,7 @@ def _config(token_dir, head_type="ffn", **overrides):
   config.update({**dict(batch_size=4, num_train_steps=N, schedule_steps=100, warmup_steps=1,
                         learning_rate=1e-2, log_every_steps=1, eval_every_steps=1000,
                         num_eval_batches=1, checkpoint_every_steps=1000), **overrides})
+  config.lock()           # As train.py's --config gives it: the import may add no new key.
   return config
 
 

@@ -3,9 +3,12 @@
 Override any key on the command line, e.g. `--config.num_train_steps=20` or
 `--config.model.num_heads_bpd=4`. Unknown keys are rejected by ml_collections.
 """
+import dataclasses
 import os
 
 import ml_collections
+
+from bpdjax import model as model_lib
 
 
 def default_data_dir() -> str:
@@ -47,6 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   # > 0 (a rank-r bigram correction on heads 2..h, any head type) live in bpdjax/heads.py.
   m.markov_rank = 0
   m.dtype = "float32"           # Activation dtype: "float32" | "bfloat16".
+  # The architecture features of the imported families (Qwen2/3, Mistral, Gemma 2/3: qkv_bias,
+  # qk_norm, post_norms, embed_scale, soft caps, sliding windows, ...; bpdjax/model.py says
+  # what each does), at Llama's values: declared here so that a pretrained import, fine-tuning
+  # from an imported model's workdir and --config.model.X overrides can set them.
+  for field in dataclasses.fields(model_lib.TransformerConfig):
+    if field.name not in m:
+      m[field.name] = field.default
 
   c.data = ml_collections.ConfigDict()
   d = c.data
