@@ -13,6 +13,7 @@ from bpdjax import checkpoints
 from bpdjax import configuration
 from bpdjax import model as model_lib
 from bpdjax import partitioning
+from bpdjax.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(   # Training configs; decode.py is decode.py's (tests/test_decode_cli.py).
@@ -95,6 +96,34 @@ def test_config_file_validates(name):
   model_config = configuration.validate(config)
   assert isinstance(model_config, model_lib.TransformerConfig)
   assert config.data.seq_len <= model_config.max_len
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_no_path_points_inside_the_package(name):
+  """Workdirs and token folders are relative to the current directory (README's commands run
+  from the checkout's root), never under bpdjax/: a path built from the config file's own
+  location broke when configs moved into the package."""
+  config = load(name)
+  package = os.path.join(ROOT, "bpdjax")
+  stack = [config]
+  while stack:
+    for key, value in stack.pop().items():
+      if hasattr(value, "items"):
+        stack.append(value)
+      elif isinstance(value, str) and os.sep in value:
+        assert not os.path.abspath(value).startswith(package + os.sep), (name, key, value)
+
+
+def test_data_dir_beside_the_checkout(monkeypatch):
+  """../shared/data next to the checkout is found from any directory (what README assumes)."""
+  beside = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+  if not os.path.isdir(beside):
+    pytest.skip(f"no {beside}")
+  if not default.__file__.startswith(ROOT + os.sep):
+    pytest.skip("bpdjax is installed (its configs are in site-packages, beside no checkout)")
+  monkeypatch.delenv("BPDJAX_DATA_DIR", raising=False)
+  monkeypatch.chdir("/")
+  assert default.default_data_dir() == beside
 
 
 def test_rescorers_and_paper_config_present():

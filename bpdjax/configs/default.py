@@ -18,7 +18,7 @@ def default_data_dir() -> str:
   if os.environ.get("BPDJAX_DATA_DIR"):
     return os.environ["BPDJAX_DATA_DIR"]
   here = os.path.dirname(os.path.abspath(__file__))
-  beside_checkout = os.path.normpath(os.path.join(here, "..", "..", "shared", "data"))
+  beside_checkout = os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "data"))
   if os.path.isdir(beside_checkout):
     return beside_checkout
   return os.path.abspath(os.path.join("..", "shared", "data"))

@@ -12,12 +12,9 @@ mirrors it; a mismatch is an error); the optimizer and the schedule are fresh. P
 room and loss on target tokens only as in configs/finetune.py. Sized for about 10 minutes on 2
 idle CPU cores (measured figures in docs/results/finetune_tinystories.md).
 """
-import os
-
 from bpdjax.configs import finetune
 from bpdjax.configs import tinystories_heads
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # SQuAD rows of 512 tokens (8 per batch: the same tokens per step), 480 of prompt room: this
 # tokenizer splits Wikipedia into many pieces (median prompt 324 tokens), and only 48% of the
 # answers lie inside a prompt's last 192 tokens against 87% inside its last 448 (300 fine-tune
@@ -31,7 +28,7 @@ def get_config(task: str = "squad"):
                      f"{', '.join(finetune.PROMPT_TOKENS)}")
   c = tinystories_heads.get_config()
   c.init.hf_model = ""
-  c.init.workdir = os.path.join(_REPO, "workdirs", "ts_ffn9")
+  c.init.workdir = "workdirs/ts_ffn9"
   c.model.num_heads_bpd = 9
   c.train_heads_only = False
   c.data.task = "sft"

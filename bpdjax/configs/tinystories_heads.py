@@ -15,7 +15,6 @@ import os
 
 from bpdjax.configs import default
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config():
@@ -27,7 +26,7 @@ def get_config():
                  head_dim=16, mlp_dim=384, max_len=512, norm_eps=1e-6, tie_embeddings=True,
                  num_heads_bpd=4, head_type="ffn", head_hidden_dim=384)
   c.data.task = "token_file"
-  c.data.token_dir = os.path.join(_REPO, "workdirs", "ts_distill")
+  c.data.token_dir = "workdirs/ts_distill"   # Relative to the current directory (README: the root).
   c.data.seq_len = 256
   c.data.shuffle_buffer = 1000
   c.batch_size = 16

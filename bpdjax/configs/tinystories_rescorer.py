@@ -8,11 +8,8 @@ parameters, ~70% of them the tied 2048 x 64 embedding) against the base's two la
 (0.66M). It trains on the self-distillation data of configs/tinystories_heads.py (written by
 `python -m bpdjax.distill`), whose manifest names the tokenizer the workdir keeps.
 """
-import os
-
 from bpdjax.configs import default
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_config():
@@ -21,7 +18,7 @@ def get_config():
                  head_dim=16, mlp_dim=192, max_len=512, norm_eps=1e-6, tie_embeddings=True,
                  num_heads_bpd=1, head_type="ffn", head_hidden_dim=192)
   c.data.task = "token_file"
-  c.data.token_dir = os.path.join(_REPO, "workdirs", "ts_distill")
+  c.data.token_dir = "workdirs/ts_distill"   # Relative to the current directory (README: the root).
   c.data.seq_len = 256
   c.data.shuffle_buffer = 1000
   c.batch_size = 16
