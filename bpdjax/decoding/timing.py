@@ -72,10 +72,14 @@ def cost_table(generator, drafter: protocol.Drafter, drafter_params: Any,
       jax.block_until_ready(steps(generator.params, state, params, 1))          # Compile.
     programs[name] = (steps, state, params)
 
+  # Under jit, the forced leaf is placed (committed or not) as the state it joins; made outside
+  # jit it could differ and compile the drafting program again (4 s of README's 28 s decode).
+  force = jax.jit(policy.force, static_argnums=1)
+
   def run(name, n, index=None):
     steps, state, params = programs[name]
     if index is not None:
-      state = state.replace(policy_state=policy.force(state.policy_state, index))
+      state = state.replace(policy_state=force(state.policy_state, index))
     t = time.perf_counter()
     with generator.sharded():
       jax.block_until_ready(steps(generator.params, state, params, n))
