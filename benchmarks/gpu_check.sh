@@ -19,8 +19,9 @@
 #                   share, AR tokens/s against the bandwidth floor (benchmarks/gpu_floor.py)
 # then OUT/gpu_check.md (stage times, the targets, every stage's table) and OUT/gpu_check.json.
 #
-# Environment: PY (python, default python3), INPUTS (default gpu_inputs), TRAIN_SECONDS (180: the
-# whole check then fits one 10-minute command on an H100-class machine; 240 where time allows).
+# Environment: PY (python; default the checkout's .venv/bin/python when there is one, else
+# python3), INPUTS (default gpu_inputs), TRAIN_SECONDS (180: the whole check then fits one
+# 10-minute command on an H100-class machine; 240 where time allows).
 # Pure-Python packages the accelerator image lacks travel as wheels in .whl/ (--prepare fetches
 # them); they are installed into /tmp/bpdjax_site without a network.
 set -uo pipefail
@@ -29,6 +30,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # benchmarks/ scripts impo
 OUT=${1:?usage: bash benchmarks/gpu_check.sh OUT [--smoke | --prepare]}
 MODE=${2:-full}
 case "$MODE" in full|--smoke|--prepare) ;; *) echo "unknown mode $MODE (--smoke, --prepare)" >&2; exit 2;; esac
+# The checkout's virtual environment when it has one (README's setup), else python3.
+if [ -z "${PY:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
 export PY=${PY:-python3}
 export INPUTS=${INPUTS:-gpu_inputs}
 TRAIN_SECONDS=${TRAIN_SECONDS:-180}
