@@ -209,12 +209,14 @@ def test_cost_table_compiles_each_program_once():
   program compiled a second time (4 s of the README decode's 28 s)."""
   model, _, params = helpers.random_model(h=3)
   gen, drafter, probe = _timed(model, jax.device_put(params, jax.devices()[0]), 3)
+  cost._MEMORY.clear()   # pylint: disable=protected-access  (measure: not an earlier test's table)
   timing.cost_table(gen, drafter, None, probe, 2, 8, 8, repeats=1, min_seconds=0.001)
-  steppers = {type(key[1].drafter).__name__: fns for key, fns in gen._compiled.items()  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  steppers = {type(key[1].drafter).__name__: fns for key, fns in gen._compiled.items()
               if key[0] == "stepper"}
   assert len(steppers) == 2
   for name, (start, _, steps) in steppers.items():
-    assert (start._cache_size(), steps._cache_size()) == (1, 1), name  # pylint: disable=protected-access
+    assert (start._cache_size(), steps._cache_size()) == (1, 1), name
 
 
 DAMAGES = ("truncated", "not_json", "wrong_shape", "nan", "zero_costs")
