@@ -119,7 +119,8 @@ def test_data_dir_beside_the_checkout(monkeypatch):
   beside = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
   if not os.path.isdir(beside):
     pytest.skip(f"no {beside}")
-  if not default.__file__.startswith(ROOT + os.sep):
+  if not default.__file__.startswith(os.path.join(ROOT, "bpdjax") + os.sep):
+    # CI installs the package into .venv inside the checkout: ROOT/.venv/.../site-packages.
     pytest.skip("bpdjax is installed (its configs are in site-packages, beside no checkout)")
   monkeypatch.delenv("BPDJAX_DATA_DIR", raising=False)
   monkeypatch.chdir("/")
