@@ -34,8 +34,7 @@ def main(argv):
   loaded = api.load(s.workdir)
   config = loaded.model.config
   task = s.tasks[0]
-  prompts = common.prompts(s, loaded, task, max_prompt_tokens=s.max_prompt_tokens,
-                           as_decode_py=True)              # decode.py's examples.
+  prompts = common.prompts(s, loaded, task, as_decode_py=True)     # decode.py's examples.
   generator = generator_lib.Generator(loaded.model, loaded.params, eos_id=loaded.vocab.eos_id)
   width = generator_lib.bucket_width(max(len(p) for p in prompts), config.max_len,
                                      s.max_new_tokens)

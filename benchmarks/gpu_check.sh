@@ -36,6 +36,10 @@ export PY=${PY:-python3}
 export INPUTS=${INPUTS:-gpu_inputs}
 TRAIN_SECONDS=${TRAIN_SECONDS:-180}
 export PYTHONUNBUFFERED=1
+# JAX's persistent compilation cache: a stage reuses the programs an earlier one compiled at the
+# same shapes (the smoke's two decode stages share every one), as does a rerun into the same OUT.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}
 mkdir -p "$OUT"
 STAGES="$OUT/stages.tsv"
 : > "$STAGES"
@@ -54,8 +58,9 @@ if [ "$MODE" = --smoke ]; then
   TRAIN_SECONDS=${SMOKE_TRAIN_SECONDS:-20}
   # auto gets fixed relative costs here (measuring its table per batch size compiles a program
   # of every verify size: minutes on a busy 2-core machine); the cost stage still measures one.
+  # Prompts of at most 16 tokens: both decode stages pad to one width and share their programs.
   DECODE=(--methods=ar,bpd,pbest_0gram,medusa,auto --batch_sizes=1,8 --num_examples=8
-          --max_new_tokens=16 --rounds=1 --config.max_prompt_tokens=24
+          --max_new_tokens=16 --rounds=1 --config.max_prompt_tokens=16
           --config.options.auto.costs=1,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8)
   FLOOR=(--batch_sizes=1,8 --trees=16 --prompt_width=16 --max_new_tokens=16 --repeats=3)
   PROBE=(--smoke --probe_mib=16)
