@@ -62,7 +62,8 @@ if [ "$MODE" = --smoke ]; then
   DECODE=(--methods=ar,bpd,pbest_0gram,medusa,auto --batch_sizes=1,8 --num_examples=8
           --max_new_tokens=16 --rounds=1 --config.max_prompt_tokens=16
           --config.options.auto.costs=1,1.1,1.2,1.3,1.4,1.5,1.6,1.7,1.8)
-  FLOOR=(--batch_sizes=1,8 --trees=16 --prompt_width=16 --max_new_tokens=16 --repeats=3)
+  FLOOR=(--batch_sizes=1,8 --trees=16 --prompt_width=16 --max_new_tokens=16 --repeats=3
+         --min_seconds=0.02)
   PROBE=(--smoke --probe_mib=16)
   T_PROBE=120 T_SHARDS=300 T_TRAIN=$((TRAIN_SECONDS + 240)) T_DECODE=900 T_COST=900
 fi

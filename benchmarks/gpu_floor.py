@@ -50,6 +50,8 @@ _TREES = flags.DEFINE_list("trees", ["16", "64"], "Tree sizes beyond the chain."
 _PROMPT = flags.DEFINE_integer("prompt_width", 64, "Prompt length of the timed decode.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 128, "New tokens (sets the cache length).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating repeats (median kept).")
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 0.2, "Shortest timed run of one verify size "
+                                  "(iterations are repeated until it is reached).")
 _JSON = flags.DEFINE_string("json", "", "Write the results here.")
 
 
@@ -139,7 +141,8 @@ def floor(probe_result: dict) -> dict:
            "|---|---|---|---|---|---|---|---|---|---|"]
   for batch in map(int, _BATCHES.value):
     table = timing.cost_table(gen, drafter, None, probe_policy, batch, _PROMPT.value,
-                              _NEW.value, repeats=_REPEATS.value, min_seconds=0.2)
+                              _NEW.value, repeats=_REPEATS.value,
+                              min_seconds=_MIN_SECONDS.value)
     iteration = dict(zip(sizes, table.seconds))
     overhead = {}
     for t in (1, h):
