@@ -189,10 +189,11 @@ def main() -> None:
     cfg = loaded[head_set].model.config
     built = methods.build(method, cfg, **options)
     gen = generators[head_set]
-    greedy, _ = gen.generate(prompts, built.drafter, built.params, args.max_new_tokens,
-                             args.batch_size, record_topk=1)
-    sampled, _ = gen.generate(prompts, built.drafter, built.params, args.max_new_tokens,
-                              args.batch_size, sampling.SamplingConfig(temperature=1.0),
+    greedy, _ = gen.generate(prompts, built, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, record=1)
+    sampled, _ = gen.generate(prompts, built, max_new_tokens=args.max_new_tokens,
+                              batch_size=args.batch_size,
+                              sampling_config=sampling.SamplingConfig(temperature=1.0),
                               rng=jax.random.PRNGKey(0))
     outputs = [list(map(int, g.tokens)) for g in greedy]
     if reference is None:
