@@ -44,12 +44,11 @@ def settings(config) -> settings_lib.DecodeSettings:
 
 
 def prompts(s: settings_lib.DecodeSettings, loaded, task: str,
-            max_prompt_tokens: int = 0, as_decode_py: bool = False) -> list:
+            as_decode_py: bool = False) -> list:
   """Token ids of the first num_examples prompts of `task`, in file order, or with
   as_decode_py the seeded sample decode.py decodes (settings.example_seed); each keeps its
-  last max_prompt_tokens tokens (default: the settings', else max_len - max_new_tokens)."""
-  limit = (max_prompt_tokens or s.max_prompt_tokens
-           or loaded.model.config.max_len - s.max_new_tokens)
+  last settings.max_prompt_tokens tokens (0: max_len - max_new_tokens)."""
+  limit = s.max_prompt_tokens or loaded.model.config.max_len - s.max_new_tokens
   seed = s.example_seed if as_decode_py and s.example_seed >= 0 else None
   examples = eval_tasks.load_prompts(task, s.data_dir or loaded.config.data_dir,
                                      workdir_lib.vocab_path(s.workdir), s.num_examples,

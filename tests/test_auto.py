@@ -60,8 +60,10 @@ def test_auto_equals_ar_greedy(trained, batch_size):
     built = methods.build("auto", cfg, **knobs)
     got_eos, _, timings = _run(loaded, rows, built, batch_size, eos_id=eos)
     assert got_eos == ar_eos, knobs
-    stats = timings[0].stats
-    assert int(np.sum(stats["chosen"])) > 0
+    # With flat costs auto drafts (steps chose a candidate beyond plain decoding), so the
+    # equality above covers its verification, not only its plain stretches.
+    if knobs["costs"].startswith("1,1,1"):
+      assert sum(int(np.sum(t.stats["chosen"][1:])) for t in timings) > 0, knobs
   built = methods.build("auto_entropy", cfg, threshold=4.0)
   assert _run(loaded, rows, built, batch_size)[0] == ar
 

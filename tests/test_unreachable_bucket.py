@@ -45,10 +45,11 @@ def _env(port):
               JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
 
 
-# Each command imports its entry point's modules, prints the time, then runs it as the user's
-# command would: the seconds that count are those after the imports.
-_ENTRY = ("import sys, time; from bpdjax.{module} import cli; print(f'IMPORTED {{time.time()}}', "
-          "flush=True); sys.argv = {argv!r}; cli.main()")
+def _after_imports(imports: str, run: str) -> list:
+  """python -c: `imports`, then print the time, then `run` (the seconds that count are those
+  after the imports)."""
+  return [sys.executable, "-c", f"import time; {imports}; "
+          f"print(f'IMPORTED {{time.time()}}', flush=True); {run}"]
 
 
 def _commands(output):
@@ -56,13 +57,13 @@ def _commands(output):
            "--config.num_train_steps=2", "--config.tensorboard=False"]
   decode = ["decode.py", f"--workdir={WORKDIR}", f"--output={output}", "--tasks=lambada",
             "--methods=ar", "--num_examples=1", "--max_new_tokens=4"]
-  return {
-      "train.py": [sys.executable, "-c", _ENTRY.format(module="train", argv=train)],
-      "decode.py": [sys.executable, "-c", _ENTRY.format(module="eval", argv=decode)],
-      "bpdjax.load": [sys.executable, "-c",
-                      "import sys, time, bpdjax; from bpdjax import api; "
-                      "print(f'IMPORTED {time.time()}', flush=True); "
-                      f"bpdjax.load({WORKDIR!r})"],
+  return {   # The entry points as train.py and decode.py call them, with the same argv.
+      "train.py": _after_imports("import sys; from bpdjax.train import cli",
+                                 f"sys.argv = {train!r}; cli.main()"),
+      "decode.py": _after_imports("import sys; from bpdjax.eval import cli",
+                                  f"sys.argv = {decode!r}; cli.main()"),
+      "bpdjax.load": _after_imports("import bpdjax; from bpdjax import api",
+                                    f"bpdjax.load({WORKDIR!r})"),
   }
 
 
