@@ -39,14 +39,21 @@ def random_model(vocab_size=64, h=4, seed=0, scale=0.3, head_type="ffn", markov_
       mlp_dim=64, max_len=128, num_heads_bpd=h, head_hidden_dim=32, head_type=head_type,
       markov_rank=markov_rank)
   model = model_lib.Transformer(cfg)
-  tok = jnp.zeros((1, 4), jnp.int32)
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), tok, tok)["params"])
-  # Heads start as copies of the next-token head; perturb so they disagree as trained heads do.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-  params = jax.tree.unflatten(
-      tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params = _random_params(model, jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1), scale)
   return model, cfg, params
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _random_params(model, init_key, noise_key, scale):
+  """model.init, then every leaf perturbed: heads start as copies of the next-token head, and
+  disagree after it as trained heads do. Jitted: run eagerly, init and the per-leaf noise
+  compile one XLA program per operation and shape (about 5 s of a test module's start)."""
+  tok = jnp.zeros((1, 4), jnp.int32)
+  params = nn.meta.unbox(model.init(init_key, tok, tok)["params"])
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(noise_key, len(leaves))
+  return jax.tree.unflatten(
+      tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -173,8 +180,7 @@ def joint_counts(tokens, vocab):
 def exact_joint(model, params, prompt, vocab, config):
   """Exact p(t1, t2 | prompt) under the sampling distribution, by enumeration."""
   seqs = jnp.array([list(prompt) + [a] for a in range(vocab)])
-  logits, _ = model.apply({"params": params}, seqs, jnp.broadcast_to(jnp.arange(seqs.shape[1]),
-                                                                     seqs.shape))
+  logits = full_forward(model, params, seqs)
   p2 = jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1)   # [V, V]
   p1 = jax.nn.softmax(sampling.processed_logits(logits[0, -2, 0], config), -1)   # [V]
   return np.asarray(p1[:, None] * p2).reshape(-1)
@@ -202,6 +208,14 @@ def sample_first_two(model, params, prompt, drafter, config, n, decode_fn=None,
   return np.asarray(decode_fn(prompts, lengths).tokens[:, :2])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _next_token_probs(model, params, seqs, config):
+  """[B, V] the sampling distribution of the token after each of seqs [B, L] (jitted: eager,
+  the forward compiles one XLA program per operation and shape)."""
+  logits = model.apply({"params": params}, seqs, jnp.arange(seqs.shape[1])[None])[0]
+  return jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1)
+
+
 def exact_first_tokens(model, params, prompt, vocab, config, num):
   """Exact p(t1..t_num | prompt) under the sampling distribution, by enumeration: [vocab**num]
   (cell index t1 * vocab**(num-1) + ... + t_num)."""
@@ -210,9 +224,7 @@ def exact_first_tokens(model, params, prompt, vocab, config, num):
     prefixes = np.array(list(np.ndindex(*(vocab,) * n)), np.int32).reshape(vocab ** n, n)
     seqs = jnp.asarray(np.concatenate([np.tile(np.asarray(prompt)[None], (len(prefixes), 1)),
                                        prefixes], axis=1), jnp.int32)
-    logits, _ = model.apply({"params": params}, seqs,
-                            jnp.broadcast_to(jnp.arange(seqs.shape[1]), seqs.shape))
-    step = np.asarray(jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1))
+    step = np.asarray(_next_token_probs(model, params, seqs, config))
     probs = (probs[:, None] * step).reshape(-1)
   return probs
 

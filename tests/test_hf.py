@@ -3,10 +3,12 @@ written by tools/make_hf_golden.py) and stories260K against a numpy port of llam
 
 Needs the shared models (data_dir/models/...); skips without them. No torch needed.
 """
+import functools
 import json
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -44,10 +46,14 @@ def golden():
 
 
 def _logits(cfg, params, tokens):
-  tokens = jnp.asarray(tokens, jnp.int32)
+  return np.asarray(_forward(cfg, params, jnp.asarray(tokens, jnp.int32)))   # [B, L, h, V]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(cfg, params, tokens):
+  """Jitted: run eagerly, a forward compiles one XLA program per operation and shape."""
   positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  logits, _ = model_lib.Transformer(cfg).apply({"params": params}, tokens, positions)
-  return np.asarray(logits)                                   # [B, L, h, V]
+  return model_lib.Transformer(cfg).apply({"params": params}, tokens, positions)[0]
 
 
 @needs_tinystories

@@ -32,12 +32,17 @@ def make_config(**overrides) -> model_lib.TransformerConfig:
 
 
 def init_params(cfg, seed=0, perturb=True):
+  return _init_params(cfg, perturb, jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1000))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_params(cfg, perturb, init_key, key):
+  """Jitted: run eagerly, init compiles one XLA program per operation and shape."""
   tokens = jnp.zeros((1, 4), jnp.int32)
-  params = model_lib.Transformer(cfg).init(jax.random.PRNGKey(seed), tokens, tokens)["params"]
+  params = model_lib.Transformer(cfg).init(init_key, tokens, tokens)["params"]
   params = partitioning.strip_boxes(params)
   if not perturb:
     return params
-  key = jax.random.PRNGKey(seed + 1000)
 
   def perturb_leaf(path, x):
     nonlocal key
