@@ -3,9 +3,12 @@ openings (issue 32).
 
   python -m bpdjax.bench learned_drafts --ffn=workdirs/ts_ffn --sequential=workdirs/ts_seq \
       --markov=workdirs/ts_markov --output=out/learned_drafts     # WORKDIR@STEP: a checkpoint
+      [--rescorer=workdirs/ts_rescorer --ngram_arpa=workdirs/ts_ffn/ngram4.arpa]  # the paper's
 
-Three head sets on the same frozen TinyStories-656K (configs/tinystories_heads.py, h = 4):
-ffn heads (the paper's), sequential heads (Hydra) and ffn heads with a Markov correction. The
+Three head sets on the same frozen TinyStories-656K (configs/tinystories_heads.py, h = 4 unless
+trained with another): ffn heads (the paper's), sequential heads (Hydra) and ffn heads with a
+Markov correction; the paper's local and global (n-gram DP) rescoring of the ffn heads' lattice
+are rows too when their resources are given. The
 prompts are benchmarks/story_openings.jsonl plus the first --num_heldout held-out openings of
 the distillation data (its validation split, never trained on); --tune_offset.. are the
 openings tuning may use, disjoint from these. Every row decodes them greedily (identical to ar
@@ -35,8 +38,10 @@ from bpdjax import workdir as workdir_lib
 from bpdjax.data import eval_tasks
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
+from bpdjax.decoding import resources as resources_lib
 from bpdjax.decoding import sampling
 from bpdjax.decoding.drafters import conditioned
+from bpdjax.decoding.drafters import local
 from bpdjax.decoding.drafters import medusa
 from bpdjax.decoding.drafters import prompt_lookup
 
@@ -50,6 +55,8 @@ ROWS = (
     ("medusa-64", "ffn", "medusa", dict(tree_size=64)),
     ("prompt_lookup (10 tokens; n<=2)", "ffn", "prompt_lookup", {}),
     ("prompt_lookup + medusa-64", "ffn", "prompt_lookup_tree", dict(tree_size=64)),
+    ("local (--rescorer)", "ffn", "local", {}),
+    ("ngram (--ngram_arpa; dp)", "ffn", "ngram", {}),
     ("sequential chain", "sequential", "sequential", {}),
     ("sequential tree-64", "sequential", "sequential_tree", dict(tree_size=64)),
     ("prompt_lookup + sequential tree-64", "sequential", "prompt_lookup_tree",
@@ -105,10 +112,16 @@ def step_macs(cfg, params) -> int:
   return layers + head_macs(cfg, 1)
 
 
-def drafting_macs(drafter, cfg) -> int:
-  """Head MACs one propose spends (prompt lookup: none, only token comparisons)."""
+def drafting_macs(drafter, cfg, drafter_params=None) -> int:
+  """Head MACs one propose spends (prompt lookup: none, only token comparisons; the n-gram DP:
+  the heads' only, table look-ups uncounted; local rescoring: the heads' and one rescorer step
+  per token it feeds, the draft's length)."""
   if isinstance(drafter, prompt_lookup.MergedDrafter):
     return drafting_macs(drafter.tree, cfg)
+  if isinstance(drafter, local.LocalRescoreDrafter):
+    rescorer = drafter.rescorer.model.config
+    return (sum(head_macs(cfg, i) for i in range(2, drafter.draft_len + 1))
+            + drafter.draft_len * step_macs(rescorer, drafter_params))
   if isinstance(drafter, prompt_lookup.PromptLookupDrafter):
     return 0
   if isinstance(drafter, conditioned.ConditionedTreeDrafter):
@@ -147,6 +160,8 @@ def main() -> None:
   ap.add_argument("--ffn", default="", help="Workdir[@step] of each head set.")
   ap.add_argument("--sequential", default="", help="(rows of a head set left out skip)")
   ap.add_argument("--markov", default="")
+  ap.add_argument("--rescorer", default="", help="Workdir of local rescoring's LM (the local row).")
+  ap.add_argument("--ngram_arpa", default="", help="ARPA n-gram LM of the ngram row.")
   ap.add_argument("--output", default="out/learned_drafts")
   ap.add_argument("--num_heldout", type=int, default=24)
   ap.add_argument("--heldout_offset", type=int, default=0,
@@ -179,6 +194,8 @@ def main() -> None:
   base = {n: params_lib.params_checksum(l.params) for n, l in loaded.items()}
   if len(set(base.values())) != 1:
     raise ValueError(f"The head sets sit on different bases: {base}")
+  resources = resources_lib.load(dict(rescorer_workdir=args.rescorer, ngram_arpa=args.ngram_arpa),
+                                 workdirs["ffn"], loaded["ffn"].model.config.vocab_size)
   prompts = story_prompts(loaded["ffn"], workdirs["ffn"], args.num_heldout, args.heldout_offset,
                           loaded["ffn"].model.config.max_len - args.max_new_tokens, args.output)
   wanted = set(args.rows.split(",")) if args.rows else None
@@ -186,8 +203,10 @@ def main() -> None:
   for label, head_set, method, options in ROWS:
     if head_set not in loaded or (wanted is not None and label not in wanted and method != "ar"):
       continue
+    if any(resources.get(kind) is None for kind in methods.get(method).resources):
+      continue
     cfg = loaded[head_set].model.config
-    built = methods.build(method, cfg, **options)
+    built = methods.build(method, cfg, resources, **options)
     gen = generators[head_set]
     greedy, _ = gen.generate(prompts, built, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, record=1)
@@ -204,7 +223,7 @@ def main() -> None:
                be_greedy=be(greedy), be_t1=be(sampled),
                identical=sum(o == r for o, r in zip(outputs, reference)),
                prompts=len(prompts), nodes=built.drafter.topology.size,
-               drafting_macs=drafting_macs(built.drafter, cfg),
+               drafting_macs=drafting_macs(built.drafter, cfg, built.params),
                step_macs=step_macs(cfg, loaded[head_set].params),
                conditional=conditional_acceptance(greedy, positions) if positions else [])
     results.append(row)
