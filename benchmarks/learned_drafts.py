@@ -170,7 +170,7 @@ def main() -> None:
   ap.add_argument("--batch_size", type=int, default=4)
   ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
   ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
-                  "one table of their rows (ar once), head sets named with their step.")
+                  "one table of their rows (ar once), head sets named with their step and h.")
   ap.add_argument("--markdown", default=results_page.default_path("learned_drafts"),
                   help=results_page.HELP + " Default: %(default)s.")
   args = ap.parse_args()
@@ -248,10 +248,11 @@ def merge(folders, output: str, page: str) -> None:
   for folder in folders:
     with open(os.path.join(folder, "learned_drafts.json")) as f:
       run = json.load(f)
+    name = lambda n: f"{n}@{run['heads'][n]['step']} h={run['heads'][n]['h']}"
     for r in run["rows"]:
       if r["method"] != "ar" or not rows:
-        rows.append(dict(r, heads=f"{r['heads']}@{run['heads'][r['heads']]['step']}"))
-    heads.update({f"{n}@{h['step']}": h for n, h in run["heads"].items()})
+        rows.append(dict(r, heads=name(r["heads"])))
+    heads.update({name(n): h for n in run["heads"]})
     prompts, max_new = rows[0]["prompts"], run["args"]["max_new_tokens"]
   text = markdown(rows, heads, prompts, max_new)
   with open(os.path.join(output, "learned_drafts.md"), "w") as f:

@@ -73,14 +73,20 @@ def test_heads_read_the_tokens_before_them(kind_model):
   np.testing.assert_allclose(default, greedy[:, :, 1:], rtol=1e-5, atol=1e-5)
 
 
-def _drafters(kind, cfg):
-  """The kind's chain and tree; with sequential heads also every existing head method."""
-  out = {kind: methods.build(kind, cfg).drafter,
-         f"{kind}_tree": methods.build(f"{kind}_tree", cfg, k=3, tree_size=12).drafter}
+def _methods(kind, cfg):
+  """The kind's chain and tree, and auto driving each (flat costs: it drafts); with sequential
+  heads also every existing head method."""
+  tree = dict(k=3, tree_size=12)
+  out = {kind: methods.build(kind, cfg), f"{kind}_tree": methods.build(f"{kind}_tree", cfg, **tree)}
+  for name in (kind, f"{kind}_tree"):
+    flat = ",".join("1" * len(out[name].drafter.candidates))
+    out[f"auto over {name}"] = methods.build(
+        "auto", cfg, drafter=name, costs=flat, method_options={name: methods.make_options(
+            name, **(tree if name.endswith("_tree") else {}))})
   if kind == "sequential":
     for name, values in (("bpd", {}), ("pbest_0gram", dict(k=3, p=4)),
                          ("medusa", dict(k=3, tree_size=12))):
-      out[name] = methods.build(name, cfg, **values).drafter
+      out[name] = methods.build(name, cfg, **values)
   return out
 
 
@@ -92,12 +98,14 @@ def test_greedy_equals_plain_decoding(kind_model):
   limit = 11
   naive, eos, naive_eos = helpers.eos_inside_blocks(model, params, prompts, lengths, MAX_NEW,
                                                     limit)
-  for name, drafter in _drafters(kind, cfg).items():
-    one = helpers.decode(model, params, prompts[:1, :lengths[0]], lengths[:1], drafter, MAX_NEW)
+  for name, built in _methods(kind, cfg).items():
+    one = helpers.decode(model, params, prompts[:1, :lengths[0]], lengths[:1], built.drafter,
+                         MAX_NEW, policy=built.policy)
     assert helpers.rows(one) == naive[:1], name
-    if name.startswith(kind):
+    if kind in name:
       assert one.calls[0] < MAX_NEW, name                       # Some drafts were kept.
-    out = helpers.decode(model, params, prompts, lengths, drafter, limit, eos_id=eos)
+    out = helpers.decode(model, params, prompts, lengths, built.drafter, limit, eos_id=eos,
+                         policy=built.policy)
     assert helpers.rows(out) == naive_eos, name
 
 

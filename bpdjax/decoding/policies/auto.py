@@ -226,8 +226,10 @@ class AutoPolicy:
     topo = shape.topology
     active = heads.active.astype(jnp.float32)
     logp, usable_heads = self._lazy_heads(state, shape, heads, active)            # [B, L-1, V]
-    lattice = protocol.LastHeads.from_logits(
-        jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp], axis=1), heads.active)
+    # The heads already computed, as the drafter's lattice; the hidden state stays, so that a
+    # drafter whose heads read its own drafts (sequential, markov) can still compute them.
+    lattice = dataclasses.replace(
+        heads, logits=jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp], axis=1))
     nodes, drafter_state = drafter.propose(drafter_params, drafter_state, lattice, next_token)
     depth = np.maximum(np.asarray(topo.depth) - 1, 0)
     node_logp = jnp.take_along_axis(logp[:, depth], nodes[:, :, None], axis=2)[..., 0]
