@@ -252,7 +252,7 @@ def merge(folders, output: str, page: str) -> None:
     for r in run["rows"]:
       if r["method"] != "ar" or not rows:
         rows.append(dict(r, heads=name(r["heads"])))
-    heads.update({name(n): h for n in run["heads"]})
+    heads.update({name(n): h for n, h in run["heads"].items()})
     prompts, max_new = rows[0]["prompts"], run["args"]["max_new_tokens"]
   text = markdown(rows, heads, prompts, max_new)
   with open(os.path.join(output, "learned_drafts.md"), "w") as f:
