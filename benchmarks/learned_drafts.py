@@ -47,6 +47,8 @@ from bpdjax.decoding.drafters import prompt_lookup
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
+MAX_CONDITIONAL = 5   # Conditional acceptance reported for draft tokens 2..6 at most.
+
 # (label, head set, method, options): the table's rows, in order.
 ROWS = (
     ("ar", "ffn", "ar", {}),
@@ -218,7 +220,7 @@ def main() -> None:
     if reference is None:
       reference = outputs
     be = lambda gs: sum(len(g.tokens) for g in gs) / sum(g.calls for g in gs)
-    positions = min(built.drafter.topology.path_len - 1, 3)
+    positions = min(built.drafter.topology.path_len - 1, MAX_CONDITIONAL)
     row = dict(label=label, heads=head_set, method=method, options=options,
                be_greedy=be(greedy), be_t1=be(sampled),
                identical=sum(o == r for o, r in zip(outputs, reference)),
@@ -262,12 +264,14 @@ def merge(folders, output: str, page: str) -> None:
 
 
 def markdown(rows, heads, num_prompts: int, max_new: int) -> str:
+  width = max([3] + [len(r["conditional"]) for r in rows])
+  given = " | ".join(f"P(tok {i} given {i - 1})" for i in range(3, width + 2))
   out = [f"{num_prompts} prompts, {max_new} new tokens; tokens/s not measured (shared machine).",
          "", "| method | heads | nodes/call | BE greedy | BE T=1 | identical to ar | "
-         "drafting MACs/step (x plain step) | P(tok 2) | P(tok 3 given 2) | P(tok 4 given 3) |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         f"drafting MACs/step (x plain step) | P(tok 2) | {given} |",
+         "|---|---|---|---|---|---|---" + "|---" * width + "|"]
   for r in rows:
-    cond = [f"{c:.3f}" for c in r["conditional"]] + [""] * (3 - len(r["conditional"]))
+    cond = [f"{c:.3f}" for c in r["conditional"]] + [""] * (width - len(r["conditional"]))
     out.append(f"| {r['label']} | {r['heads']} | {r['nodes']} | {r['be_greedy']:.3f} | "
                f"{r['be_t1']:.3f} | {r['identical']}/{r['prompts']} | "
                f"{r['drafting_macs']:,} ({r['drafting_macs'] / r['step_macs']:.2f}) | "
