@@ -172,7 +172,7 @@ def main() -> None:
   ap.add_argument("--batch_size", type=int, default=4)
   ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
   ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
-                  "one table of their rows (ar once), head sets named with their step and h.")
+                  "one table of their rows (ar once), head sets named with step, h and rank.")
   ap.add_argument("--markdown", default=results_page.default_path("learned_drafts"),
                   help=results_page.HELP + " Default: %(default)s.")
   args = ap.parse_args()
@@ -250,7 +250,9 @@ def merge(folders, output: str, page: str) -> None:
   for folder in folders:
     with open(os.path.join(folder, "learned_drafts.json")) as f:
       run = json.load(f)
-    name = lambda n: f"{n}@{run['heads'][n]['step']} h={run['heads'][n]['h']}"
+    def name(n):   # Unique across runs: step, h and the Markov rank.
+      hd = run["heads"][n]
+      return f"{n}@{hd['step']} h={hd['h']}" + (f" r={hd['markov_rank']}" if hd["markov_rank"] else "")
     for r in run["rows"]:
       if r["method"] != "ar" or not rows:
         rows.append(dict(r, heads=name(r["heads"])))
