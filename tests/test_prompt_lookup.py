@@ -112,6 +112,10 @@ def test_sampling_exact_in_distribution(name):
     ("prompt_lookup", dict(min_ngram=0), {}, "min_ngram <= max_ngram"),
     ("prompt_lookup_tree", dict(k=2, tree_size=16), {}, "tree_size=16 is too large"),
     ("prompt_lookup_tree", {}, dict(num_heads_bpd=1), "merges heads 2..h"),
+    # auto chooses among drafts of the heads: lookup alone reads none, and merged with the
+    # heads' tree its primary chain is not the heads' (auto calibrates the heads on it).
+    ("auto", dict(drafter="prompt_lookup", costs="1,1"), {}, "this drafter reads none"),
+    ("auto", dict(drafter="prompt_lookup_tree", costs="1,1"), {}, "must read every head"),
 ])
 def test_bad_settings(method, values, model_fields, match):
   _, cfg, _ = helpers.random_model(h=4)
