@@ -252,7 +252,8 @@ def merge(folders, output: str, page: str) -> None:
       run = json.load(f)
     def name(n):   # Unique across runs: step, h and the Markov rank.
       hd = run["heads"][n]
-      return f"{n}@{hd['step']} h={hd['h']}" + (f" r={hd['markov_rank']}" if hd["markov_rank"] else "")
+      rank = f" r={hd['markov_rank']}" if hd["markov_rank"] else ""
+      return f"{n}@{hd['step']} h={hd['h']}{rank}"
     for r in run["rows"]:
       if r["method"] != "ar" or not rows:
         rows.append(dict(r, heads=name(r["heads"])))

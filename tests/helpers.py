@@ -58,6 +58,8 @@ def _random_params(model, init_key, noise_key, scale):
 
 @functools.partial(jax.jit, static_argnums=0)
 def full_forward(model, params, tokens):
+  """Logits [B, L, h, V] of every head at every position of tokens [B, L] (jitted: run eagerly,
+  a forward compiles one XLA program per operation and shape)."""
   return model.apply({"params": params}, tokens, jnp.arange(tokens.shape[1])[None])[0]
 
 
@@ -210,9 +212,8 @@ def sample_first_two(model, params, prompt, drafter, config, n, decode_fn=None,
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _next_token_probs(model, params, seqs, config):
-  """[B, V] the sampling distribution of the token after each of seqs [B, L] (jitted: eager,
-  the forward compiles one XLA program per operation and shape)."""
-  logits = model.apply({"params": params}, seqs, jnp.arange(seqs.shape[1])[None])[0]
+  """[B, V] the sampling distribution of the token after each of seqs [B, L]."""
+  logits = full_forward(model, params, seqs)
   return jax.nn.softmax(sampling.processed_logits(logits[:, -1, 0], config), -1)
 
 

@@ -77,7 +77,8 @@ def _methods(kind, cfg):
   """The kind's chain and tree, and auto driving each (flat costs: it drafts); with sequential
   heads also every existing head method."""
   tree = dict(k=3, tree_size=12)
-  out = {kind: methods.build(kind, cfg), f"{kind}_tree": methods.build(f"{kind}_tree", cfg, **tree)}
+  out = {kind: methods.build(kind, cfg),
+         f"{kind}_tree": methods.build(f"{kind}_tree", cfg, **tree)}
   for name in (kind, f"{kind}_tree"):
     flat = ",".join("1" * len(out[name].drafter.candidates))
     out[f"auto over {name}"] = methods.build(

@@ -8,13 +8,11 @@ prompts of 2 to 28 tokens with 64 new tokens), so the window matters; controls s
 family feature the fixture switches on changes the logits.
 """
 import dataclasses
-import functools
 import json
 import os
 import re
 import shutil
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,6 +27,7 @@ from bpdjax.decoding import methods
 from bpdjax.importers import hf
 from bpdjax.importers import hf_config
 from bpdjax.importers import hf_weights
+from tests import helpers
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "families")
 FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3"]
@@ -58,16 +57,9 @@ CONTROLS = {
 
 
 def logits_of(cfg, params, tokens):
-  """Head-1 logits [B, L, V] of a plain forward pass over tokens [B, L]."""
-  return np.asarray(_head_1_logits(cfg, params, jnp.asarray(tokens, jnp.int32)))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _head_1_logits(cfg, params, tokens):
-  """Jitted: run eagerly, a forward compiles one XLA program per operation and shape."""
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  logits, _ = model_lib.Transformer(cfg).apply({"params": params}, tokens, positions)
-  return logits[:, :, 0]
+  """Head-1 logits [B, L, V] of a plain forward pass over tokens [B, L] (jitted)."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  return np.asarray(helpers.full_forward(model_lib.Transformer(cfg), params, tokens)[:, :, 0])
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -3,12 +3,10 @@ written by tools/make_hf_golden.py) and stories260K against a numpy port of llam
 
 Needs the shared models (data_dir/models/...); skips without them. No torch needed.
 """
-import functools
 import json
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from bpdjax import model as model_lib
 from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.configs import default
+from tests import helpers
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
 MODELS = os.path.join(default.get_config().data_dir, "models")
@@ -46,14 +45,9 @@ def golden():
 
 
 def _logits(cfg, params, tokens):
-  return np.asarray(_forward(cfg, params, jnp.asarray(tokens, jnp.int32)))   # [B, L, h, V]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward(cfg, params, tokens):
-  """Jitted: run eagerly, a forward compiles one XLA program per operation and shape."""
-  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-  return model_lib.Transformer(cfg).apply({"params": params}, tokens, positions)[0]
+  tokens = jnp.asarray(tokens, jnp.int32)
+  logits = helpers.full_forward(model_lib.Transformer(cfg), params, tokens)     # [B, L, h, V]
+  return np.asarray(logits)
 
 
 @needs_tinystories
