@@ -8,8 +8,10 @@ Every method decodes the same prompts (the first --num_examples of --tasks' firs
 16 lambada prompts, 128 new tokens) through the same jitted loop, compiled before timing; the
 rounds alternate methods so that machine noise hits all of them. Prints tokens/s (median of the
 rounds), block efficiency, the ratio to the first method and to the fastest other method, and
-whether outputs are identical; for cost-aware methods (auto) also the cost table they measured
-at that batch size, the candidates they chose and predicted vs realized tokens per call.
+whether outputs are identical; ms/call is the last round's wall time per serial loop step (a
+batch's prefill plus its iterations: one model call each); for cost-aware methods (auto) also
+the cost table they measured at that batch size, the candidates they chose and predicted vs
+realized tokens per call.
 Method knobs come from the decode configuration (configs/decode.py).
 """
 from absl import app
@@ -59,10 +61,10 @@ def main(argv):
             f"{s.tasks[0]} prompts, max_new_tokens={s.max_new_tokens}, methods {s.methods}, "
             f"median of {_ROUNDS.value} alternating rounds")
   print(header)
-  table = [header, "", "| batch | method | tokens/s | vs " + s.methods[0] + " | vs best other "
-           "| BE | identical | chosen (steps per candidate) | predicted / realized tok/call "
+  table = [header, "", "| batch | method | tokens/s | ms/call | vs " + s.methods[0] +
+           " | vs best other | BE | identical | chosen (steps per candidate) | predicted / realized tok/call "
            "| same, drafting steps only | steps that looked at heads |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for batch_size in map(int, _BATCHES.value):
     tables_before = len(generator.cost_tables)
     built = common.build_methods(s, generator, prompt_width=width, batch_size=batch_size,
@@ -83,14 +85,16 @@ def main(argv):
               if "predicted_tokens_per_call" in st else "–")
       drafting, looks = _drafting_steps(st, batch_size), st.get("head_looks")
       looks = "–" if looks is None else f"{looks / max(st['verified_calls'], 1):.1%}"
-      line = (f"batch {batch_size}: {name:12s} {tps:8.1f} tok/s | {tps / base_tps:5.2f}x {first} "
+      line = (f"batch {batch_size}: {name:12s} {tps:8.1f} tok/s | {entry['ms_per_step']:.3f} "
+              f"ms/call | {tps / base_tps:5.2f}x {first} "
               f"| {tps / best_other:5.2f}x best other | BE {entry['block_efficiency']:.3f} | "
               f"identical to {first} {_identical(base_gens, gens)}")
       if st:
         line += (f" | chosen {chosen} | predicted/realized {pred} (drafting steps {drafting})"
                  f" | looked at heads {looks}")
       print(line)
-      table.append(f"| {batch_size} | {name} | {tps:.1f} | {tps / base_tps:.2f} | "
+      table.append(f"| {batch_size} | {name} | {tps:.1f} | {entry['ms_per_step']:.3f} | "
+                   f"{tps / base_tps:.2f} | "
                    f"{tps / best_other:.2f} | {entry['block_efficiency']:.3f} | "
                    f"{_identical(base_gens, gens)} | {chosen} | {pred} | {drafting} | {looks} |")
     for t in generator.cost_tables[tables_before:]:   # Cost-aware methods, this batch size.

@@ -65,6 +65,9 @@ ROWS = (
      dict(tree_size=64)),
     ("markov chain", "markov", "markov", {}),
     ("markov tree-64", "markov", "markov_tree", dict(tree_size=64)),
+    ("markov chain (16 scored)", "markov", "markov", dict(markov_candidates=16)),
+    ("markov tree-64 (16 scored)", "markov", "markov_tree",
+     dict(tree_size=64, markov_candidates=16)),
 )
 
 
@@ -94,8 +97,10 @@ def conditional_acceptance(generations, positions: int) -> list[float]:
           for i in range(2, positions + 2)]
 
 
-def head_macs(cfg, i: int) -> int:
-  """Multiply-accumulates of head i (1-based) at one position, its vocabulary term included."""
+def head_macs(cfg, i: int, markov_candidates: int = 0) -> int:
+  """Multiply-accumulates of head i (1-based) at one position, its vocabulary term included
+  (a Markov correction's: r x V, or r x markov_candidates when it scores that many tokens; the
+  top-k selection's comparisons uncounted)."""
   d, hidden, v = cfg.emb_dim, cfg.head_hidden_dim, cfg.vocab_size
   if cfg.head_type == "sequential" and i > 1:
     body = i * d * hidden + hidden * d
@@ -103,7 +108,7 @@ def head_macs(cfg, i: int) -> int:
     body = d * d if i > 1 else 0
   else:
     body = 2 * d * hidden
-  markov = cfg.markov_rank * v if (i > 1 and cfg.markov_rank > 0) else 0
+  markov = cfg.markov_rank * (markov_candidates or v) if (i > 1 and cfg.markov_rank > 0) else 0
   return body + d * v + markov
 
 
@@ -129,8 +134,12 @@ def drafting_macs(drafter, cfg, drafter_params=None) -> int:
   if isinstance(drafter, conditioned.ConditionedTreeDrafter):
     topology = drafter.topology
     depth, parents = np.asarray(topology.depth), np.asarray(topology.parents)
-    return sum(len(np.unique(parents[depth == d])) * head_macs(cfg, d + 1)
+    return sum(len(np.unique(parents[depth == d]))
+               * head_macs(cfg, d + 1, drafter.markov_candidates)
                for d in range(1, topology.max_depth + 1))
+  if isinstance(drafter, conditioned.ConditionedChainDrafter):
+    return sum(head_macs(cfg, i, drafter.markov_candidates)
+               for i in range(2, drafter.last_head + 1))
   last = drafter.last_head
   if isinstance(drafter, medusa.MedusaTreeDrafter):
     last = drafter.draft_len

@@ -68,15 +68,32 @@ class MarkovCorrection(nn.Module):
   config: object
 
   @nn.compact
-  def __call__(self, previous_token: jax.Array) -> jax.Array:
-    """previous_token [B, L] int -> [B, L, V] float32."""
+  def __call__(self, previous_token: jax.Array, ids: Optional[jax.Array] = None) -> jax.Array:
+    """previous_token [B, L] int -> [B, L, V] float32; with ids [B, L, k] int, only the term of
+    those tokens, [B, L, k] (r x k multiply-accumulates per position instead of r x V)."""
     cfg = self.config
     u = self.param("token_factors", nn.with_logical_partitioning(
         nn.initializers.normal(1.0), ("vocab", None)), (cfg.vocab_size, cfg.markov_rank),
         jnp.float32)
     w = self.param("vocab_factors", nn.with_logical_partitioning(
         nn.initializers.zeros, (None, "vocab")), (cfg.markov_rank, cfg.vocab_size), jnp.float32)
-    return jnp.take(u, previous_token, axis=0) @ w
+    factors = jnp.take(u, previous_token, axis=0)                                 # [B, L, r]
+    if ids is None:
+      return factors @ w
+    return jnp.einsum("blr,rblk->blk", factors, jnp.take(w, ids, axis=1))
+
+
+def correct_candidates(logits: jax.Array, correction, previous_token: jax.Array,
+                       k: int) -> jax.Array:
+  """The Markov term added to the k best tokens of logits [B, L, V] only; every other token
+  gets -inf, so argmax and top-k (up to k) of the result rank the corrected candidates.
+  correction: a MarkovCorrection."""
+  logits = logits.astype(jnp.float32)
+  values, ids = jax.lax.top_k(logits, k)                                        # [B, L, k]
+  corrected = values + correction(previous_token, ids)
+  b, l, _ = ids.shape
+  rows, cols = jnp.arange(b)[:, None, None], jnp.arange(l)[None, :, None]
+  return jnp.full_like(logits, -jnp.inf).at[rows, cols, ids].set(corrected)
 
 
 def following_tokens(tokens: jax.Array, m: int) -> jax.Array:

@@ -189,11 +189,14 @@ class Transformer(nn.Module):
     new_cache = None if cache is None else cache.replace_layers(new_layers)
     return self.final_norm(x), new_cache
 
-  def head_logits(self, x, start: int = 0, stop: Optional[int] = None, following=None):
+  def head_logits(self, x, start: int = 0, stop: Optional[int] = None, following=None,
+                  markov_candidates: int = 0):
     """Logits [B, L, stop - start, V] float32 of heads start..stop-1 (0-based) for x [B, L, D].
 
     following: [B, L, >= stop - 1] int, the tokens after each position, read by heads that
-    condition on the tokens drafted before them (heads.py); None: their own greedy chain."""
+    condition on the tokens drafted before them (heads.py); None: their own greedy chain.
+    markov_candidates > 0: a Markov correction scores only each head's that many best tokens,
+    the others get -inf (heads_lib.correct_candidates); 0: the whole vocabulary."""
     stop = self.config.num_heads_bpd if stop is None else stop
 
     def one_head(i, previous):
@@ -206,7 +209,10 @@ class Transformer(nn.Module):
         logits = self._vocab_logits(x)
       else:
         logits = self.heads[i - 1](x)
-      if i and self.config.markov_rank > 0:
+      if i and self.config.markov_rank > 0 and markov_candidates > 0:
+        logits = heads_lib.correct_candidates(logits, self.markov[i - 1], previous[..., -1],
+                                              markov_candidates)
+      elif i and self.config.markov_rank > 0:
         logits = logits.astype(jnp.float32) + self.markov[i - 1](previous[..., -1])
       return logits
 

@@ -73,6 +73,33 @@ def test_heads_read_the_tokens_before_them(kind_model):
   np.testing.assert_allclose(default, greedy[:, :, 1:], rtol=1e-5, atol=1e-5)
 
 
+def test_markov_candidates_score_the_best_tokens_only():
+  """markov_candidates=k: each head's k best uncorrected tokens get the full correction's
+  logits, every other token -inf; k = V is the full correction."""
+  model, cfg, params = conditioned_model(markov_rank=4, scale=0.1)
+  tokens = jnp.asarray([[3, 9, 27, 17, 41, 5]])
+  x = _hidden(model, params, tokens)
+  following = heads_lib.following_tokens(tokens, cfg.num_heads_bpd - 1)
+  full = model.apply({"params": params}, x, 1, 4, following, method=model.head_logits)
+  uncorrected_params = {n: (dict(p, vocab_factors=0 * p["vocab_factors"])
+                            if n.endswith("_markov") else p) for n, p in params.items()}
+  uncorrected = model.apply({"params": uncorrected_params}, x, 1, 4, following,
+                            method=model.head_logits)
+  every = model.apply({"params": params}, x, 1, 4, following, cfg.vocab_size,
+                      method=model.head_logits)
+  np.testing.assert_allclose(every, full, rtol=1e-5, atol=1e-5)
+  k = 5
+  some = model.apply({"params": params}, x, 1, 4, following, k, method=model.head_logits)
+  best = np.argsort(-np.asarray(uncorrected), axis=-1)[..., :k]
+  scored = np.isfinite(np.asarray(some))
+  assert (scored.sum(-1) == k).all()
+  np.testing.assert_array_equal(np.sort(np.nonzero(scored)[-1].reshape(best.shape), -1),
+                                np.sort(best, -1))
+  np.testing.assert_allclose(np.asarray(some)[scored], np.asarray(full)[scored], rtol=1e-5,
+                             atol=1e-5)
+  assert not np.allclose(full, uncorrected)         # The correction is there to score.
+
+
 def _methods(kind, cfg):
   """The kind's chain and tree, and auto driving each (flat costs: it drafts); with sequential
   heads also every existing head method."""
@@ -84,6 +111,10 @@ def _methods(kind, cfg):
     out[f"auto over {name}"] = methods.build(
         "auto", cfg, drafter=name, costs=flat, method_options={name: methods.make_options(
             name, **(tree if name.endswith("_tree") else {}))})
+  if kind == "markov":      # The correction on each head's best tokens only.
+    out["markov (markov_candidates=4)"] = methods.build("markov", cfg, markov_candidates=4)
+    out["markov_tree (markov_candidates=4)"] = methods.build("markov_tree", cfg, **tree,
+                                                             markov_candidates=4)
   if kind == "sequential":
     for name, values in (("bpd", {}), ("pbest_0gram", dict(k=3, p=4)),
                          ("medusa", dict(k=3, tree_size=12))):
@@ -135,10 +166,13 @@ def small_model():
                            scale=0.1)
 
 
-@pytest.mark.parametrize("name", ["sequential", "sequential_tree", "markov_tree"])
-def test_sampling_exact_in_distribution(small_model, name):
+@pytest.mark.parametrize("name,candidates", [("sequential", 0), ("sequential_tree", 0),
+                                             ("markov_tree", 0), ("markov_tree", 4)])
+def test_sampling_exact_in_distribution(small_model, name, candidates):
   model, cfg, params = small_model
   values = dict(k=3, tree_size=10) if name.endswith("_tree") else {}
+  if candidates:
+    values["markov_candidates"] = candidates
   drafter = methods.build(name, cfg, **values).drafter
   for config in CONFIGS:
     helpers.assert_exact_in_distribution(model, params, PROMPT, VOCAB, drafter, config, 3)
@@ -163,6 +197,14 @@ def test_broken_rule_is_caught(small_model, monkeypatch):
     ("sequential_tree", dict(head_type="sequential"), dict(k=2, tree_size=16),
      r"tree_size=16 is too large for h = 4 heads of top-k=2"),
     ("markov", dict(markov_rank=4), dict(draft_len=5), r"draft_len=5 exceeds"),
+    ("markov", dict(markov_rank=4), dict(markov_candidates=-1),
+     r"markov_candidates must be 0 \(the whole vocabulary\) or >= 1"),
+    ("markov_tree", dict(markov_rank=4), dict(k=3, tree_size=12, markov_candidates=2),
+     r"markov_candidates must be 0 .* or >= 3"),
+    ("sequential", dict(head_type="sequential"), dict(markov_candidates=8),
+     r"markov_candidates=8 limits a Markov correction; this model has markov_rank=0"),
+    ("markov", dict(markov_rank=4), dict(markov_candidates=10 ** 6),
+     r"markov_candidates=1000000 exceeds the vocabulary"),
 ])
 def test_bad_settings_fail_before_compiling(method, model_fields, values, match):
   """Checked by registry.build on the model's config alone (no weights, nothing compiled)."""

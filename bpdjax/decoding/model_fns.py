@@ -20,6 +20,7 @@ class TransformerFns:
     return self.model.apply({"params": params}, tokens, positions, cache=cache,
                             block_mask=block_mask, method=self.model.hidden_states)
 
-  def heads(self, params: Any, hidden, start: int, stop: int, following=None):
+  def heads(self, params: Any, hidden, start: int, stop: int, following=None,
+            markov_candidates: int = 0):
     return self.model.apply({"params": params}, hidden, start, stop, following,
-                            method=self.model.head_logits)
+                            markov_candidates, method=self.model.head_logits)

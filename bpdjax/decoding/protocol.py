@@ -46,11 +46,13 @@ class ModelFns(Protocol):
     cache with the L tokens written after each row's committed length, lengths unchanged)."""
 
   def heads(self, params: Any, hidden: jax.Array, start: int, stop: int,
-            following: Optional[jax.Array] = None) -> jax.Array:
+            following: Optional[jax.Array] = None, markov_candidates: int = 0) -> jax.Array:
     """hidden [B, n, D] -> logits [B, n, stop - start, V] float32 of heads start..stop-1
     (0-based: 0 is head 1). following [B, n, >= stop - 1] int: the tokens drafted after each
     position (following[..., j] at t+1+j), read by heads that condition on what was drafted
-    before them (head i reads its first i); None: such heads read their own argmax chain."""
+    before them (head i reads its first i); None: such heads read their own argmax chain.
+    markov_candidates > 0: a Markov correction scores only each head's that many best tokens
+    (the rest -inf)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +86,16 @@ class LastHeads:
       return jnp.zeros((self.hidden.shape[0], 0, 0), jnp.float32)
     return self.fns.heads(self.params, self.hidden, start, stop)[:, 0]
 
-  def given(self, start: int, stop: int, tokens: jax.Array) -> jax.Array:
+  def given(self, start: int, stop: int, tokens: jax.Array,
+            markov_candidates: int = 0) -> jax.Array:
     """Heads start..stop-1 at the last kept position, each reading tokens [B, n, m] (n paths
-    drafted after it: tokens[:, c, j] at t+1+j, m >= stop - 1) -> logits [B, n, stop - start, V]."""
+    drafted after it: tokens[:, c, j] at t+1+j, m >= stop - 1) -> logits [B, n, stop - start, V].
+    markov_candidates: as ModelFns.heads."""
     if self.hidden is None:
       raise ValueError("LastHeads.given needs the hidden state (LastHeads built by the loop)")
     hidden = jnp.broadcast_to(self.hidden, (tokens.shape[0], tokens.shape[1],
                                             self.hidden.shape[-1]))
-    return self.fns.heads(self.params, hidden, start, stop, tokens)
+    return self.fns.heads(self.params, hidden, start, stop, tokens, markov_candidates)
 
 
 class Drafter(Protocol):

@@ -31,8 +31,10 @@ from bpdjax.decoding.drafters import base
 
 @dataclasses.dataclass(frozen=True)
 class ConditionedChainDrafter(base.Stateless):
-  """Head i's argmax given the chain drafted before it, i = 2..draft_len."""
+  """Head i's argmax given the chain drafted before it, i = 2..draft_len. markov_candidates > 0:
+  a Markov correction scores only each head's that many best tokens (0: the whole vocabulary)."""
   draft_len: int
+  markov_candidates: int = 0
 
   @property
   def topology(self) -> tree_lib.Tree:
@@ -45,7 +47,8 @@ class ConditionedChainDrafter(base.Stateless):
   def propose(self, params, state, heads, next_token):
     chain = next_token[:, None].astype(jnp.int32)                                # [B, 1]
     for i in range(1, self.draft_len):
-      logits = heads.given(i, i + 1, chain[:, None, :])[:, 0, 0]                 # [B, V]
+      logits = heads.given(i, i + 1, chain[:, None, :],
+                           self.markov_candidates)[:, 0, 0]                      # [B, V]
       chain = jnp.concatenate([chain, jnp.argmax(logits, -1)[:, None].astype(jnp.int32)], 1)
     return chain, state
 
@@ -54,11 +57,12 @@ class ConditionedTreeDrafter(base.Stateless):
   """A sparse tree over heads 2..h where each node's children are the top-k of the next head
   given that node's root path. num_heads: h; k: candidates per head; tree_size: nodes per call,
   root included; accuracy: optional [h-1][k] accuracies shaping the tree (nested tuples;
-  default sparse_tree.default_accuracy)."""
+  default sparse_tree.default_accuracy); markov_candidates: as ConditionedChainDrafter's."""
   num_heads: int
   k: int
   tree_size: int
   accuracy: Optional[tuple[tuple[float, ...], ...]] = None
+  markov_candidates: int = 0
 
   def __post_init__(self):
     self.sparse  # pylint: disable=pointless-statement  (validates the tree settings)
@@ -83,7 +87,7 @@ class ConditionedTreeDrafter(base.Stateless):
       children = np.flatnonzero(depth == d)
       sources = np.unique(parents[children])                                     # [n] static
       paths = nodes[:, table[sources, :d]]                                       # [B, n, d]
-      logits = heads.given(d, d + 1, paths)[:, :, 0]                             # [B, n, V]
+      logits = heads.given(d, d + 1, paths, self.markov_candidates)[:, :, 0]     # [B, n, V]
       _, ids = jax.lax.top_k(logits, int(ranks[children].max()) + 1)             # [B, n, r]
       picked = ids[:, np.searchsorted(sources, parents[children]), ranks[children]]
       nodes = nodes.at[:, children].set(picked.astype(jnp.int32))
@@ -118,14 +122,32 @@ def check_tree(k: int, tree_size: int, model: Optional[model_lib.TransformerConf
                        f"heads of top-k={k}: {e}") from e
 
 
+def check_markov_candidates(markov_candidates: int, least: int,
+                            model: Optional[model_lib.TransformerConfig]) -> None:
+  """0 (the whole vocabulary) or least..V tokens per head scored by a Markov correction."""
+  if markov_candidates == 0:
+    return
+  if markov_candidates < least:
+    raise ValueError(f"markov_candidates must be 0 (the whole vocabulary) or >= {least} (the "
+                     f"ranks the draft reads), got {markov_candidates}")
+  if model is not None and model.markov_rank <= 0:
+    raise ValueError(f"markov_candidates={markov_candidates} limits a Markov correction; this "
+                     f"model has markov_rank={model.markov_rank}")
+  if model is not None and markov_candidates > model.vocab_size:
+    raise ValueError(f"markov_candidates={markov_candidates} exceeds the vocabulary "
+                     f"({model.vocab_size})")
+
+
 def _chain_options(kind: str):
   @dataclasses.dataclass(frozen=True)
   class ChainOptions:
     draft_len: int = 0        # Heads drafted from, head 1 included (0: all h).
+    markov_candidates: int = 0  # > 0: a Markov correction scores each head's that many best.
 
     def validate(self, model=None) -> None:
       check_heads(kind, kind, model)
       base.check_draft_len(self.draft_len, model)
+      check_markov_candidates(self.markov_candidates, 1, model)
 
   ChainOptions.__name__ = ChainOptions.__qualname__ = f"{kind.capitalize()}ChainOptions"
   return ChainOptions
@@ -136,10 +158,12 @@ def _tree_options(kind: str):
   class TreeOptions:
     k: int = 16               # Candidates per head.
     tree_size: int = 64       # Nodes verified per call, root included.
+    markov_candidates: int = 0  # > 0 (>= k): a Markov correction scores each head's that many best.
 
     def validate(self, model=None) -> None:
       check_heads(f"{kind}_tree", kind, model)
       check_tree(self.k, self.tree_size, model)
+      check_markov_candidates(self.markov_candidates, self.k, model)
 
   TreeOptions.__name__ = TreeOptions.__qualname__ = f"{kind.capitalize()}TreeOptions"
   return TreeOptions
@@ -156,10 +180,12 @@ for _kind, _chain, _tree in (("sequential", SequentialChainOptions, SequentialTr
            "heads with a Markov correction")
   registry.register(registry.Method(
       name=_kind, summary=f"the argmax chain of {_what}, each head reading the tokens drafted "
-      "before it (draft_len)", options=_chain,
-      build=lambda o, m, r: (ConditionedChainDrafter(base.check_draft_len(o.draft_len, m)),
-                             None)))
+      "before it (draft_len, markov_candidates)", options=_chain,
+      build=lambda o, m, r: (ConditionedChainDrafter(
+          base.check_draft_len(o.draft_len, m), o.markov_candidates), None)))
   registry.register(registry.Method(
       name=f"{_kind}_tree", summary=f"a sparse tree of {_what}, each node's children from the "
-      "next head given the node's path (k, tree_size)", options=_tree,
-      build=lambda o, m, r: (ConditionedTreeDrafter(m.num_heads_bpd, o.k, o.tree_size), None)))
+      "next head given the node's path (k, tree_size, markov_candidates)", options=_tree,
+      build=lambda o, m, r: (ConditionedTreeDrafter(
+          m.num_heads_bpd, o.k, o.tree_size,
+          markov_candidates=o.markov_candidates), None)))
