@@ -49,7 +49,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 MAX_CONDITIONAL = 5   # Conditional acceptance reported for draft tokens 2..6 at most.
 
-# (label, head set, method, options): the table's rows, in order.
+# (label, head set, method, options): the table's rows, in order; SCORED stands for
+# --markov_candidates.
+SCORED = "scored"
 ROWS = (
     ("ar", "ffn", "ar", {}),
     ("bpd", "ffn", "bpd", {}),
@@ -65,16 +67,30 @@ ROWS = (
      dict(tree_size=64)),
     ("markov chain", "markov", "markov", {}),
     ("markov tree-64", "markov", "markov_tree", dict(tree_size=64)),
-    ("markov chain (16 scored)", "markov", "markov", dict(markov_candidates=16)),
-    ("markov tree-64 (16 scored)", "markov", "markov_tree",
-     dict(tree_size=64, markov_candidates=16)),
+    ("markov chain (K scored)", "markov", "markov", dict(markov_candidates=SCORED)),
+    ("markov tree-64 (K scored)", "markov", "markov_tree",
+     dict(tree_size=64, markov_candidates=SCORED)),
 )
 
 
+def rows(markov_candidates: int):
+  """ROWS with the Markov correction's scored tokens per head filled in."""
+  out = []
+  for label, head_set, method, options in ROWS:
+    if SCORED in options.values():
+      label = label.replace("K", str(markov_candidates))
+      options = {k: markov_candidates if v == SCORED else v for k, v in options.items()}
+    out.append((label, head_set, method, options))
+  return out
+
+
 def story_prompts(loaded, workdir: str, num_heldout: int, offset: int, max_prompt: int,
-                  scratch: str) -> list[np.ndarray]:
-  """Token ids of story_openings.jsonl then held-out openings offset..offset+num_heldout-1."""
-  records = [json.loads(line) for line in open(os.path.join(_HERE, "story_openings.jsonl"))]
+                  scratch: str, with_story_openings: bool = True) -> list[np.ndarray]:
+  """Token ids of story_openings.jsonl (unless not with_story_openings) then held-out openings
+  offset..offset+num_heldout-1."""
+  records = []
+  if with_story_openings:
+    records = [json.loads(line) for line in open(os.path.join(_HERE, "story_openings.jsonl"))]
   held = heldout_openings.openings(workdir, 24)[offset:offset + num_heldout]
   if len(held) < num_heldout:
     raise ValueError(f"Only {len(held)} held-out openings from {offset} in {workdir}")
@@ -179,6 +195,10 @@ def main() -> None:
                   help="First held-out opening reported (tuning used 100..131).")
   ap.add_argument("--max_new_tokens", type=int, default=128)
   ap.add_argument("--batch_size", type=int, default=4)
+  ap.add_argument("--heldout_only", action="store_true",
+                  help="Held-out openings only, no story openings (tuning: --heldout_offset=100).")
+  ap.add_argument("--markov_candidates", type=int, default=256,
+                  help="Tokens per head the Markov correction scores in the '(K scored)' rows.")
   ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
   ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
                   "one table of their rows (ar once), head sets named with step, h and rank.")
@@ -208,10 +228,11 @@ def main() -> None:
   resources = resources_lib.load(dict(rescorer_workdir=args.rescorer, ngram_arpa=args.ngram_arpa),
                                  workdirs["ffn"], loaded["ffn"].model.config.vocab_size)
   prompts = story_prompts(loaded["ffn"], workdirs["ffn"], args.num_heldout, args.heldout_offset,
-                          loaded["ffn"].model.config.max_len - args.max_new_tokens, args.output)
+                          loaded["ffn"].model.config.max_len - args.max_new_tokens, args.output,
+                          with_story_openings=not args.heldout_only)
   wanted = set(args.rows.split(",")) if args.rows else None
   results, reference = [], None
-  for label, head_set, method, options in ROWS:
+  for label, head_set, method, options in rows(args.markov_candidates):
     if head_set not in loaded or (wanted is not None and label not in wanted and method != "ar"):
       continue
     if any(resources.get(kind) is None for kind in methods.get(method).resources):

@@ -18,7 +18,8 @@ MAX_NEW = 24
 
 def reference_lookup(seq, max_ngram, min_ngram, num_tokens):
   """transformers' PLD (candidate_generator.PromptLookupCandidateGenerator): longest n-gram
-  first, earliest match first, a match needs a non-empty continuation."""
+  first, earliest match first, a match needs a non-empty continuation. Returns (draft, the
+  matched n-gram's length or 0, the draft's tokens found)."""
   for g in range(max_ngram, min_ngram - 1, -1):
     if g > len(seq):
       continue
@@ -26,8 +27,8 @@ def reference_lookup(seq, max_ngram, min_ngram, num_tokens):
     for p in range(len(seq) - g):
       if seq[p:p + g] == suffix:
         cont = seq[p + g:p + g + num_tokens]
-        return cont + [0] * (num_tokens - len(cont))
-  return [0] * num_tokens
+        return cont + [0] * (num_tokens - len(cont)), g, len(cont)
+  return [0] * num_tokens, 0, 0
 
 
 @pytest.mark.parametrize("max_ngram,min_ngram", [(2, 1), (3, 1), (3, 2), (1, 1)])
@@ -42,8 +43,10 @@ def test_lookup_matches_reference(max_ngram, min_ngram):
   for b, row in enumerate(rows):
     buffer[b, :len(row)] = row
   got = prompt_lookup.lookup(jnp.asarray(buffer), jnp.asarray(lengths), max_ngram, min_ngram, 5)
-  want = [reference_lookup(row, max_ngram, min_ngram, 5) for row in rows]
-  np.testing.assert_array_equal(np.asarray(got), want)
+  want = list(zip(*[reference_lookup(row, max_ngram, min_ngram, 5) for row in rows]))
+  for got_part, want_part in zip(got, want):   # The drafts, matched lengths, tokens found.
+    np.testing.assert_array_equal(np.asarray(got_part), want_part)
+  assert 0 < np.mean(np.asarray(got[1]) == max_ngram) < 1
 
 
 def test_history_follows_the_decode():
@@ -89,21 +92,67 @@ def test_greedy_equals_plain_decoding(name):
   assert helpers.rows(out) == naive_eos
 
 
+def _auto_over_lookup(cfg, costs, num_tokens=5):
+  options = methods.make_options("prompt_lookup", num_tokens=num_tokens)
+  return methods.build("auto", cfg, drafter="prompt_lookup", costs=costs,
+                       method_options={"prompt_lookup": options})
+
+
+def test_auto_picks_lookup_per_step():
+  """auto over prompt lookup: greedy equals plain decoding (batch 1; uneven, EOS and the length
+  limit inside blocks); it calibrates on the match's n-gram length and draft position, and
+  verifies lookups of several lengths and plain steps as the lookups go."""
+  model, cfg, params = _repetitive_model()
+  built = _auto_over_lookup(cfg, "1,1.1,1.2,1.3,1.4,1.5")
+  assert built.drafter.candidates == (1, 2, 3, 4, 5, 6)
+  prompts, lengths = helpers.uneven_prompts(vocab=16)
+  limit = 13
+  naive, eos, naive_eos = helpers.eos_inside_blocks(model, params, prompts, lengths, MAX_NEW,
+                                                    limit)
+  one = helpers.decode(model, params, prompts[:1, :lengths[0]], lengths[:1], built.drafter,
+                       MAX_NEW, policy=built.policy)
+  assert helpers.rows(one) == naive[:1]
+  chosen = np.asarray(one.stats["chosen"])
+  assert np.count_nonzero(chosen[1:]) >= 2 and chosen[0] > 0, chosen
+  assert one.calls[0] < one.lengths[0]
+  out = helpers.decode(model, params, prompts, lengths, built.drafter, limit, eos_id=eos,
+                       policy=built.policy)
+  assert helpers.rows(out) == naive_eos
+
+
+def test_lookup_confidence():
+  """What auto calibrates on: the matched n-gram's length over max_ngram for the tokens found,
+  0 past them and for a row without a match (whose every candidate then expects 1 token)."""
+  drafter = prompt_lookup.PromptLookupDrafter(num_tokens=4, max_ngram=2)
+  state = drafter.start(None, jnp.asarray([[4, 5, 6, 4, 0], [1, 2, 3, 7, 0], [3, 4, 9, 0, 0]]),
+                        jnp.asarray([4, 4, 3]), 12)
+  nodes, state = drafter.propose(None, state, None, jnp.asarray([5, 8, 3]))
+  confidence = drafter.confidence(state, None, None, nodes)
+  np.testing.assert_array_equal(nodes[0], [5, 6, 4, 5, 0])       # "4 5" matched: 3 found.
+  np.testing.assert_array_equal(nodes[2], [3, 4, 9, 3, 0])       # "3" matched: 3 found.
+  np.testing.assert_allclose(confidence, [[1, 1, 1, 1, 0], [1, 0, 0, 0, 0],
+                                          [1, 0.5, 0.5, 0.5, 0]])
+
+
 VOCAB = 8
 PROMPT = [1, 5, 2, 1, 5]
 CONFIGS = (sampling.SamplingConfig(temperature=1.0),
            sampling.SamplingConfig(temperature=0.7, top_p=0.9))
 
 
-@pytest.mark.parametrize("name", ["prompt_lookup", "prompt_lookup_tree"])
+@pytest.mark.parametrize("name", ["prompt_lookup", "prompt_lookup_tree", "auto"])
 def test_sampling_exact_in_distribution(name):
   model, cfg, params = helpers.random_model(vocab_size=VOCAB, h=3, seed=3, scale=0.1)
-  values = dict(num_tokens=3)
-  if name == "prompt_lookup_tree":
-    values.update(k=3, tree_size=8)
-  drafter = methods.build(name, cfg, **values).drafter
+  if name == "auto":        # Flat costs: it verifies the longest lookup it expects to pay.
+    built = _auto_over_lookup(cfg, "1,1,1,1", num_tokens=3)
+  else:
+    values = dict(num_tokens=3)
+    if name == "prompt_lookup_tree":
+      values.update(k=3, tree_size=8)
+    built = methods.build(name, cfg, **values)
   for config in CONFIGS:
-    helpers.assert_exact_in_distribution(model, params, PROMPT, VOCAB, drafter, config, 3)
+    helpers.assert_exact_in_distribution(model, params, PROMPT, VOCAB, built.drafter, config, 3,
+                                         policy=built.policy)
 
 
 @pytest.mark.parametrize("method,values,model_fields,match", [
@@ -112,9 +161,11 @@ def test_sampling_exact_in_distribution(name):
     ("prompt_lookup", dict(min_ngram=0), {}, "min_ngram <= max_ngram"),
     ("prompt_lookup_tree", dict(k=2, tree_size=16), {}, "tree_size=16 is too large"),
     ("prompt_lookup_tree", {}, dict(num_heads_bpd=1), "merges heads 2..h"),
-    # auto chooses among drafts of the heads: lookup alone reads none, and merged with the
-    # heads' tree its primary chain is not the heads' (auto calibrates the heads on it).
-    ("auto", dict(drafter="prompt_lookup", costs="1,1"), {}, "this drafter reads none"),
+    # auto needs a draft, and its calibrated chain must be one kind: merged with the heads'
+    # tree the primary chain is the lookup's, not the heads' that auto calibrates there.
+    ("auto", dict(drafter="bpd", costs="1", method_options={
+        "bpd": methods.make_options("bpd", draft_len=1)}), {}, "this drafter drafts nothing"),
+    ("auto", dict(drafter="prompt_lookup", costs="1,1"), {}, "2 costs given for 11 candidate"),
     ("auto", dict(drafter="prompt_lookup_tree", costs="1,1"), {}, "must read every head"),
 ])
 def test_bad_settings(method, values, model_fields, match):

@@ -137,6 +137,13 @@ class Drafter(Protocol):
     the verified candidate's longest path); tokens[:, :num_kept + 1] were appended to the row
     (num_kept [B], 0 for finished rows). Called after every verify call."""
 
+  def confidence(self, state: Any, logp: jax.Array, computed: jax.Array,
+                 nodes: jax.Array) -> jax.Array:
+    """[B, T] float32 in [0, 1] per node of the proposal `nodes` (state: after it), root 1, 0
+    where nothing is known: what a cost-aware policy calibrates acceptance on. logp
+    [B, last_head - 1, V]: log-probabilities of heads 2..last_head, the first `computed` ([])
+    computed. Heads drafters: the node's token's probability under its depth's head."""
+
   def stats(self, state: Any) -> dict[str, jax.Array]:
     """Named statistics of the drafter, summed over the batch, for the report ({} if none)."""
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from bpdjax import model as model_lib
 from bpdjax.decoding import lattice
 from bpdjax.decoding import tree as tree_lib
@@ -46,6 +50,19 @@ class Stateless:
   def start(self, params, prompts, prompt_lengths, cache_len):
     del params, prompts, prompt_lengths, cache_len
     return ()
+
+  def confidence(self, state, logp: jax.Array, computed: jax.Array,
+                 nodes: jax.Array) -> jax.Array:
+    """What `auto` calibrates acceptance on (policies/auto.py): [B, T] float32 in [0, 1] per
+    node of the last proposal, root 1, 0 where nothing is known. By default the probability of
+    the node's token under the head of its depth: logp [B, h - 1, V] log-probabilities of heads
+    2..h, of which the first `computed` ([] int32) were computed; nodes [B, T]."""
+    del state
+    topology = self.topology
+    depth = np.maximum(np.asarray(topology.depth) - 1, 0)
+    node_logp = jnp.take_along_axis(logp[:, depth], nodes[:, :, None], axis=2)[..., 0]
+    known = (jnp.asarray(depth)[None, :] < computed) & (jnp.asarray(topology.depth) > 0)
+    return jnp.where(known, jnp.exp(node_logp), 0.0).at[:, 0].set(1.0)
 
   def commit(self, params, state, tokens, num_kept):
     del params, tokens, num_kept

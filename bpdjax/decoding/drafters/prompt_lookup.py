@@ -33,26 +33,32 @@ from bpdjax.decoding.drafters import medusa
 @flax.struct.dataclass
 class History:
   """tokens: [B, S] int32 each row's prompt then its committed output, then the model's next
-  token at slot `lengths` (written by propose); lengths: [B] int32 committed tokens."""
+  token at slot `lengths` (written by propose); lengths: [B] int32 committed tokens; matched,
+  known: [B] int32 the last lookup's n-gram length (0: no match) and continuation tokens found
+  (what auto calibrates on)."""
   tokens: jax.Array
   lengths: jax.Array
+  matched: jax.Array
+  known: jax.Array
 
 
 def lookup(tokens: jax.Array, n: jax.Array, max_ngram: int, min_ngram: int,
-           num_tokens: int) -> jax.Array:
+           num_tokens: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The continuation of the longest match of the last tokens.
 
   Args:
     tokens: [B, S] int32 sequences; tokens[b, :n[b]] are known.
     n: [B] int32 known tokens per row.
   Returns:
-    [B, num_tokens] int32: for the largest g in [min_ngram, max_ngram] such that the last g
-    known tokens occur earlier at some p (p + g < n), the tokens after the first such p
-    (0 past the known tokens); all 0 when no g matches.
+    (draft, matched, known): draft [B, num_tokens] int32: for the largest g in
+    [min_ngram, max_ngram] such that the last g known tokens occur earlier at some p
+    (p + g < n), the tokens after the first such p (0 past the known tokens), all 0 when no g
+    matches; matched [B] int32 that g (0: none); known [B] int32 the draft's tokens found.
   """
   b, s = tokens.shape
   pos = jnp.arange(s)[None, :]                                                   # [1, S]
   start = jnp.full((b,), -1, jnp.int32)
+  matched = jnp.zeros((b,), jnp.int32)
   for g in range(max_ngram, min_ngram - 1, -1):
     matches = (pos + g < n[:, None]) & (n[:, None] >= g)
     for j in range(g):
@@ -61,11 +67,13 @@ def lookup(tokens: jax.Array, n: jax.Array, max_ngram: int, min_ngram: int,
       matches &= shifted == suffix
     found = jnp.any(matches, axis=1)
     first = jnp.argmax(matches, axis=1).astype(jnp.int32) + g
+    matched = jnp.where((start < 0) & found, g, matched)
     start = jnp.where((start < 0) & found, first, start)
   idx = start[:, None] + jnp.arange(num_tokens)[None, :]                         # [B, K]
   known = (start[:, None] >= 0) & (idx < n[:, None])
   draft = jnp.take_along_axis(tokens, jnp.clip(idx, 0, s - 1), axis=1)
-  return jnp.where(known, draft, 0).astype(jnp.int32)
+  return (jnp.where(known, draft, 0).astype(jnp.int32), matched,
+          jnp.sum(known, axis=1).astype(jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,18 +94,33 @@ class PromptLookupDrafter(base.Stateless):
   def last_head(self) -> int:
     return 1
 
+  @property
+  def candidates(self) -> tuple[int, ...]:
+    return base.chain_prefixes(self.num_tokens + 1)
+
   def start(self, params, prompts, prompt_lengths, cache_len):
     b, p = prompts.shape
     buffer = jnp.zeros((b, max(cache_len, p) + 1), jnp.int32).at[:, :p].set(prompts)
-    return History(tokens=buffer, lengths=prompt_lengths.astype(jnp.int32))
+    zeros = jnp.zeros((b,), jnp.int32)
+    return History(tokens=buffer, lengths=prompt_lengths.astype(jnp.int32), matched=zeros,
+                   known=zeros)
 
   def propose(self, params, state: History, heads, next_token):
     b = next_token.shape[0]
     tokens = state.tokens.at[jnp.arange(b), state.lengths].set(
         next_token.astype(jnp.int32), mode="drop")
-    draft = lookup(tokens, state.lengths + 1, self.max_ngram, self.min_ngram, self.num_tokens)
+    draft, matched, known = lookup(tokens, state.lengths + 1, self.max_ngram, self.min_ngram,
+                                   self.num_tokens)
     nodes = jnp.concatenate([next_token[:, None].astype(jnp.int32), draft], axis=1)
-    return nodes, state.replace(tokens=tokens)
+    return nodes, state.replace(tokens=tokens, matched=matched, known=known)
+
+  def confidence(self, state: History, logp, computed, nodes):
+    """Looked-up token j (1-based): matched / max_ngram while j <= known, else 0 (auto learns
+    the acceptance per draft position and matched n-gram length)."""
+    del logp, computed
+    j = jnp.arange(nodes.shape[1])[None, :]
+    score = (state.matched / self.max_ngram).astype(jnp.float32)[:, None]
+    return jnp.where(j == 0, 1.0, jnp.where(j <= state.known[:, None], score, 0.0))
 
   def commit(self, params, state: History, tokens, num_kept):
     """Appends each row's accepted root path (num_kept tokens, the old next token first)."""
@@ -106,7 +129,7 @@ class PromptLookupDrafter(base.Stateless):
     idx = jnp.where(j < num_kept[:, None], state.lengths[:, None] + j, state.tokens.shape[1])
     buffer = state.tokens.at[jnp.arange(b)[:, None], idx].set(tokens.astype(jnp.int32),
                                                               mode="drop")
-    return History(tokens=buffer, lengths=state.lengths + num_kept)
+    return state.replace(tokens=buffer, lengths=state.lengths + num_kept)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,10 @@ first head whose entropy exceeds a threshold.
 
 Expected tokens of a candidate, per row: 1 + the sum over its non-root nodes v of the product,
 along v's root path, of a(u) = P(u's token is accepted | its parent was), the calibrated
-acceptance of u's head at the head's probability of u's token (decoding/calibration.py: counts
-per (head, probability bin) learned online from the loop's own outcomes on the drafter's primary
-chain, state in the loop carry, shared by the batch).
+acceptance at u's depth of u's confidence (Drafter.confidence: the probability of u's token
+under its head; prompt lookup: its matched n-gram's length) (decoding/calibration.py: counts
+per (depth, confidence bin) learned online from the loop's own outcomes on the drafter's
+primary chain, state in the loop carry, shared by the batch).
 
 Choice (`auto`): argmax over candidates c of (sum over active rows of E_row(c)) / cost(c), with
 cost(c) the measured seconds of one loop iteration verifying c (decoding/timing.py); one choice
@@ -76,13 +77,16 @@ class AutoState:
 
 class _Shape:
   """Static facts of a drafter's candidates (sizes C): path lengths, which are chains, the
-  primary chain, and the cost of the chain candidate of each length."""
+  primary chain (length: its nodes, the calibrated chain), the heads computed lazily (heads
+  2..last_head; none for a drafter that reads no head), and the cost of the chain candidate of
+  each length."""
 
   def __init__(self, drafter, costs):
     topology = drafter.topology
     self.topology = topology
     self.sizes = tuple(drafter.candidates)
-    self.length = drafter.last_head
+    self.length = len(topology.primary)
+    self.heads = drafter.last_head - 1
     prefixes = [topology.prefix(s) for s in self.sizes]
     self.path_lens = np.asarray([p.path_len for p in prefixes])
     self.is_chain = np.asarray([p.is_chain for p in prefixes])
@@ -97,13 +101,13 @@ class _Shape:
 def check_drafter(drafter, costs) -> None:
   """Raises ValueError when auto cannot drive `drafter` with these costs."""
   sizes = tuple(drafter.candidates)
-  if drafter.last_head < 2:
-    raise ValueError("auto chooses among drafts of heads 2..h; this drafter reads none "
-                     "(plain decoding: method ar)")
+  if len(drafter.topology.primary) < 2:
+    raise ValueError("auto chooses among drafts; this drafter drafts nothing (plain decoding: "
+                     "method ar)")
   if sizes[0] != 1 or len(sizes) < 2:
     raise ValueError(f"auto needs candidate sizes starting with plain decoding (1) and at "
                      f"least one draft, got {sizes}")
-  if len(drafter.topology.primary) != drafter.last_head:
+  if drafter.last_head >= 2 and len(drafter.topology.primary) != drafter.last_head:
     raise ValueError(f"auto calibrates the drafter's primary chain, which must read every head "
                      f"2..{drafter.last_head}; it has {len(drafter.topology.primary)} nodes")
   if len(costs) != len(sizes):
@@ -132,7 +136,7 @@ class AutoPolicy:
     return max(p / c for p, c in zip(shape.path_lens, self.costs)) <= 1.0 / self.costs[0]
 
   def start(self, drafter, batch: int) -> AutoState:
-    length, c = drafter.last_head, len(drafter.candidates)
+    length, c = len(drafter.topology.primary), len(drafter.candidates)
     zeros = jnp.zeros((), jnp.float32)
     return AutoState(
         choice=jnp.zeros((), jnp.int32), probs=jnp.zeros((batch, length), jnp.float32),
@@ -231,10 +235,7 @@ class AutoPolicy:
     lattice = dataclasses.replace(
         heads, logits=jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp], axis=1))
     nodes, drafter_state = drafter.propose(drafter_params, drafter_state, lattice, next_token)
-    depth = np.maximum(np.asarray(topo.depth) - 1, 0)
-    node_logp = jnp.take_along_axis(logp[:, depth], nodes[:, :, None], axis=2)[..., 0]
-    computed = (jnp.asarray(depth)[None, :] < usable_heads) & (jnp.asarray(topo.depth) > 0)
-    node_probs = jnp.where(computed, jnp.exp(node_logp), 0.0).at[:, 0].set(1.0)    # [B, T]
+    node_probs = drafter.confidence(drafter_state, logp, usable_heads, nodes)      # [B, T]
     expected = calibration.expected(state.hits, state.tries, topo, shape.sizes, node_probs)
     totals = jnp.sum(expected * active[:, None], axis=0)                         # [C]
     usable = jnp.asarray(shape.path_lens) <= usable_heads + 1
@@ -254,8 +255,13 @@ class AutoPolicy:
   def _lazy_heads(self, state, shape: _Shape, heads, active):
     """Heads 2, 3, ... one at a time while a longer candidate could still pay (rule "cost"), or
     while the batch's mean entropy stays within the threshold (rule "entropy"). Returns their
-    log-probabilities [B, L-1, V] (zeros where not computed) and how many may be used."""
-    n = shape.length - 1
+    log-probabilities [B, heads, V] (zeros where not computed) and how many may be used (a
+    drafter that reads no head: every chain node)."""
+    n = shape.heads
+    vocab = jax.eval_shape(lambda: heads.range(1, 2)).shape[-1]
+    if n == 0:
+      return (jnp.zeros((active.shape[0], 0, vocab), jnp.float32),
+              jnp.asarray(shape.length - 1, jnp.int32))
     costs = jnp.asarray(self.costs)
     chain_cost = jnp.asarray(shape.chain_cost, jnp.float32)
     path_lens = jnp.asarray(shape.path_lens, jnp.float32)
@@ -271,7 +277,6 @@ class AutoPolicy:
       entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
       return logp, jnp.exp(top_logp), entropy
 
-    vocab = jax.eval_shape(lambda: heads.range(1, 2)).shape[-1]
     # carry: j (heads computed), log-probs, per-row E of the chain of j + 1 tokens, per-row
     # chance of reaching node j + 1, best score among evaluable chains, entropy stop.
     init = (jnp.zeros((), jnp.int32), jnp.zeros((b, n, vocab), jnp.float32),
