@@ -13,9 +13,12 @@ prompts are benchmarks/story_openings.jsonl plus the first --num_heldout held-ou
 the distillation data (its validation split, never trained on); --tune_offset.. are the
 openings tuning may use, disjoint from these. Every row decodes them greedily (identical to ar
 checked token by token) and at T = 1 (one seed); block efficiency (BE) is tokens per model call.
-Drafting cost is counted, not timed (the machine is shared): multiply-accumulates per drafting
-step of the head calls the drafter makes, beside one plain step's (the layers' weights, head
-1's FFN and its vocabulary projection; attention over the context left out). Conditional
+Drafting cost is counted: multiply-accumulates per drafting step of the head calls the drafter
+makes, beside one plain step's (the layers' weights, head 1's FFN and its vocabulary
+projection; attention over the context left out); and timed: after the BE runs, every row
+decodes the prompts greedily at each --speed_batches size in --rounds alternating rounds (one
+warm-up each; tokens/s median, ms per serial loop step, the ratio to ar's tokens/s), so all
+rows of a run, head sets included, are timed side by side. Conditional
 acceptance: share of verify calls keeping the i-th draft token among those that kept the ones
 before it. Training time comes from the workdir's metrics.jsonl (tokens / tokens_per_second,
 on whatever machine trained it). Writes OUTPUT/learned_drafts.{json,md} and appends the
@@ -30,6 +33,7 @@ import os
 import jax
 import numpy as np
 
+from benchmarks import common
 from benchmarks import results as results_page
 from benchmarks.pipelines import heldout_openings
 from bpdjax import api
@@ -200,6 +204,10 @@ def main() -> None:
   ap.add_argument("--markov_candidates", type=int, default=256,
                   help="Tokens per head the Markov correction scores in the '(K scored)' rows.")
   ap.add_argument("--rows", default="", help="Comma-separated labels (default: all).")
+  ap.add_argument("--speed_batches", default="1,8",
+                  help="Batch sizes at which every row is timed greedily ('': none).")
+  ap.add_argument("--rounds", type=int, default=3,
+                  help="Alternating timed rounds over the rows (median reported).")
   ap.add_argument("--merge", default="", help="Comma-separated OUTPUT folders of earlier runs: "
                   "one table of their rows (ar once), head sets named with step, h and rank.")
   ap.add_argument("--markdown", default=results_page.default_path("learned_drafts"),
@@ -231,7 +239,7 @@ def main() -> None:
                           loaded["ffn"].model.config.max_len - args.max_new_tokens, args.output,
                           with_story_openings=not args.heldout_only)
   wanted = set(args.rows.split(",")) if args.rows else None
-  results, reference = [], None
+  results, reference, timed = [], None, {}
   for label, head_set, method, options in rows(args.markov_candidates):
     if head_set not in loaded or (wanted is not None and label not in wanted and method != "ar"):
       continue
@@ -260,6 +268,14 @@ def main() -> None:
                conditional=conditional_acceptance(greedy, positions) if positions else [])
     results.append(row)
     print(json.dumps(row), flush=True)
+    timed[label] = (gen, built)
+  width = generator_lib.bucket_width(max(len(p) for p in prompts),
+                                     loaded["ffn"].model.config.max_len, args.max_new_tokens)
+  for batch in [int(b) for b in args.speed_batches.split(",") if b]:
+    speeds = time_rows(timed, prompts, args.max_new_tokens, batch, width, args.rounds)
+    for row in results:
+      row.setdefault("speed", {})[str(batch)] = speeds[row["label"]]
+      print(row["label"], batch, speeds[row["label"]], flush=True)
   heads = {}
   for name, l in loaded.items():
     count, seconds = trained_heads(l)
@@ -273,6 +289,20 @@ def main() -> None:
     f.write(text)
   print(text)
   results_page.append(args.markdown, "learned_drafts", text)
+
+
+def time_rows(timed, prompts, max_new: int, batch: int, width: int, rounds: int) -> dict:
+  """{label: tokens/s (median of alternating rounds, after one warm-up each), its ratio to ar's,
+  and ms per serial loop step} of every row decoding the prompts greedily at this batch."""
+  def measure(label):
+    gen, built = timed[label]
+    return gen.generate(prompts, built, max_new_tokens=max_new, batch_size=batch,
+                        prompt_width=width)
+
+  runs = common.alternating_rounds(list(timed), measure, rounds)
+  ar = runs[next(label for label in timed if timed[label][1].drafter.topology.size == 1)][0]
+  return {label: dict(tokens_per_second=tps, vs_ar=tps / ar, ms_per_call=entry["ms_per_step"])
+          for label, (tps, entry, _) in runs.items()}
 
 
 def merge(folders, output: str, page: str) -> None:
@@ -299,14 +329,23 @@ def merge(folders, output: str, page: str) -> None:
 def markdown(rows, heads, num_prompts: int, max_new: int) -> str:
   width = max([3] + [len(r["conditional"]) for r in rows])
   given = " | ".join(f"P(tok {i} given {i - 1})" for i in range(3, width + 2))
-  out = [f"{num_prompts} prompts, {max_new} new tokens; tokens/s not measured (shared machine).",
-         "", "| method | heads | nodes/call | BE greedy | BE T=1 | identical to ar | "
+  batches = sorted({int(b) for r in rows for b in r.get("speed", {})})
+  timing = "".join(f"tok/s b={b} (x ar) | ms/call b={b} | " for b in batches)
+  out = [f"{num_prompts} prompts, {max_new} new tokens. tok/s, ms/call: greedy, median of "
+         "alternating rounds over the rows of one run, x ar against that run's ar (– : row not "
+         "timed).",
+         "", "| method | heads | nodes/call | BE greedy | BE T=1 | identical to ar | " + timing +
          f"drafting MACs/step (x plain step) | P(tok 2) | {given} |",
-         "|---|---|---|---|---|---|---" + "|---" * width + "|"]
+         "|---|---|---|---|---|---|---" + "|---" * (width + 2 * len(batches)) + "|"]
   for r in rows:
     cond = [f"{c:.3f}" for c in r["conditional"]] + [""] * (width - len(r["conditional"]))
+    speed = ""
+    for b in batches:
+      t = r.get("speed", {}).get(str(b))
+      speed += (f"{t['tokens_per_second']:.0f} ({t['vs_ar']:.2f}) | {t['ms_per_call']:.3f} | "
+                if t else "– | – | ")
     out.append(f"| {r['label']} | {r['heads']} | {r['nodes']} | {r['be_greedy']:.3f} | "
-               f"{r['be_t1']:.3f} | {r['identical']}/{r['prompts']} | "
+               f"{r['be_t1']:.3f} | {r['identical']}/{r['prompts']} | " + speed +
                f"{r['drafting_macs']:,} ({r['drafting_macs'] / r['step_macs']:.2f}) | "
                + " | ".join(cond) + " |")
   out += ["", "| head set | workdir | h | steps | trained parameters (heads 2..h) | "
