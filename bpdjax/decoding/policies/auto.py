@@ -50,9 +50,10 @@ NEVER = 2 ** 30       # The wait when the cost table shows drafting never pays.
 
 @flax.struct.dataclass
 class AutoState:
-  """choice: [] int32 candidate to verify next; probs: [B, L] head probability of each primary
-  chain node's token (root 1, 0 where not computed); chain: [B, L] the primary chain proposed;
-  hits, tries: [L-1, BINS] accepted / tried chain nodes per head 2..L and probability bin;
+  """choice: [] int32 candidate to verify next; probs: [B, L] confidence of each of the L
+  primary chain nodes (Drafter.confidence: root 1, 0 where unknown); chain: [B, L] the primary
+  chain proposed; hits, tries: [L-1, BINS] accepted / tried chain nodes per position 2..L and
+  confidence bin;
   chosen: [C] int32 steps per candidate; predicted, realized, verified: [] float32 sums over
   verified rows of expected and kept tokens, and their count; wait: [] int32 plain steps left
   before the heads are looked at again; backoff: [] int32 the wait set after a look that led to
