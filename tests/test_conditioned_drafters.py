@@ -12,8 +12,10 @@ import pytest
 
 from bpdjax import configuration
 from bpdjax import heads as heads_lib
+from bpdjax.decoding import generator as generator_lib
 from bpdjax.decoding import methods
 from bpdjax.decoding import sampling
+from bpdjax.decoding import timing
 from bpdjax.decoding import verify
 from tests import helpers
 from bpdjax.configs import tiny
@@ -152,6 +154,20 @@ def test_recorded_decode_is_exact(kind_model):
     drafter = methods.build(name, cfg, **values).drafter
     out = helpers.decode(model, params, prompts, lengths, drafter, MAX_NEW, record_topk=2)
     assert helpers.rows(out) == naive, name
+
+
+def test_drafting_time_on_a_real_prefill(kind_model):
+  """decode.py's drafting-cost column times each drafter's propose on a real prefill
+  (timing.propose_ms): heads that read the drafted tokens are called there, from the prefill's
+  hidden state (given only head logits, propose failed: decode.py could not run these)."""
+  kind, (model, cfg, params) = kind_model
+  gen = generator_lib.Generator(model, params, eos_id=None)
+  prompts, lengths = helpers.uneven_prompts()
+  for name in (kind, f"{kind}_tree"):
+    values = dict(k=3, tree_size=12) if name.endswith("_tree") else {}
+    drafter = methods.build(name, cfg, **values).drafter
+    assert timing.propose_ms(gen, drafter, None, np.asarray(prompts), np.asarray(lengths),
+                             repetitions=2) > 0, name
 
 
 VOCAB = 8

@@ -214,7 +214,8 @@ class Generator:
 
   def prefill_heads(self, prompts: jax.Array, lengths: jax.Array, last_head: int):
     """prompts [B, P], lengths [B] -> (logits [B, last_head, V] of heads 1..last_head at each
-    row's last prompt token, the greedy next token [B]): what the loop's first proposal sees."""
+    row's last prompt token, the greedy next token [B], the final hidden state there
+    [B, 1, D]): what the loop's first proposal sees."""
     cfg, fns, width = self.config, self.fns, prompts.shape[1]
 
     def make():
@@ -224,7 +225,7 @@ class Generator:
         hidden, _ = fns.forward(params, prompts, positions, cache)
         final = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], 1)
         logits = fns.heads(params, final, 0, last_head)[:, 0]                    # [B, L, V]
-        return logits, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+        return logits, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32), final
 
       return jax.jit(prefill)
 

@@ -105,21 +105,25 @@ def propose_ms(generator, drafter: protocol.Drafter, drafter_params: Any,
                prompts: np.ndarray, lengths: np.ndarray, repetitions: int = 30) -> Optional[float]:
   """Median milliseconds of one drafter.propose on the heads 2..last_head of a real prefill
   (prompts [B, W] right-padded, lengths [B]; the drafter's own started state), heads computed
-  beforehand, so only the drafting is timed; None for a drafter that reads no heads."""
+  beforehand, so only the drafting is timed (heads that read the drafted tokens are called
+  inside propose, as in the loop: those calls are the drafting); None for a drafter that reads
+  no heads."""
   if drafter.last_head <= 1:
     return None
-  logits, next_token = generator.prefill_heads(jnp.asarray(prompts), jnp.asarray(lengths),
-                                               drafter.last_head)
+  logits, next_token, hidden = generator.prefill_heads(
+      jnp.asarray(prompts), jnp.asarray(lengths), drafter.last_head)
   cache_len = prompts.shape[1] + 1 + loop.block_size(drafter)
+  active = jnp.ones(next_token.shape, bool)
   with generator.sharded():
     state = jax.jit(drafter.start, static_argnums=3)(drafter_params, jnp.asarray(prompts),
                                                      jnp.asarray(lengths), cache_len)
-    fn = jax.jit(lambda p, s, lg, nt: drafter.propose(
-        p, s, protocol.LastHeads.from_logits(lg), nt))
-    jax.block_until_ready(fn(drafter_params, state, logits, next_token))        # Compile.
+    fn = jax.jit(lambda p, params, s, lg, h, nt: drafter.propose(
+        p, s, protocol.LastHeads(generator.fns, params, h, lg, active), nt))
+    args = (drafter_params, generator.params, state, logits, hidden, next_token)
+    jax.block_until_ready(fn(*args))                                            # Compile.
     times = []
     for _ in range(repetitions):
       t0 = time.perf_counter()
-      jax.block_until_ready(fn(drafter_params, state, logits, next_token))
+      jax.block_until_ready(fn(*args))
       times.append((time.perf_counter() - t0) * 1e3)
   return float(np.median(times))
