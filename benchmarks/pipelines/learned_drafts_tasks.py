@@ -9,8 +9,10 @@ import os
 
 from benchmarks import results as results_page
 
-HEADS = {"ffn": "ffn h=4 (ts_ffn)", "seq": "sequential h=6 (ts_seq6)",
-         "markov": "ffn + markov r=32 h=4 (ts_markov800)"}
+HEADS = {"ffn": "ffn h=4 (ts_ffn)",
+         "ffn_ngram4": "ffn h=4 (ts_ffn); local: ts_rescorer; ngram: 4-gram, distillation data",
+         "ffn_ngram4ft": "ffn h=4 (ts_ffn); ngram:4ft, 4-gram of the task's targets",
+         "seq": "sequential h=6 (ts_seq6)", "markov": "ffn + markov r=32 h=4 (ts_markov800)"}
 
 
 def main() -> None:
@@ -33,6 +35,8 @@ def main() -> None:
         continue
       examples = runs[0]["examples_decoded"][task]
       for method, entry in runs[0]["tasks"][task].items():
+        if method == "ar" and heads.startswith("ffn_"):
+          continue                       # The refinement runs' ar is the ffn run's.
         sampled = runs.get(1, {}).get("tasks", {}).get(task, {}).get(method, {})
         be_t1 = f"{sampled['block_efficiency']:.3f}" if sampled else "–"
         same = entry.get("identical_to_ar")

@@ -4,7 +4,9 @@
 # workdirs/ts_markov800) fine-tuned whole, body and heads, on each task as
 # configs/finetune_tinystories.py fine-tunes ts_ffn9 (400 steps, ~10-20 min each on 2 idle
 # cores), then decode.py on NUM seeded evaluation examples, greedy and at T = 1: BE, tokens/s
-# and identical-to-ar per method. Then one table, benchmarks/pipelines/learned_drafts_tasks.py.
+# and identical-to-ar per method; the ffn heads also with local and n-gram rescoring (ngram:4 of
+# the distillation data, ngram:4ft of the task's targets). Then one table,
+# benchmarks/pipelines/learned_drafts_tasks.py.
 #
 #   bash benchmarks/pipelines/learned_drafts_tasks.sh               # TASKS="gsm8k xsum samsum"
 #   TASKS=gsm8k NUM=32 bash benchmarks/pipelines/learned_drafts_tasks.sh
@@ -35,6 +37,26 @@ for task in $TASKS; do
           --tasks="$task" --methods="${METHODS[$heads]}" --num_examples="$NUM" \
           --max_new_tokens="$MAX_NEW" --config.max_prompt_tokens=192 \
           --config.temperature="$temperature" --record_topk=0
+    done
+  done
+done
+# The paper's refinements of the fine-tuned ffn heads: local (the TinyStories rescorer) and the
+# n-gram DP with the 4-gram LM of the distillation data (ngram:4) and of the task's fine-tuning
+# targets (ngram:4ft, estimated from the sft workdir), greedy and at T = 1.
+for task in $TASKS; do
+  workdir=workdirs/ft_ts_${task}_ffn
+  [ -f "$workdir/ngram4.arpa" ] || "$PY" -m bpdjax.ngram.estimate --workdir="$workdir" \
+      --order=4 --output="$workdir/ngram4.arpa" --build_kenlm
+  for temperature in 0 1; do
+    for lm in 4 4ft; do
+      dir=$OUT/$task/ffn_ngram$lm/t$temperature
+      arpa=workdirs/ts_ffn/ngram4.arpa methods=ar,local,ngram rescorer=workdirs/ts_rescorer
+      [ "$lm" = 4ft ] && arpa=$workdir/ngram4.arpa methods=ar,ngram
+      [ -f "$dir/report.json" ] || "$PY" decode.py --workdir="$workdir" --output="$dir" \
+          --tasks="$task" --methods="$methods" --num_examples="$NUM" \
+          --max_new_tokens="$MAX_NEW" --config.max_prompt_tokens=192 \
+          --config.temperature="$temperature" --record_topk=0 --ngram_arpa="$arpa" \
+          --rescorer_workdir="$rescorer"
     done
   done
 done
