@@ -53,9 +53,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 MAX_CONDITIONAL = 5   # Conditional acceptance reported for draft tokens 2..6 at most.
 
-# (label, head set, method, options): the table's rows, in order; SCORED stands for
-# --markov_candidates.
-SCORED = "scored"
+# (label, head set, method, options): the table's rows, in order (then rows()'s two).
 ROWS = (
     ("ar", "ffn", "ar", {}),
     ("bpd", "ffn", "bpd", {}),
@@ -71,21 +69,16 @@ ROWS = (
      dict(tree_size=64)),
     ("markov chain", "markov", "markov", {}),
     ("markov tree-64", "markov", "markov_tree", dict(tree_size=64)),
-    ("markov chain (K scored)", "markov", "markov", dict(markov_candidates=SCORED)),
-    ("markov tree-64 (K scored)", "markov", "markov_tree",
-     dict(tree_size=64, markov_candidates=SCORED)),
 )
 
 
 def rows(markov_candidates: int):
-  """ROWS with the Markov correction's scored tokens per head filled in."""
-  out = []
-  for label, head_set, method, options in ROWS:
-    if SCORED in options.values():
-      label = label.replace("K", str(markov_candidates))
-      options = {k: markov_candidates if v == SCORED else v for k, v in options.items()}
-    out.append((label, head_set, method, options))
-  return out
+  """ROWS, then the Markov rows with the correction on each head's markov_candidates best."""
+  scored = f"({markov_candidates} scored)"
+  return ROWS + (
+      (f"markov chain {scored}", "markov", "markov", dict(markov_candidates=markov_candidates)),
+      (f"markov tree-64 {scored}", "markov", "markov_tree",
+       dict(tree_size=64, markov_candidates=markov_candidates)))
 
 
 def story_prompts(loaded, workdir: str, num_heldout: int, offset: int, max_prompt: int,

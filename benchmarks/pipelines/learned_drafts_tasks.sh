@@ -3,8 +3,8 @@
 # (ffn h = 4: workdirs/ts_ffn; sequential h = 6: workdirs/ts_seq6; ffn + Markov r = 32:
 # workdirs/ts_markov800) fine-tuned whole, body and heads, on each task as
 # configs/finetune_tinystories.py fine-tunes ts_ffn9 (400 steps, ~10-20 min each on 2 idle
-# cores), then decode.py on NUM seeded evaluation examples, greedy and at T = 1: BE, tokens/s
-# and identical-to-ar per method; the ffn heads also with local and n-gram rescoring (ngram:4 of
+# cores), then decode.py on NUM seeded evaluation examples, greedy and at T = 1: BE and
+# identical-to-ar per method (not timed); the ffn heads also with local and n-gram rescoring (ngram:4 of
 # the distillation data, ngram:4ft of the task's targets). Then one table,
 # benchmarks/pipelines/learned_drafts_tasks.py.
 #
@@ -50,13 +50,13 @@ for task in $TASKS; do
   for temperature in 0 1; do
     for lm in 4 4ft; do
       dir=$OUT/$task/ffn_ngram$lm/t$temperature
-      arpa=workdirs/ts_ffn/ngram4.arpa methods=ar,local,ngram rescorer=workdirs/ts_rescorer
-      [ "$lm" = 4ft ] && arpa=$workdir/ngram4.arpa methods=ar,ngram
+      lm_args=(--methods=ar,local,ngram --ngram_arpa=workdirs/ts_ffn/ngram4.arpa
+               --rescorer_workdir=workdirs/ts_rescorer)
+      [ "$lm" = 4ft ] && lm_args=(--methods=ar,ngram --ngram_arpa="$workdir/ngram4.arpa")
       [ -f "$dir/report.json" ] || "$PY" decode.py --workdir="$workdir" --output="$dir" \
-          --tasks="$task" --methods="$methods" --num_examples="$NUM" \
+          --tasks="$task" "${lm_args[@]}" --num_examples="$NUM" \
           --max_new_tokens="$MAX_NEW" --config.max_prompt_tokens=192 \
-          --config.temperature="$temperature" --record_topk=0 --ngram_arpa="$arpa" \
-          --rescorer_workdir="$rescorer"
+          --config.temperature="$temperature" --record_topk=0
     done
   done
 done
